@@ -1,0 +1,80 @@
+//! Values the agent computes at start (from the running kernel's BTF and the
+//! tracepoint format files) and hands to the kernel programs as one global.
+//!
+//! aya emits no CO-RE relocations, so struct offsets and enum values must not
+//! be compiled in: they differ between kernels. A zero offset for an optional
+//! field means "this kernel has no such field".
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    // ---- tracepoint record layouts (from events/*/*/format) ----
+    /// skb:kfree_skb `rx_sk` (6.11+); 0 = missing, the hook is not attached.
+    pub kfree_rx_sk: u32,
+    /// skb:kfree_skb `reason`.
+    pub kfree_reason: u32,
+    /// tcp:tcp_retransmit_synack `skaddr` (the listener).
+    pub synack_skaddr: u32,
+    /// tcp:tcp_send_reset `skaddr`.
+    pub rst_skaddr: u32,
+    /// tcp:tcp_send_reset `reason` (6.10+); 0 = missing.
+    pub rst_reason: u32,
+    /// tcp:tcp_send_reset `saddr` / `daddr` (sockaddr_in6-sized buffers).
+    pub rst_saddr: u32,
+    pub rst_daddr: u32,
+
+    // ---- enum values (from BTF) ----
+    /// `enum skb_drop_reason`: SKB_DROP_REASON_TCP_LISTEN_OVERFLOW.
+    pub drop_reason_listen_overflow: u32,
+
+    // ---- struct sock / sock_common offsets (from BTF) ----
+    pub skc_family: u32,
+    pub skc_state: u32,
+    pub skc_num: u32,
+    pub skc_dport: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_v6_daddr: u32,
+    /// `sock_common.skc_net` (a `possible_net_t`, i.e. one `struct net *`).
+    pub skc_net: u32,
+    /// `net.ns.inum`.
+    pub net_ns_inum: u32,
+    pub sk_ack_backlog: u32,
+    pub sk_max_ack_backlog: u32,
+    /// `sock.sk_socket`.
+    pub sk_socket: u32,
+    /// `request_sock.rsk_listener` (for resets sent on a request sock).
+    pub rsk_listener: u32,
+    /// Offset from a `struct socket *` to its inode's `i_ino`:
+    /// `socket_alloc.vfs_inode - socket_alloc.socket + inode.i_ino`.
+    pub socket_to_ino: i32,
+
+    // ---- filters applied in the kernel ----
+    /// Only this local port (host order); 0 = every port.
+    pub filter_lport: u32,
+    /// Only this netns inode; 0 = every netns.
+    pub filter_netns: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Config {}
+
+const _: () = assert!(core::mem::size_of::<Config>() % 8 == 0);
+
+/// TCP states (include/net/tcp_states.h): part of the user ABI (`ss`,
+/// sock_diag), stable across kernels.
+pub mod tcp_state {
+    pub const ESTABLISHED: u16 = 1;
+    pub const SYN_SENT: u16 = 2;
+    pub const SYN_RECV: u16 = 3;
+    pub const TIME_WAIT: u16 = 6;
+    pub const CLOSE: u16 = 7;
+    pub const CLOSE_WAIT: u16 = 8;
+    pub const LISTEN: u16 = 10;
+    pub const NEW_SYN_RECV: u16 = 12;
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;

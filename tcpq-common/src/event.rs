@@ -1,0 +1,72 @@
+//! The record every kernel hook writes to the ring buffer.
+
+/// What a kernel hook saw. Values are part of the wire format: append only.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// The final ACK of a handshake was refused because the listener's accept
+    /// queue was full (`skb:kfree_skb` reason `TCP_LISTEN_OVERFLOW`).
+    ListenOverflowAck = 1,
+    /// A SYN-ACK was retransmitted for a pending connection of a listener
+    /// (`tcp:tcp_retransmit_synack`).
+    SynackRetransmit = 2,
+    /// A RST was sent for a listener, a request sock or for no socket at all
+    /// (`tcp:tcp_send_reset`); `detail` holds the kernel's `sk_rst_reason`.
+    ResetSent = 3,
+}
+
+impl EventKind {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::ListenOverflowAck),
+            2 => Some(Self::SynackRetransmit),
+            3 => Some(Self::ResetSent),
+            _ => None,
+        }
+    }
+}
+
+/// One kernel event. 88 bytes, 8-byte aligned, no padding.
+///
+/// Addresses are in network byte order as the kernel stores them; ports are
+/// in host byte order. `netns` is the network namespace's inode number (what
+/// `ls -L -i /proc/PID/ns/net` shows) and `sock_ino` the socket's inode (what
+/// `ss -e` shows as `ino:` and `/proc/PID/fd` as `socket:[N]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    /// An [`EventKind`].
+    pub kind: u32,
+    /// Kind-specific: the reset reason for [`EventKind::ResetSent`].
+    pub detail: u32,
+    pub netns: u32,
+    pub sock_ino: u32,
+    /// AF_INET (2) or AF_INET6 (10); 0 when the hook had no socket.
+    pub family: u16,
+    pub lport: u16,
+    pub rport: u16,
+    /// The socket's TCP state (kernel numbering, which is ABI-stable).
+    pub state: u16,
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+    /// `sk_ack_backlog` of the listener: current accept-queue length.
+    pub ack_backlog: u32,
+    /// `sk_max_ack_backlog` of the listener: `min(backlog, somaxconn)`.
+    pub max_ack_backlog: u32,
+    /// Kernel address of the socket: only an identity within one boot.
+    pub sk: u64,
+    /// `bpf_get_current_pid_tgid()` of whatever task ran the hook (often a
+    /// softirq interrupting an unrelated task): never used as the owner.
+    pub pid_tgid: u64,
+}
+
+impl Event {
+    pub const SIZE: usize = core::mem::size_of::<Event>();
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Event {}
+
+const _: () = assert!(core::mem::size_of::<Event>() == 88);

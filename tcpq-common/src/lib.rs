@@ -1,0 +1,14 @@
+//! Types shared by the kernel programs (`tcpq-ebpf`) and the agent.
+//!
+//! Everything here is `#[repr(C)]`, has no implicit padding and uses integer
+//! flags instead of `bool`, so both sides agree on the bytes. The `user`
+//! feature adds `aya::Pod` so the agent can put these types in maps and
+//! globals.
+#![no_std]
+
+pub mod config;
+pub mod event;
+pub mod stats;
+
+pub use config::Config;
+pub use event::{Event, EventKind};

@@ -1,0 +1,55 @@
+//! The one way out of the kernel: count, then write to the ring buffer.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+};
+use tcpq_common::{stats, Event};
+
+/// 1 MiB: about 11,900 events of backlog before anything is lost.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Per-CPU counters, indexed by `tcpq_common::stats`.
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
+
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(v) = STATS.get_ptr_mut(index) {
+        unsafe { *v += 1 };
+    }
+}
+
+/// Counts the event under `seen`, then reserves a ring-buffer slot and lets
+/// `fill` write it. A full ring buffer is counted, never silent.
+#[inline(always)]
+pub fn emit(seen: u32, kind: u32, fill: impl FnOnce(&mut Event)) {
+    bump(seen);
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut slot) => {
+            let ev = unsafe { &mut *slot.as_mut_ptr() };
+            *ev = Event {
+                ts_ns: unsafe { bpf_ktime_get_ns() },
+                kind,
+                detail: 0,
+                netns: 0,
+                sock_ino: 0,
+                family: 0,
+                lport: 0,
+                rport: 0,
+                state: 0,
+                laddr: [0; 16],
+                raddr: [0; 16],
+                ack_backlog: 0,
+                max_ack_backlog: 0,
+                sk: 0,
+                pid_tgid: bpf_get_current_pid_tgid(),
+            };
+            fill(ev);
+            slot.submit(0);
+        }
+        None => bump(stats::RINGBUF_FULL),
+    }
+}

@@ -1,0 +1,41 @@
+//! ACK-time accept-queue overflow.
+//!
+//! Hook: tracepoint `skb:kfree_skb`
+//!   TP_PROTO(struct sk_buff *skb, void *location,
+//!            enum skb_drop_reason reason, struct sock *rx_sk)
+//! Needs: `rx_sk` (Linux 6.11+) and SKB_DROP_REASON_TCP_LISTEN_OVERFLOW set by
+//! `tcp_check_req` when `syn_recv_sock` returns NULL on a full accept queue
+//! (Linux 6.15+). The agent attaches this only when both exist; older kernels
+//! use the kprobe/fentry hooks on `tcp_v4_syn_recv_sock` instead, and sock_diag
+//! polling everywhere.
+//!
+//! Cost on the healthy path: one load and one compare (`reason`); kfree_skb
+//! fires only for dropped packets, never for consumed ones.
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use tcpq_common::{stats, EventKind};
+
+use crate::{conf, emit::emit, sock};
+
+#[tracepoint]
+pub fn tcpq_kfree_skb(ctx: TracePointContext) -> u32 {
+    try_kfree_skb(&ctx).unwrap_or(0)
+}
+
+#[inline(always)]
+fn try_kfree_skb(ctx: &TracePointContext) -> Option<u32> {
+    let reason: u32 = unsafe { ctx.read_at(conf!(kfree_reason) as usize) }.ok()?;
+    if reason != conf!(drop_reason_listen_overflow) {
+        return Some(0);
+    }
+    let sk: u64 = unsafe { ctx.read_at(conf!(kfree_rx_sk) as usize) }.ok()?;
+    if sk == 0 || sock::filtered_out(sk) {
+        return Some(0);
+    }
+    emit(
+        stats::LISTEN_OVERFLOW_SEEN,
+        EventKind::ListenOverflowAck as u32,
+        |ev| sock::fill_listener(ev, sk),
+    );
+    Some(0)
+}

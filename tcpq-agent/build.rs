@@ -13,6 +13,9 @@ fn main() -> anyhow::Result<()> {
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
         return Ok(());
     }
+    // Keep the nested cargo's progress lines out of our build output
+    // (aya-build turns each into a cargo warning); errors still show.
+    std::env::set_var("CARGO_TERM_QUIET", "true");
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tcpq-ebpf");
     aya_build::build_ebpf(
         [Package {

@@ -1,2 +1,77 @@
-static OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpq"));
-fn main() { println!("{}", OBJ.len()); }
+//! tcpq-agent: which listening socket of which process is losing TCP
+//! connections, and why.
+//!
+//! Data flows one way: kernel (tracepoints, sock_diag) → decode → aggregate
+//! → resolve (owner) → export. `main` only parses, dispatches and prints
+//! errors as one line.
+
+mod aggregate;
+mod btf;
+mod cli;
+mod decode;
+mod export;
+mod kernel;
+mod load;
+mod model;
+mod netns;
+mod poll;
+mod resolve;
+mod sockdiag;
+mod trace;
+mod tracefs;
+
+use std::process::ExitCode;
+
+use clap::{error::ErrorKind, Parser};
+
+fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        eprintln!("tcpq-agent: internal error: {}", one_line(&msg));
+    }));
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
+    let result = match cli.command {
+        cli::Command::Trace(args) => cli::validate(&args).and_then(|()| trace::run(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tcpq-agent: {}", one_line(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Help and version go to stdout as clap renders them; anything else is one
+/// line on stderr and exit status 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(2)
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("tcpq-agent: {} (see --help)", first.trim());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}

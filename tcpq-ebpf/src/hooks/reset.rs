@@ -54,13 +54,17 @@ fn try_send_reset(ctx: &TracePointContext) -> Option<u32> {
         }
     }
     emit(stats::RESET_SEEN, EventKind::ResetSent as u32, |ev| {
-        if listener != 0 {
-            sock::fill_listener(ev, listener);
-        }
         ev.detail = reason;
-        // The packet's own endpoints: local = the RST's source.
-        read_sockaddr(ctx, saddr, ev, true);
-        read_sockaddr(ctx, daddr, ev, false);
+        if listener != 0 {
+            // The record's addresses are the listener's own (wildcard, no
+            // peer) when a socket is given: read the socket instead.
+            sock::fill_listener(ev, listener);
+        } else {
+            // No socket: the record holds the offending packet's endpoints,
+            // swapped so that `saddr` is our side (the RST's source).
+            read_sockaddr(ctx, saddr, ev, true);
+            read_sockaddr(ctx, daddr, ev, false);
+        }
     });
     Some(0)
 }
@@ -77,9 +81,7 @@ fn read_sockaddr(ctx: &TracePointContext, off: usize, ev: &mut Event, local: boo
         let a: [u8; 4] = unsafe { ctx.read_at(off + 4) }.unwrap_or([0; 4]);
         addr[..4].copy_from_slice(&a);
     }
-    if ev.family == 0 {
-        ev.family = family;
-    }
+    ev.family = family;
     if local {
         ev.lport = port;
         ev.laddr = addr;

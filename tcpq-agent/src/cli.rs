@@ -1,0 +1,129 @@
+//! Command line. Parsing only; every check that needs the system lives in
+//! `validate`.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::export::Format;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tcpq-agent",
+    version,
+    about = "Which listening socket of which process is losing TCP connections, and why"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Report accept-queue overflows and listener drops as they happen.
+    Trace(TraceArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TraceArgs {
+    /// Only listeners owned by this process (it holds their file descriptor).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Only listeners on this local port.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// Output format: one readable line, or one JSON object, per report.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+    /// Stop after this many seconds (default: until Ctrl-C / SIGTERM).
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    pub duration: Option<Duration>,
+    /// Report once per this many seconds, one line per listener and kind.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = seconds)]
+    pub interval: Duration,
+    /// How often every listener's counters are read over sock_diag.
+    #[arg(long, value_name = "SECS", default_value = "0.25", value_parser = seconds)]
+    pub poll_interval: Duration,
+}
+
+fn seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !(v.is_finite() && v > 0.0 && v <= 366.0 * 86400.0) {
+        return Err(format!("{s} is out of range (0 < SECS <= 31622400)"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Checks that need the system: the process exists, we are root.
+pub fn validate(args: &TraceArgs) -> Result<()> {
+    if let Some(pid) = args.pid {
+        if pid == 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            bail!("--pid {pid}: no such process");
+        }
+    }
+    if args.interval < Duration::from_millis(10) || args.poll_interval < Duration::from_millis(10) {
+        bail!("--interval and --poll-interval must be at least 0.01 s");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("tracing needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN to load eBPF and enter network namespaces): run it with sudo");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tcpq-agent").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn parses_trace_flags() {
+        let c = parse(&[
+            "trace",
+            "--pid",
+            "1",
+            "--port",
+            "80",
+            "--output",
+            "json",
+            "--duration",
+            "2.5",
+        ])
+        .unwrap();
+        let Command::Trace(t) = c.command;
+        assert_eq!((t.pid, t.port, t.output), (Some(1), Some(80), Format::Json));
+        assert_eq!(t.duration, Some(Duration::from_millis(2500)));
+        assert_eq!(t.interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for bad in [
+            vec!["trace", "--port", "70000"],
+            vec!["trace", "--port", "0"],
+            vec!["trace", "--duration", "-1"],
+            vec!["trace", "--duration", "soon"],
+            vec!["trace", "--output", "xml"],
+            vec!["trace", "--bogus"],
+            vec!["frobnicate"],
+        ] {
+            assert!(parse(&bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_missing_process_is_named() {
+        let c = parse(&["trace", "--pid", "4000000"]).unwrap();
+        let Command::Trace(t) = c.command;
+        assert_eq!(
+            validate(&t).unwrap_err().to_string(),
+            "--pid 4000000: no such process"
+        );
+    }
+}

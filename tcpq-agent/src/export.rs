@@ -1,0 +1,211 @@
+//! Rendering reports: one readable text line, or one JSON object per line
+//! with OpenTelemetry-style keys.
+
+use std::time::SystemTime;
+
+use serde_json::{json, Map, Value};
+
+use crate::{model::Pending, resolve::Owner};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// One output line's worth of facts.
+pub struct Report<'a> {
+    pub at: SystemTime,
+    pub pending: &'a Pending,
+    pub owner: Option<&'a Owner>,
+}
+
+pub fn timestamp(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+pub fn json(r: &Report) -> Value {
+    let p = r.pending;
+    let mut m = Map::new();
+    m.insert("timestamp".into(), json!(timestamp(r.at)));
+    m.insert("event".into(), json!(p.kind.event_name()));
+    if let Some(stage) = p.kind.stage() {
+        m.insert("stage".into(), json!(stage.as_str()));
+    }
+    m.insert("count".into(), json!(p.count));
+    m.insert("server.address".into(), json!(p.info.addr.to_string()));
+    m.insert("server.port".into(), json!(p.info.port));
+    if let Some(k) = p.key {
+        m.insert("network.netns".into(), json!(k.netns));
+        m.insert("socket.inode".into(), json!(k.inode));
+        m.insert("queue.length".into(), json!(p.info.queue_len));
+        m.insert("queue.limit".into(), json!(p.info.queue_limit));
+    }
+    if let Some(o) = r.owner {
+        m.insert("process.pid".into(), json!(o.pid));
+        m.insert("process.executable.name".into(), json!(o.name));
+    }
+    if let crate::model::Kind::ResetSent {
+        reason,
+        kernel_reason,
+    } = &p.kind
+    {
+        m.insert("reason".into(), json!(reason));
+        m.insert("reset.kernel_reason".into(), json!(kernel_reason));
+    }
+    if let Some((addr, port)) = p.peer {
+        m.insert("client.address".into(), json!(addr.to_string()));
+        m.insert("client.port".into(), json!(port));
+    }
+    m.insert("source".into(), json!(p.source.as_str()));
+    Value::Object(m)
+}
+
+pub fn text(r: &Report) -> String {
+    let p = r.pending;
+    let mut s = format!("{} {}", timestamp(r.at), p.kind.event_name());
+    if let Some(stage) = p.kind.stage() {
+        s += &format!(" stage={}", stage.as_str());
+    }
+    if let crate::model::Kind::ResetSent {
+        reason,
+        kernel_reason,
+    } = &p.kind
+    {
+        s += &format!(" reason={reason} ({kernel_reason})");
+    }
+    s += &format!(
+        " count={} listener={}",
+        p.count,
+        endpoint(p.info.addr, p.info.port)
+    );
+    if let Some(k) = p.key {
+        s += &format!(
+            " netns={} queue={}/{}",
+            k.netns, p.info.queue_len, p.info.queue_limit
+        );
+    }
+    match r.owner {
+        Some(o) => s += &format!(" pid={} ({})", o.pid, o.name),
+        None if p.key.is_some() => s += " pid=?",
+        None => {}
+    }
+    if let Some((addr, port)) = p.peer {
+        s += &format!(" peer={}", endpoint(addr, port));
+    }
+    s += &format!(" source={}", p.source.as_str());
+    s
+}
+
+fn endpoint(addr: std::net::IpAddr, port: u16) -> String {
+    match addr {
+        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
+        a => format!("{a}:{port}"),
+    }
+}
+
+pub fn render(format: Format, r: &Report) -> String {
+    match format {
+        Format::Text => text(r),
+        Format::Json => json(r).to_string(),
+    }
+}
+
+/// A line about the agent itself: events the kernel saw that never reached
+/// user space.
+pub fn lost(format: Format, at: SystemTime, count: u64) -> String {
+    match format {
+        Format::Json => json!({
+            "timestamp": timestamp(at),
+            "event": "events_lost",
+            "count": count,
+            "source": "agent",
+        })
+        .to_string(),
+        Format::Text => format!(
+            "{} events_lost count={count} (ring buffer full: kernel events not delivered; counts above are low by this much)",
+            timestamp(at)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Kind, ListenerInfo, ListenerKey, Source, Stage};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn pending() -> Pending {
+        Pending {
+            kind: Kind::ListenOverflow(Stage::Syn),
+            source: Source::SockDiag,
+            key: Some(ListenerKey {
+                netns: 4026532000,
+                inode: 31337,
+            }),
+            info: ListenerInfo {
+                addr: "::1".parse().unwrap(),
+                port: 6379,
+                queue_len: 3,
+                queue_limit: 2,
+            },
+            count: 5,
+            peer: None,
+        }
+    }
+
+    #[test]
+    fn json_has_the_documented_keys() {
+        let p = pending();
+        let owner = Owner {
+            pid: 42,
+            name: "redis-server".into(),
+        };
+        let at = UNIX_EPOCH + Duration::from_millis(1_763_688_000_123);
+        let v = json(&Report {
+            at,
+            pending: &p,
+            owner: Some(&owner),
+        });
+        assert_eq!(v["timestamp"], "2025-11-21T01:20:00.123Z");
+        assert_eq!(v["event"], "listen_overflow");
+        assert_eq!(v["stage"], "syn");
+        assert_eq!(v["count"], 5);
+        assert_eq!(v["server.address"], "::1");
+        assert_eq!(v["server.port"], 6379);
+        assert_eq!(v["network.netns"], 4026532000u32);
+        assert_eq!(v["process.pid"], 42);
+        assert_eq!(v["process.executable.name"], "redis-server");
+        assert_eq!(v["queue.length"], 3);
+        assert_eq!(v["queue.limit"], 2);
+        assert_eq!(v["source"], "sock_diag");
+        // One line, parseable back.
+        let line = render(
+            Format::Json,
+            &Report {
+                at,
+                pending: &p,
+                owner: Some(&owner),
+            },
+        );
+        assert!(!line.contains('\n'));
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), v);
+    }
+
+    #[test]
+    fn text_is_one_readable_line() {
+        let p = pending();
+        let at = UNIX_EPOCH;
+        let t = text(&Report {
+            at,
+            pending: &p,
+            owner: None,
+        });
+        assert_eq!(
+            t,
+            "1970-01-01T00:00:00.000Z listen_overflow stage=syn count=5 listener=[::1]:6379 \
+             netns=4026532000 queue=3/2 pid=? source=sock_diag"
+        );
+        assert!(lost(Format::Json, at, 7).contains("\"count\":7"));
+    }
+}

@@ -1,0 +1,219 @@
+//! What this kernel offers → the values the kernel programs need and which
+//! hooks to attach. Facts come from BTF and tracepoint formats only.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use tcpq_common::Config;
+
+use crate::{btf::KernelBtf, tracefs::Format};
+
+/// A tracepoint hook and the program that serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    pub program: &'static str,
+    pub category: &'static str,
+    pub name: &'static str,
+}
+
+pub const KFREE_SKB: Hook = Hook {
+    program: "tcpq_kfree_skb",
+    category: "skb",
+    name: "kfree_skb",
+};
+pub const RETRANSMIT_SYNACK: Hook = Hook {
+    program: "tcpq_retransmit_synack",
+    category: "tcp",
+    name: "tcp_retransmit_synack",
+};
+pub const SEND_RESET: Hook = Hook {
+    program: "tcpq_send_reset",
+    category: "tcp",
+    name: "tcp_send_reset",
+};
+
+#[derive(Debug)]
+pub struct Plan {
+    pub config: Config,
+    /// Hooks to attach.
+    pub hooks: Vec<Hook>,
+    /// Hooks left out, with the reason (shown to the user).
+    pub skipped: Vec<(Hook, String)>,
+    /// `enum sk_rst_reason` value → name without prefix.
+    pub rst_reasons: HashMap<u32, String>,
+}
+
+/// Tracepoint record layouts, as read from tracefs (`None`: no such
+/// tracepoint on this kernel).
+pub struct Formats {
+    pub kfree_skb: Option<Format>,
+    pub retransmit_synack: Option<Format>,
+    pub send_reset: Option<Format>,
+}
+
+impl Formats {
+    pub fn read(root: &std::path::Path) -> Formats {
+        Formats {
+            kfree_skb: Format::read(root, "skb", "kfree_skb").ok(),
+            retransmit_synack: Format::read(root, "tcp", "tcp_retransmit_synack").ok(),
+            send_reset: Format::read(root, "tcp", "tcp_send_reset").ok(),
+        }
+    }
+}
+
+pub fn plan(
+    btf: &KernelBtf,
+    formats: &Formats,
+    filter_lport: u16,
+    filter_netns: u32,
+) -> Result<Plan> {
+    let sc = |f: &str| btf.offset("sock", &["__sk_common", f]);
+    let socket_in_alloc = btf.offset("socket_alloc", &["socket"])?;
+    let inode_in_alloc = btf.offset("socket_alloc", &["vfs_inode"])?;
+    let i_ino = btf.offset("inode", &["i_ino"])?;
+    let mut config = Config {
+        skc_family: sc("skc_family")?,
+        skc_state: sc("skc_state")?,
+        skc_num: sc("skc_num")?,
+        skc_dport: sc("skc_dport")?,
+        skc_rcv_saddr: sc("skc_rcv_saddr")?,
+        skc_daddr: sc("skc_daddr")?,
+        // Absent on kernels built without IPv6.
+        skc_v6_rcv_saddr: btf
+            .offset_opt("sock", &["__sk_common", "skc_v6_rcv_saddr"])
+            .unwrap_or(0),
+        skc_v6_daddr: btf
+            .offset_opt("sock", &["__sk_common", "skc_v6_daddr"])
+            .unwrap_or(0),
+        skc_net: sc("skc_net")?,
+        net_ns_inum: btf.offset("net", &["ns", "inum"])?,
+        sk_ack_backlog: btf.offset("sock", &["sk_ack_backlog"])?,
+        sk_max_ack_backlog: btf.offset("sock", &["sk_max_ack_backlog"])?,
+        sk_socket: btf.offset("sock", &["sk_socket"])?,
+        // `#define rsk_listener __req_common.skc_listener`
+        rsk_listener: btf.offset("request_sock", &["__req_common", "skc_listener"])?,
+        socket_to_ino: (inode_in_alloc + i_ino) as i32 - socket_in_alloc as i32,
+        filter_lport: filter_lport as u32,
+        filter_netns,
+        ..Config::default()
+    };
+    let mut hooks = Vec::new();
+    let mut skipped = Vec::new();
+
+    // skb:kfree_skb needs rx_sk (6.11+) and the TCP_LISTEN_OVERFLOW reason (6.15+).
+    let overflow = btf.enum_value("skb_drop_reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW");
+    match (&formats.kfree_skb, overflow) {
+        (None, _) => skipped.push((KFREE_SKB, "no such tracepoint".into())),
+        (Some(_), Err(_)) => skipped.push((
+            KFREE_SKB,
+            "kernel has no SKB_DROP_REASON_TCP_LISTEN_OVERFLOW (Linux 6.15+)".into(),
+        )),
+        (Some(f), Ok(v)) => match (f.offset("rx_sk", 8), f.offset("reason", 4)) {
+            (Some(rx_sk), Some(reason)) => {
+                config.kfree_rx_sk = rx_sk;
+                config.kfree_reason = reason;
+                config.drop_reason_listen_overflow = v;
+                hooks.push(KFREE_SKB);
+            }
+            _ => skipped.push((KFREE_SKB, "record has no rx_sk (Linux 6.11+)".into())),
+        },
+    }
+
+    match formats
+        .retransmit_synack
+        .as_ref()
+        .and_then(|f| f.offset("skaddr", 8))
+    {
+        Some(off) => {
+            config.synack_skaddr = off;
+            hooks.push(RETRANSMIT_SYNACK);
+        }
+        None => skipped.push((RETRANSMIT_SYNACK, "no such tracepoint or no skaddr".into())),
+    }
+
+    let mut rst_reasons = HashMap::new();
+    match formats.send_reset.as_ref() {
+        Some(f) => match (
+            f.offset("skaddr", 8),
+            f.offset("saddr", 28),
+            f.offset("daddr", 28),
+        ) {
+            (Some(sk), Some(sa), Some(da)) => {
+                config.rst_skaddr = sk;
+                config.rst_saddr = sa;
+                config.rst_daddr = da;
+                config.rst_reason = f.offset("reason", 4).unwrap_or(0);
+                if let Ok(vals) = btf.enum_values("sk_rst_reason") {
+                    for (name, v) in vals {
+                        let short = name
+                            .strip_prefix("SK_RST_REASON_")
+                            .unwrap_or(&name)
+                            .to_string();
+                        rst_reasons.insert(v, short);
+                    }
+                }
+                hooks.push(SEND_RESET);
+            }
+            _ => skipped.push((SEND_RESET, "record layout not recognised".into())),
+        },
+        None => skipped.push((SEND_RESET, "no such tracepoint".into())),
+    }
+    Ok(Plan {
+        config,
+        hooks,
+        skipped,
+        rst_reasons,
+    })
+}
+
+/// Reads kernel facts and plans.
+pub fn discover(tracefs: &std::path::Path, filter_lport: u16, filter_netns: u32) -> Result<Plan> {
+    let btf = KernelBtf::load()?;
+    plan(&btf, &Formats::read(tracefs), filter_lport, filter_netns)
+        .context("reading struct layouts from kernel BTF")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_on_the_running_kernel_without_root() {
+        // BTF is world-readable; tracefs formats may not be: plan with the
+        // 6.18 layouts captured in tracefs' tests.
+        let Ok(btf) = KernelBtf::load() else { return };
+        let kfree = Format::parse(
+            "field:void * rx_sk;\toffset:24;\tsize:8;\tsigned:0;\nfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;",
+        );
+        let f = Formats {
+            kfree_skb: Some(kfree),
+            retransmit_synack: None,
+            send_reset: None,
+        };
+        let p = plan(&btf, &f, 80, 0).unwrap();
+        assert_eq!(p.config.filter_lport, 80);
+        assert_eq!(p.config.skc_num, p.config.skc_dport + 2);
+        assert!(p.config.socket_to_ino > 0);
+        let has_reason = btf
+            .enum_value("skb_drop_reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW")
+            .is_ok();
+        assert_eq!(p.hooks.contains(&KFREE_SKB), has_reason);
+        assert!(p.skipped.iter().any(|(h, _)| *h == RETRANSMIT_SYNACK));
+        assert!(p.skipped.iter().any(|(h, _)| *h == SEND_RESET));
+    }
+
+    #[test]
+    fn a_kernel_without_rx_sk_skips_kfree_skb() {
+        let Ok(btf) = KernelBtf::load() else { return };
+        let old =
+            Format::parse("field:enum skb_drop_reason reason;\toffset:28;\tsize:4;\tsigned:0;");
+        let f = Formats {
+            kfree_skb: Some(old),
+            retransmit_synack: None,
+            send_reset: None,
+        };
+        let p = plan(&btf, &f, 0, 0).unwrap();
+        assert!(!p.hooks.contains(&KFREE_SKB));
+        assert_eq!(p.config.kfree_rx_sk, 0);
+    }
+}

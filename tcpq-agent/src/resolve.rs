@@ -1,0 +1,135 @@
+//! Socket → owning process. The owner of a listening socket is a process
+//! holding a file descriptor for it (`/proc/PID/fd/N` → `socket:[INODE]`),
+//! never the task a softirq happened to interrupt.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    /// Basename of the executable (`/proc/PID/exe`), or `comm` when the
+    /// link cannot be read (kernel threads, exited processes).
+    pub name: String,
+}
+
+/// Process ids on the host (thread-group leaders).
+pub fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+}
+
+/// Parses a `/proc/PID/fd/N` link target `socket:[12345]`.
+pub fn socket_inode(link: &str) -> Option<u32> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Socket inodes `pid` holds.
+pub fn sockets_of(pid: u32) -> HashSet<u32> {
+    let mut out = HashSet::new();
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for e in rd.flatten() {
+            if let Ok(t) = std::fs::read_link(e.path()) {
+                if let Some(ino) = t.to_str().and_then(socket_inode) {
+                    out.insert(ino);
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn process_name(pid: u32) -> Option<String> {
+    if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+        if let Some(n) = exe.file_name().and_then(|n| n.to_str()) {
+            // "/usr/bin/foo (deleted)" after an upgrade: keep the name.
+            return Some(n.trim_end_matches(" (deleted)").to_string());
+        }
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
+
+/// Caches inode → owner, rescanning `/proc` for inodes it does not know at
+/// most once per `min_rescan`.
+pub struct Resolver {
+    owners: HashMap<u32, Owner>,
+    last_scan: Option<Instant>,
+    min_rescan: Duration,
+}
+
+impl Resolver {
+    pub fn new(min_rescan: Duration) -> Self {
+        Self {
+            owners: HashMap::new(),
+            last_scan: None,
+            min_rescan,
+        }
+    }
+
+    /// Owners of `wanted` inodes; scans `/proc` if some are unknown or their
+    /// owner has exited.
+    pub fn lookup(&mut self, wanted: &HashSet<u32>) -> &HashMap<u32, Owner> {
+        self.owners.retain(|ino, o| {
+            wanted.contains(ino) && std::path::Path::new(&format!("/proc/{}", o.pid)).exists()
+        });
+        let missing = wanted.iter().any(|i| !self.owners.contains_key(i));
+        let due = self
+            .last_scan
+            .is_none_or(|t| t.elapsed() >= self.min_rescan);
+        if missing && due {
+            self.scan(wanted);
+        }
+        &self.owners
+    }
+
+    fn scan(&mut self, wanted: &HashSet<u32>) {
+        self.last_scan = Some(Instant::now());
+        let mut pids: Vec<u32> = pids().collect();
+        pids.sort_unstable(); // the lowest pid holding the socket: usually the parent
+        for pid in pids {
+            for ino in sockets_of(pid) {
+                if wanted.contains(&ino) && !self.owners.contains_key(&ino) {
+                    let name = process_name(pid).unwrap_or_default();
+                    self.owners.insert(ino, Owner { pid, name });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn parses_socket_links_only() {
+        assert_eq!(socket_inode("socket:[4026]"), Some(4026));
+        assert_eq!(socket_inode("pipe:[4026]"), None);
+        assert_eq!(socket_inode("/dev/null"), None);
+        assert_eq!(socket_inode("socket:[x]"), None);
+    }
+
+    #[test]
+    fn finds_the_owner_of_our_own_listener() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", l.as_raw_fd())).unwrap();
+        let ino = socket_inode(link.to_str().unwrap()).unwrap();
+        let me = std::process::id();
+        assert!(sockets_of(me).contains(&ino));
+        let mut r = Resolver::new(Duration::ZERO);
+        let owners = r.lookup(&HashSet::from([ino]));
+        assert_eq!(owners[&ino].pid, me);
+        assert!(!owners[&ino].name.is_empty());
+    }
+}

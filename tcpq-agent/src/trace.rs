@@ -1,0 +1,246 @@
+//! `tcpq-agent trace`: attach, poll, aggregate, print; flush on exit.
+
+use std::{
+    collections::HashSet,
+    io::{self, Write},
+    sync::mpsc as std_mpsc,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{anyhow, Context, Result};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use tcpq_common::stats;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+
+use crate::{
+    aggregate::{Aggregator, NetnsSnapshot},
+    cli::TraceArgs,
+    decode, export, kernel, load, netns, poll,
+    resolve::{self, Owner, Resolver},
+    tracefs,
+};
+
+pub fn run(args: TraceArgs) -> Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(trace(args))
+}
+
+struct Session {
+    args: TraceArgs,
+    agg: Aggregator,
+    resolver: Resolver,
+    stats: PerCpuArray<MapData, u64>,
+    received: u64,
+    undecodable: u64,
+    lost_reported: u64,
+}
+
+async fn trace(args: TraceArgs) -> Result<()> {
+    let tracefs = tracefs::ensure_mounted()?;
+    let filter_netns = match args.pid {
+        Some(pid) => netns::inode_of(std::path::Path::new(&format!("/proc/{pid}/ns/net")))
+            .with_context(|| format!("--pid {pid}: cannot read its network namespace"))?,
+        None => 0,
+    };
+    let plan = kernel::discover(&tracefs, args.port.unwrap_or(0), filter_netns)?;
+    let mut loaded = load::load(&plan)?;
+    for (hook, why) in &plan.skipped {
+        eprintln!(
+            "tcpq: continuing without {}:{} ({why})",
+            hook.category, hook.name
+        );
+    }
+    for (what, why) in &loaded.failed {
+        eprintln!("tcpq: continuing without {what} ({why})");
+    }
+    let ring = RingBuf::try_from(
+        loaded
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| anyhow!("EVENTS map missing"))?,
+    )?;
+    // SAFETY: the ring buffer owns its fd and outlives the registration.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow!("watching the ring buffer: {}", e.into_parts().1))?;
+    let stats = PerCpuArray::try_from(
+        loaded
+            .ebpf
+            .take_map("STATS")
+            .ok_or_else(|| anyhow!("STATS map missing"))?,
+    )?;
+
+    let (tx, mut rx) = mpsc::channel::<Vec<NetnsSnapshot>>(4);
+    let (wake, wake_rx) = std_mpsc::channel();
+    let _poller = poll::spawn(args.poll_interval, tx, wake_rx)?;
+
+    let mut s = Session {
+        agg: Aggregator::new(plan.rst_reasons.clone(), args.port),
+        resolver: Resolver::new(args.interval),
+        stats,
+        received: 0,
+        undecodable: 0,
+        lost_reported: 0,
+        args,
+    };
+    // Round 0 is the baseline: what listeners had dropped before we came.
+    let first = rx
+        .recv()
+        .await
+        .ok_or_else(|| anyhow!("the sock_diag poller stopped"))?;
+    s.drain(ring.get_mut());
+    let listeners: usize = first.iter().map(|n| n.listeners.len()).sum();
+    let namespaces = first.len();
+    s.apply(first);
+    eprintln!(
+        "tcpq: tracing {listeners} listeners in {namespaces} network namespaces; hooks: {}, sock_diag every {:?}; reporting every {:?}",
+        loaded.attached.join(", "),
+        s.args.poll_interval,
+        s.args.interval
+    );
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let duration = s.args.duration;
+    let deadline = async move {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(s.args.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut out = io::stdout().lock();
+
+    loop {
+        let mut round = None;
+        let mut flush = false;
+        tokio::select! {
+            r = ring.readable_mut() => { r?.clear_ready(); }
+            r = rx.recv() => { round = Some(r.ok_or_else(|| anyhow!("the sock_diag poller stopped"))?); }
+            _ = tick.tick() => { flush = true; }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = &mut deadline => break,
+        }
+        // Events first: a snapshot is only settled against the events
+        // stamped before it.
+        s.drain(ring.get_mut());
+        if let Some(r) = round {
+            s.apply(r);
+        }
+        if flush {
+            if s.flush(&mut out).is_err() {
+                return Ok(()); // stdout closed (e.g. `| head`): nothing left to say
+            }
+            if let Some(pid) = s.args.pid {
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    eprintln!("tcpq: process {pid} exited");
+                    break;
+                }
+            }
+        }
+    }
+
+    // Last round: count what happened up to the stop, then flush.
+    if wake.send(()).is_ok() {
+        if let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            s.drain(ring.get_mut());
+            s.apply(r);
+        }
+    }
+    s.drain(ring.get_mut());
+    let _ = s.flush(&mut out);
+    let lost = s.stat(stats::RINGBUF_FULL);
+    eprintln!(
+        "tcpq: done: {} kernel events received, {lost} lost (ring buffer full), {} undecodable, {} kernel read errors",
+        s.received,
+        s.undecodable,
+        s.stat(stats::READ_ERRORS)
+    );
+    Ok(())
+}
+
+impl Session {
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            match decode::decode(&item) {
+                Ok(ev) => {
+                    self.received += 1;
+                    self.agg.on_event(&ev);
+                }
+                Err(_) => self.undecodable += 1,
+            }
+        }
+    }
+
+    fn apply(&mut self, round: Vec<NetnsSnapshot>) {
+        for snap in &round {
+            self.agg.on_snapshot(snap);
+        }
+    }
+
+    fn stat(&self, index: u32) -> u64 {
+        self.stats
+            .get(&index, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    fn flush(&mut self, out: &mut impl Write) -> io::Result<()> {
+        let at = SystemTime::now();
+        let format = self.args.output;
+        let lost = self.stat(stats::RINGBUF_FULL);
+        if lost > self.lost_reported {
+            writeln!(
+                out,
+                "{}",
+                export::lost(format, at, lost - self.lost_reported)
+            )?;
+            self.lost_reported = lost;
+        }
+        let pending = self.agg.take();
+        if pending.is_empty() {
+            return out.flush();
+        }
+        let wanted: HashSet<u32> = pending
+            .iter()
+            .filter_map(|p| p.key.map(|k| k.inode))
+            .collect();
+        let only = self.args.pid.map(|pid| (pid, resolve::sockets_of(pid)));
+        let pid_owner = only.as_ref().map(|(pid, _)| Owner {
+            pid: *pid,
+            name: resolve::process_name(*pid).unwrap_or_default(),
+        });
+        let owners = self.resolver.lookup(&wanted);
+        for p in &pending {
+            let owner = match (&only, p.key) {
+                (Some((_, socks)), Some(k)) if socks.contains(&k.inode) => pid_owner.as_ref(),
+                (Some(_), _) => continue,
+                (None, Some(k)) => owners.get(&k.inode),
+                (None, None) => None,
+            };
+            writeln!(
+                out,
+                "{}",
+                export::render(
+                    format,
+                    &export::Report {
+                        at,
+                        pending: p,
+                        owner
+                    }
+                )
+            )?;
+        }
+        out.flush()
+    }
+}

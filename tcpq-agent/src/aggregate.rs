@@ -270,6 +270,16 @@ impl Aggregator {
         out
     }
 
+    /// Inodes of listeners with counts waiting for the next `take`.
+    pub fn pending_inodes(&self) -> impl Iterator<Item = u32> + '_ {
+        self.pending.keys().filter_map(|(k, ..)| k.map(|k| k.inode))
+    }
+
+    /// Whether a listener with this socket inode is still tracked.
+    pub fn tracks_inode(&self, inode: u32) -> bool {
+        self.listeners.keys().any(|k| k.inode == inode)
+    }
+
     /// Listeners currently tracked.
     #[cfg(test)]
     fn tracked(&self) -> usize {

@@ -45,6 +45,22 @@ pub struct TraceArgs {
     /// How often every listener's counters are read over sock_diag.
     #[arg(long, value_name = "SECS", default_value = "0.25", value_parser = seconds)]
     pub poll_interval: Duration,
+    /// Size of the kernel→agent ring buffer (a power of two, at least one
+    /// page). Small values are for tests of loss accounting.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = ring_bytes, hide = true)]
+    pub ring_buffer_bytes: u32,
+}
+
+fn ring_bytes(s: &str) -> Result<u32, String> {
+    let v: u32 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of bytes"))?;
+    if v < 4096 || !v.is_power_of_two() || v > 1 << 30 {
+        return Err(format!(
+            "{v} must be a power of two from 4096 to 1073741824"
+        ));
+    }
+    Ok(v)
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -112,6 +128,7 @@ mod tests {
             vec!["trace", "--output", "xml"],
             vec!["trace", "--bogus"],
             vec!["frobnicate"],
+            vec!["trace", "--ring-buffer-bytes", "5000"],
         ] {
             assert!(parse(&bad).is_err(), "{bad:?} accepted");
         }

@@ -16,13 +16,14 @@ pub struct Loaded {
     pub failed: Vec<(String, String)>,
 }
 
-pub fn load(plan: &Plan) -> Result<Loaded> {
+pub fn load(plan: &Plan, ring_buffer_bytes: u32) -> Result<Loaded> {
     if OBJECT.is_empty() {
         bail!("this tcpq-agent was built with AYA_BUILD_SKIP=1 and carries no kernel programs; rebuild without it");
     }
     raise_memlock();
     let mut ebpf = EbpfLoader::new()
         .override_global("CONFIG", &plan.config, true)
+        .map_max_entries("EVENTS", ring_buffer_bytes)
         .load(OBJECT)
         .context("loading the eBPF object")?;
     let mut attached = Vec::new();

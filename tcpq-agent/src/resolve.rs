@@ -10,8 +10,7 @@ use std::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
     pub pid: u32,
-    /// Basename of the executable (`/proc/PID/exe`), or `comm` when the
-    /// link cannot be read (kernel threads, exited processes).
+    /// `comm`: see [`process_name`].
     pub name: String,
 }
 
@@ -47,20 +46,20 @@ pub fn sockets_of(pid: u32) -> HashSet<u32> {
     out
 }
 
+/// The process name as OpenTelemetry defines `process.executable.name` on
+/// Linux: `Name` of /proc/PID/status, i.e. `comm` (what `ps` and `top`
+/// show; for a symlinked binary such as Debian's redis-server, the name it
+/// was started as, not the link target).
 pub fn process_name(pid: u32) -> Option<String> {
-    if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
-        if let Some(n) = exe.file_name().and_then(|n| n.to_str()) {
-            // "/usr/bin/foo (deleted)" after an upgrade: keep the name.
-            return Some(n.trim_end_matches(" (deleted)").to_string());
-        }
-    }
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
         .map(|s| s.trim_end().to_string())
 }
 
-/// Caches inode → owner, rescanning `/proc` for inodes it does not know at
-/// most once per `min_rescan`.
+/// Caches inode → owner. An owner is looked up as soon as its listener is
+/// first seen (the process may be gone by the time the report is printed)
+/// and kept until the listener is forgotten; `/proc` is rescanned for
+/// unknown inodes at most once per `min_rescan`.
 pub struct Resolver {
     owners: HashMap<u32, Owner>,
     last_scan: Option<Instant>,
@@ -76,20 +75,28 @@ impl Resolver {
         }
     }
 
-    /// Owners of `wanted` inodes; scans `/proc` if some are unknown or their
-    /// owner has exited.
-    pub fn lookup(&mut self, wanted: &HashSet<u32>) -> &HashMap<u32, Owner> {
-        self.owners.retain(|ino, o| {
-            wanted.contains(ino) && std::path::Path::new(&format!("/proc/{}", o.pid)).exists()
-        });
-        let missing = wanted.iter().any(|i| !self.owners.contains_key(i));
+    /// Makes sure owners of `wanted` are known, scanning `/proc` if some are
+    /// not and a scan is due.
+    pub fn learn(&mut self, wanted: impl IntoIterator<Item = u32>) {
+        let missing: HashSet<u32> = wanted
+            .into_iter()
+            .filter(|i| !self.owners.contains_key(i))
+            .collect();
         let due = self
             .last_scan
             .is_none_or(|t| t.elapsed() >= self.min_rescan);
-        if missing && due {
-            self.scan(wanted);
+        if !missing.is_empty() && due {
+            self.scan(&missing);
         }
-        &self.owners
+    }
+
+    pub fn get(&self, inode: u32) -> Option<&Owner> {
+        self.owners.get(&inode)
+    }
+
+    /// Forgets owners of inodes for which `keep` is false.
+    pub fn retain(&mut self, keep: impl Fn(u32) -> bool) {
+        self.owners.retain(|ino, _| keep(*ino));
     }
 
     fn scan(&mut self, wanted: &HashSet<u32>) {
@@ -128,8 +135,10 @@ mod tests {
         let me = std::process::id();
         assert!(sockets_of(me).contains(&ino));
         let mut r = Resolver::new(Duration::ZERO);
-        let owners = r.lookup(&HashSet::from([ino]));
-        assert_eq!(owners[&ino].pid, me);
-        assert!(!owners[&ino].name.is_empty());
+        r.learn([ino]);
+        assert_eq!(r.get(ino).unwrap().pid, me);
+        assert!(!r.get(ino).unwrap().name.is_empty());
+        r.retain(|_| false);
+        assert!(r.get(ino).is_none());
     }
 }

@@ -34,6 +34,7 @@ pub fn run(args: TraceArgs) -> Result<()> {
 
 struct Session {
     args: TraceArgs,
+    pid_filter: Option<PidFilter>,
     agg: Aggregator,
     resolver: Resolver,
     stats: PerCpuArray<MapData, u64>,
@@ -50,7 +51,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         None => 0,
     };
     let plan = kernel::discover(&tracefs, args.port.unwrap_or(0), filter_netns)?;
-    let mut loaded = load::load(&plan)?;
+    let mut loaded = load::load(&plan, args.ring_buffer_bytes)?;
     for (hook, why) in &plan.skipped {
         eprintln!(
             "tcpq: continuing without {}:{} ({why})",
@@ -82,11 +83,18 @@ async fn trace(args: TraceArgs) -> Result<()> {
 
     let mut s = Session {
         agg: Aggregator::new(plan.rst_reasons.clone(), args.port),
-        resolver: Resolver::new(args.interval),
+        resolver: Resolver::new(Duration::from_millis(100)),
         stats,
         received: 0,
         undecodable: 0,
         lost_reported: 0,
+        pid_filter: args.pid.map(|pid| PidFilter {
+            owner: Owner {
+                pid,
+                name: resolve::process_name(pid).unwrap_or_default(),
+            },
+            sockets: resolve::sockets_of(pid),
+        }),
         args,
     };
     // Round 0 is the baseline: what listeners had dropped before we came.
@@ -137,6 +145,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         if let Some(r) = round {
             s.apply(r);
         }
+        s.learn_owners();
         if flush {
             if s.flush(&mut out).is_err() {
                 return Ok(()); // stdout closed (e.g. `| head`): nothing left to say
@@ -157,6 +166,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
             s.apply(r);
         }
     }
+    s.learn_owners();
     s.drain(ring.get_mut());
     let _ = s.flush(&mut out);
     let lost = s.stat(stats::RINGBUF_FULL);
@@ -211,21 +221,11 @@ impl Session {
         if pending.is_empty() {
             return out.flush();
         }
-        let wanted: HashSet<u32> = pending
-            .iter()
-            .filter_map(|p| p.key.map(|k| k.inode))
-            .collect();
-        let only = self.args.pid.map(|pid| (pid, resolve::sockets_of(pid)));
-        let pid_owner = only.as_ref().map(|(pid, _)| Owner {
-            pid: *pid,
-            name: resolve::process_name(*pid).unwrap_or_default(),
-        });
-        let owners = self.resolver.lookup(&wanted);
         for p in &pending {
-            let owner = match (&only, p.key) {
-                (Some((_, socks)), Some(k)) if socks.contains(&k.inode) => pid_owner.as_ref(),
+            let owner = match (&self.pid_filter, p.key) {
+                (Some(f), Some(k)) if f.sockets.contains(&k.inode) => Some(&f.owner),
                 (Some(_), _) => continue,
-                (None, Some(k)) => owners.get(&k.inode),
+                (None, Some(k)) => self.resolver.get(k.inode),
                 (None, None) => None,
             };
             writeln!(
@@ -241,6 +241,27 @@ impl Session {
                 )
             )?;
         }
+        let agg = &self.agg;
+        self.resolver.retain(|ino| agg.tracks_inode(ino));
+        if let Some(f) = &mut self.pid_filter {
+            f.sockets.retain(|ino| agg.tracks_inode(*ino));
+        }
         out.flush()
     }
+
+    /// Learns the owners of listeners that just showed up, while their
+    /// processes are still there to ask.
+    fn learn_owners(&mut self) {
+        let inodes: Vec<u32> = self.agg.pending_inodes().collect();
+        match &mut self.pid_filter {
+            Some(f) => f.sockets.extend(resolve::sockets_of(f.owner.pid)),
+            None => self.resolver.learn(inodes),
+        }
+    }
+}
+
+/// `--pid`: the process and every socket it has been seen holding.
+struct PidFilter {
+    owner: Owner,
+    sockets: HashSet<u32>,
 }

@@ -1,1 +1,276 @@
+//! Test harness for tcpq's scenario tests: private network namespaces,
+//! kernel counters read inside them, and the agent run as a user runs it.
+//!
+//! Root is required. Without it these tests fail (they must not pass
+//! vacuously); set `TCPQ_SKIP_ROOT_TESTS=1` to skip them knowingly.
 
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Returns false (and says so) when root tests are knowingly skipped;
+/// panics when they cannot run but were not asked to be skipped.
+pub fn root_or_skip() -> bool {
+    if std::env::var("TCPQ_SKIP_ROOT_TESTS").is_ok_and(|v| v == "1") {
+        eprintln!("skipped: TCPQ_SKIP_ROOT_TESTS=1");
+        return false;
+    }
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "scenario tests need root (or TCPQ_SKIP_ROOT_TESTS=1)"
+    );
+    true
+}
+
+/// The workspace's target directory (where `cargo build` put the agent).
+pub fn target_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("CARGO_TARGET_DIR") {
+        return PathBuf::from(d);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target")
+}
+
+/// The agent binary: `TCPQ_AGENT`, else target/{release,debug}/tcpq-agent,
+/// whichever is newer.
+pub fn agent_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TCPQ_AGENT") {
+        return PathBuf::from(p);
+    }
+    let candidates = ["debug", "release"].map(|p| target_dir().join(p).join("tcpq-agent"));
+    candidates
+        .iter()
+        .filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p.clone())))
+        .max()
+        .map(|(_, p)| p)
+        .expect("tcpq-agent is not built: run `cargo build -p tcpq-agent` (cargo xtask test does)")
+}
+
+/// The scenario helper, built by cargo next to the test executables
+/// (`target/<profile>/tcpq-scenario`, tests in `target/<profile>/deps`).
+pub fn scenario_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("tcpq-scenario");
+    assert!(
+        bin.exists(),
+        "{} missing: build with `cargo build -p tcpq-tests --bins`",
+        bin.display()
+    );
+    bin
+}
+
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A private network namespace with loopback up, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("tcpq-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns { name };
+        run(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
+        ns.sysctl("net.ipv4.tcp_no_metrics_save", "1");
+        ns
+    }
+
+    /// Sets a per-netns sysctl inside this namespace only.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        run(self
+            .cmd("sysctl")
+            .args(["-q", "-w", &format!("{key}={value}")]));
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// The namespace's inode (what tcpq reports as `network.netns`).
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{}", self.name))
+            .expect("netns mount")
+            .ino()
+    }
+
+    /// TcpExt (/proc/net/netstat) and Tcp (/proc/net/snmp) counters of the
+    /// namespace, keyed `TcpExt.ListenOverflows`, `Tcp.OutRsts`, ...
+    pub fn counters(&self) -> HashMap<String, u64> {
+        let mut out = HashMap::new();
+        for file in ["/proc/net/netstat", "/proc/net/snmp"] {
+            let text = run(self.cmd("cat").arg(file));
+            let lines: Vec<&str> = text.lines().collect();
+            for pair in lines.chunks(2) {
+                let [h, v] = pair else { continue };
+                let (hp, vp) = (h.split_whitespace(), v.split_whitespace());
+                let mut prefix = "";
+                for (k, val) in hp.zip(vp) {
+                    if k.ends_with(':') {
+                        prefix = k.trim_end_matches(':');
+                        continue;
+                    }
+                    if let Ok(n) = val.parse() {
+                        out.insert(format!("{prefix}.{k}"), n);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Starts the scenario helper inside the namespace and waits for its
+    /// `ready` line. Returns the child and its pid.
+    pub fn scenario(&self, args: &[&str]) -> (Child, u32) {
+        let bin = scenario_bin();
+        let bin = bin.to_str().unwrap();
+        let mut child = self
+            .cmd(bin)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start tcpq-scenario");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let pid = line
+            .strip_prefix("ready ")
+            .and_then(|p| p.trim().parse().ok());
+        let pid = pid.unwrap_or_else(|| panic!("scenario {args:?} did not start: {line:?}"));
+        (child, pid)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+pub fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, key: &str) -> u64 {
+    after.get(key).copied().unwrap_or(0) - before.get(key).copied().unwrap_or(0)
+}
+
+/// A running `tcpq-agent trace --output json`.
+pub struct Agent {
+    child: Child,
+    stderr_lines: mpsc::Receiver<String>,
+    stdout_lines: mpsc::Receiver<(Instant, String)>,
+    pub started: Instant,
+}
+
+impl Agent {
+    /// Starts the agent with extra `trace` flags and waits until it says it
+    /// is tracing.
+    pub fn trace(extra: &[&str]) -> Agent {
+        let mut child = Command::new(agent_bin())
+            .args(["trace", "--output", "json"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tcpq-agent");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[agent] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.starts_with("tcpq: tracing") => break,
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("agent did not start tracing within 30 s");
+                }
+            }
+        }
+        let (otx, orx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = otx.send((Instant::now(), line));
+            }
+        });
+        Agent {
+            child,
+            stderr_lines: rx,
+            stdout_lines: orx,
+            started: Instant::now(),
+        }
+    }
+
+    /// Sends SIGINT, waits for the exit, returns the JSON lines printed.
+    pub fn stop(self) -> Vec<Value> {
+        self.stop_timed().into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// Like `stop`, with the time each line arrived.
+    pub fn stop_timed(mut self) -> Vec<(Instant, Value)> {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "agent exited with {status}");
+        while self.stderr_lines.try_recv().is_ok() {}
+        let mut out = Vec::new();
+        while let Ok((at, l)) = self.stdout_lines.recv_timeout(Duration::from_secs(5)) {
+            let v = serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            out.push((at, v));
+        }
+        out
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sum of `count` over lines matching `event` (and `stage`, if given) for
+/// the listener on `port` in netns `netns`.
+pub fn sum(lines: &[Value], event: &str, stage: Option<&str>, port: u16, netns: u64) -> u64 {
+    lines
+        .iter()
+        .filter(|l| l["event"] == event)
+        .filter(|l| stage.is_none_or(|s| l["stage"] == s))
+        .filter(|l| l["server.port"] == port && l["network.netns"] == netns)
+        .map(|l| l["count"].as_u64().unwrap())
+        .sum()
+}

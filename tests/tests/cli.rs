@@ -1,0 +1,78 @@
+//! Bad input: one line naming the problem, a non-zero exit, no panic and no
+//! backtrace — for flags, values, missing processes and missing privileges.
+
+use std::process::Command;
+
+use tcpq_tests::agent_bin;
+
+/// Runs the agent; returns (exit code, stderr).
+fn agent(args: &[&str], as_nobody: bool) -> (i32, String) {
+    let mut c = if as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(agent_bin());
+        c
+    } else {
+        Command::new(agent_bin())
+    };
+    let out = c
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run tcpq-agent");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_one_line_error(args: &[&str], as_nobody: bool, code: i32, needle: &str) {
+    let (rc, err) = agent(args, as_nobody);
+    assert_eq!(rc, code, "{args:?}: exit {rc}, stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
+    assert!(err.starts_with("tcpq-agent: "), "{err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: {err:?} does not mention {needle:?}"
+    );
+    for bad in ["panicked", "backtrace", "RUST_BACKTRACE"] {
+        assert!(!err.contains(bad), "{err}");
+    }
+}
+
+#[test]
+fn unknown_flag() {
+    assert_one_line_error(&["trace", "--frobnicate"], false, 2, "--frobnicate");
+}
+
+#[test]
+fn port_out_of_range() {
+    assert_one_line_error(&["trace", "--port", "70000"], false, 2, "70000");
+}
+
+#[test]
+fn bad_output_format() {
+    assert_one_line_error(&["trace", "--output", "xml"], false, 2, "xml");
+}
+
+#[test]
+fn pid_that_does_not_exist() {
+    // Above the kernel's pid_max limit (4194304): can never exist.
+    assert_one_line_error(
+        &["trace", "--pid", "4194305"],
+        false,
+        1,
+        "--pid 4194305: no such process",
+    );
+}
+
+#[test]
+fn without_root() {
+    assert_one_line_error(&["trace"], true, 1, "needs root");
+}
+
+#[test]
+fn help_is_not_an_error() {
+    let (rc, _) = agent(&["trace", "--help"], false);
+    assert_eq!(rc, 0);
+}

@@ -56,18 +56,23 @@ struct ListenerState {
     unseen: u8,
 }
 
-/// Key of a pending count.
-type PendKey = (
-    Option<ListenerKey>,
-    Kind,
-    Source,
-    Option<(std::net::IpAddr, u16)>,
-);
+type Endpoint = (std::net::IpAddr, u16);
+
+/// Key of a pending count: listener (or none, for socket-less resets),
+/// what, seen by which hook, and for socket-less resets the peer address.
+type PendKey = (Option<ListenerKey>, Kind, Source, Option<Endpoint>);
+
+/// A pending count with the latest listener state and peer.
+struct Slot {
+    info: ListenerInfo,
+    count: u64,
+    peer: Option<Endpoint>,
+}
 
 #[derive(Default)]
 pub struct Aggregator {
     listeners: HashMap<ListenerKey, ListenerState>,
-    pending: BTreeMap<PendKey, (ListenerInfo, u64, Option<(std::net::IpAddr, u16)>)>,
+    pending: BTreeMap<PendKey, Slot>,
     /// Maps the kernel's `sk_rst_reason` values to names (from BTF).
     rst_reasons: HashMap<u32, String>,
     /// Only this local port (`--port`), applied to snapshots.
@@ -90,7 +95,7 @@ impl Aggregator {
         source: Source,
         info: ListenerInfo,
         n: u64,
-        peer: Option<(std::net::IpAddr, u16)>,
+        peer: Option<Endpoint>,
     ) {
         // Socket-less resets aggregate per local endpoint and peer address;
         // listener events per listener.
@@ -99,14 +104,18 @@ impl Aggregator {
         } else {
             None
         };
-        let e = self
+        let slot = self
             .pending
             .entry((key, kind, source, group_peer))
-            .or_insert((info.clone(), 0, peer));
-        e.0 = info;
-        e.1 += n;
+            .or_insert(Slot {
+                info: info.clone(),
+                count: 0,
+                peer,
+            });
+        slot.info = info;
+        slot.count += n;
         if peer.is_some() {
-            e.2 = peer;
+            slot.peer = peer;
         }
     }
 
@@ -248,13 +257,13 @@ impl Aggregator {
     pub fn take(&mut self) -> Vec<Pending> {
         let out = std::mem::take(&mut self.pending)
             .into_iter()
-            .map(|((key, kind, source, _), (info, count, peer))| Pending {
+            .map(|((key, kind, source, _), s)| Pending {
                 kind,
                 source,
                 key,
-                info,
-                count,
-                peer,
+                info: s.info,
+                count: s.count,
+                peer: s.peer,
             })
             .collect();
         for st in self.listeners.values_mut() {

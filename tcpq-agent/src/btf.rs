@@ -62,7 +62,7 @@ impl KernelBtf {
                 };
             }
         }
-        if total_bits % 8 != 0 {
+        if !total_bits.is_multiple_of(8) {
             bail!("kernel BTF: `{ty}.{}` is a bit field", path.join("."));
         }
         Ok(total_bits / 8)

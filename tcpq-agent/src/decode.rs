@@ -49,20 +49,18 @@ pub fn decode_event(ev: &Event) -> Result<KernelEvent, DecodeError> {
     let v6 = ev.family == AF_INET6;
     let local = (addr(&ev.laddr, v6), ev.lport);
     let peer = (addr(&ev.raddr, v6), ev.rport);
-    let listener = (ev.sock_ino != 0 || ev.sk != 0).then(|| {
-        (
-            ListenerKey {
-                netns: ev.netns,
-                inode: ev.sock_ino,
-            },
-            ListenerInfo {
-                addr: local.0,
-                port: ev.lport,
-                queue_len: ev.ack_backlog,
-                queue_limit: ev.max_ack_backlog,
-            },
-        )
-    });
+    let listener = (ev.sock_ino != 0 || ev.sk != 0).then_some((
+        ListenerKey {
+            netns: ev.netns,
+            inode: ev.sock_ino,
+        },
+        ListenerInfo {
+            addr: local.0,
+            port: ev.lport,
+            queue_len: ev.ack_backlog,
+            queue_limit: ev.max_ack_backlog,
+        },
+    ));
     Ok(KernelEvent {
         ts_ns: ev.ts_ns,
         kind,

@@ -61,7 +61,7 @@ impl Format {
     }
 
     /// Parses lines like
-    /// `field:void * rx_sk;	offset:24;	size:8;	signed:0;`.
+    /// `field:void * rx_sk;<TAB>offset:24;<TAB>size:8;<TAB>signed:0;`.
     /// The field name is the last identifier of the declaration, without any
     /// array suffix (`__u8 saddr[28]` → `saddr`).
     pub fn parse(text: &str) -> Format {

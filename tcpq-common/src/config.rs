@@ -61,7 +61,7 @@ pub struct Config {
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Config {}
 
-const _: () = assert!(core::mem::size_of::<Config>() % 8 == 0);
+const _: () = assert!(core::mem::size_of::<Config>().is_multiple_of(8));
 
 /// TCP states (include/net/tcp_states.h): part of the user ABI (`ss`,
 /// sock_diag), stable across kernels.

@@ -1,0 +1,98 @@
+//! Installs what building and testing tcpq needs, skipping what is there.
+//!
+//! - nightly toolchain with rust-src: the eBPF crate is built with
+//!   `-Z build-std=core` for bpfel-unknown-none;
+//! - bpf-linker 0.10.2: its default `rust-llvm-22` links against the LLVM
+//!   of rustc itself (newer releases need a system LLVM);
+//! - Debian packages: iproute2 (ip netns, ss), util-linux (setpriv),
+//!   redis-server and nginx-light (real servers for scenario tests), wrk;
+//!   qemu, busybox-static and cpio for the VM tests.
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::{is_root, sh};
+
+const BPF_LINKER: &str = "0.10.2";
+const DEBIAN: &[&str] = &[
+    "iproute2",
+    "util-linux",
+    "procps",
+    "redis-server",
+    "nginx-light",
+    "wrk",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+];
+
+pub fn all() -> Result<()> {
+    nightly()?;
+    bpf_linker()?;
+    debian()
+}
+
+fn nightly() -> Result<()> {
+    let has = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src")
+        });
+    if !has {
+        sh(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> Result<()> {
+    let version = Command::new("bpf-linker").arg("--version").output();
+    let ok = version.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER));
+    if !ok {
+        sh(Command::new(env!("CARGO")).args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER}"),
+            "--locked",
+            "--force",
+        ]))?;
+    }
+    Ok(())
+}
+
+fn debian() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let sudo = if is_root() { vec![] } else { vec!["sudo"] };
+    let apt = |args: &[&str]| -> Result<()> {
+        let mut c = Command::new(sudo.first().copied().unwrap_or("apt-get"));
+        if !sudo.is_empty() {
+            c.arg("apt-get");
+        }
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        sh(&mut c)
+    };
+    apt(&["update", "-q"]).context("apt-get update")?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    apt(&args)
+}

@@ -15,11 +15,11 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use tcpq_common::EventKind;
+use tcpq_common::{event::outcome, EventKind};
 
 use crate::{
     decode::KernelEvent,
-    model::{Kind, ListenerInfo, ListenerKey, Pending, Source, Stage},
+    model::{Kind, ListenerInfo, ListenerKey, Next, Pending, Source, Stage},
     sockdiag::DiagSock,
 };
 
@@ -77,13 +77,17 @@ pub struct Aggregator {
     rst_reasons: HashMap<u32, String>,
     /// Only this local port (`--port`), applied to snapshots.
     port: Option<u16>,
+    /// A kernel-function hook on `tcp_conn_request` reports SYN-time drops
+    /// exactly: sock_diag then only tracks listeners, it does not count.
+    syn_hooked: bool,
 }
 
 impl Aggregator {
-    pub fn new(rst_reasons: HashMap<u32, String>, port: Option<u16>) -> Self {
+    pub fn new(rst_reasons: HashMap<u32, String>, port: Option<u16>, syn_hooked: bool) -> Self {
         Self {
             rst_reasons,
             port,
+            syn_hooked,
             ..Default::default()
         }
     }
@@ -125,30 +129,40 @@ impl Aggregator {
                 let Some((key, info)) = ev.listener.clone() else {
                     return;
                 };
-                // The kernel uses this drop reason for every failed child
-                // socket; only a full queue is an overflow.
+                // The kernel uses this path for every failed child socket;
+                // only a full queue is an overflow.
                 let kind = if info.queue_full() {
-                    Kind::ListenOverflow(Stage::Ack)
+                    let next = match ev.aux {
+                        outcome::ACK_DROPPED => Next::AckDropped,
+                        outcome::RESET => Next::Reset,
+                        _ => Next::Unknown,
+                    };
+                    Kind::ListenOverflow(Stage::Ack, next)
                 } else {
                     Kind::ListenDrop(Stage::Ack)
                 };
                 let st = self.listeners.entry(key).or_default();
                 st.ack_drops.push_back(ev.ts_ns);
                 st.info = Some(info.clone());
-                self.add(Some(key), kind, Source::Tracepoint, info, 1, None);
+                self.add(Some(key), kind, ev.source, info, 1, None);
+            }
+            EventKind::SynDrop => {
+                let Some((key, info)) = ev.listener.clone() else {
+                    return;
+                };
+                // Queue lengths are those at the SYN's arrival.
+                let kind = if info.queue_full() {
+                    Kind::ListenOverflow(Stage::Syn, Next::Unknown)
+                } else {
+                    Kind::ListenDrop(Stage::Syn)
+                };
+                self.add(Some(key), kind, ev.source, info, 1, None);
             }
             EventKind::SynackRetransmit => {
                 let Some((key, info)) = ev.listener.clone() else {
                     return;
                 };
-                self.add(
-                    Some(key),
-                    Kind::SynackRetransmit,
-                    Source::Tracepoint,
-                    info,
-                    1,
-                    None,
-                );
+                self.add(Some(key), Kind::SynackRetransmit, ev.source, info, 1, None);
             }
             EventKind::ResetSent => {
                 let kernel_reason = self
@@ -186,7 +200,7 @@ impl Aggregator {
                         reason,
                         kernel_reason,
                     },
-                    Source::Tracepoint,
+                    ev.source,
                     info,
                     1,
                     peer,
@@ -215,6 +229,9 @@ impl Aggregator {
             let st = self.listeners.entry(key).or_default();
             st.present = true;
             st.info = Some(info.clone());
+            if self.syn_hooked {
+                continue;
+            }
             let prev = match st.last_drops {
                 Some(p) => p,
                 None if snap.baseline => {
@@ -243,7 +260,7 @@ impl Aggregator {
             st.prev_full = full_now;
             if syn > 0 {
                 let kind = if full_now || was_full {
-                    Kind::ListenOverflow(Stage::Syn)
+                    Kind::ListenOverflow(Stage::Syn, Next::Unknown)
                 } else {
                     Kind::ListenDrop(Stage::Syn)
                 };
@@ -432,7 +449,7 @@ mod tests {
 
     #[test]
     fn port_filter_and_closed_listeners() {
-        let mut a = Aggregator::new(HashMap::new(), Some(9999));
+        let mut a = Aggregator::new(HashMap::new(), Some(9999), false);
         a.on_snapshot(&snap(vec![sock(1, 0, 1, 0)], 100, false));
         assert!(a.take().is_empty());
         assert_eq!(a.tracked(), 0);
@@ -449,11 +466,59 @@ mod tests {
     }
 
     #[test]
+    fn with_a_hook_on_tcp_conn_request_sock_diag_does_not_count() {
+        let mut a = Aggregator::new(HashMap::new(), None, true);
+        a.on_snapshot(&snap(vec![sock(1, 0, 1, 0)], 100, false));
+        a.on_snapshot(&snap(vec![sock(1, 9, 1, 0)], 200, false));
+        assert!(a.take().is_empty());
+        let mut e = raw(EventKind::SynDrop);
+        e.source = 2;
+        e.sock_ino = 1;
+        a.on_event(&decode_event(&e).unwrap()); // queue 2/1 at entry: full
+        e.ack_backlog = 0;
+        a.on_event(&decode_event(&e).unwrap()); // room in the queue
+        let mut c = counts(&a.take());
+        c.sort();
+        assert_eq!(
+            c,
+            vec![
+                ("listen_drop", Some(Stage::Syn), Source::Kprobe, 1),
+                ("listen_overflow", Some(Stage::Syn), Source::Kprobe, 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn ack_overflow_outcome_is_kept_apart() {
+        let mut a = Aggregator::default();
+        let mut e = raw(EventKind::ListenOverflowAck);
+        e.source = 1;
+        e.aux = tcpq_common::event::outcome::RESET;
+        a.on_event(&decode_event(&e).unwrap());
+        e.aux = tcpq_common::event::outcome::ACK_DROPPED;
+        a.on_event(&decode_event(&e).unwrap());
+        a.on_event(&decode_event(&e).unwrap());
+        let p = a.take();
+        let mut got: Vec<_> = p
+            .iter()
+            .map(|p| (p.kind.next(), p.source, p.count))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (Some("ack_dropped"), Source::Fentry, 2),
+                (Some("reset"), Source::Fentry, 1)
+            ]
+        );
+    }
+
+    #[test]
     fn resets_are_classified() {
         let mut reasons = HashMap::new();
         reasons.insert(1, "NO_SOCKET".to_string());
         reasons.insert(10, "INVALID_SYN".to_string());
-        let mut a = Aggregator::new(reasons, None);
+        let mut a = Aggregator::new(reasons, None, false);
         let mut e = raw(EventKind::ResetSent);
         e.detail = 10;
         a.on_event(&decode_event(&e).unwrap()); // listener with a full queue

@@ -107,6 +107,18 @@ impl KernelBtf {
         }
     }
 
+    /// Number of parameters of kernel function `name`, if BTF has it.
+    pub fn func_args(&self, name: &str) -> Option<usize> {
+        let types = self.btf.resolve_types_by_name(name).ok()?;
+        types.into_iter().find_map(|t| match t {
+            Type::Func(f) => match self.btf.resolve_chained_type(&f).ok()? {
+                Type::FuncProto(p) => Some(p.parameters.len()),
+                _ => None,
+            },
+            _ => None,
+        })
+    }
+
     /// Value of enumerator `name` in `enum ty`.
     pub fn enum_value(&self, ty: &str, name: &str) -> Result<u32> {
         self.enum_values(ty)?
@@ -171,6 +183,14 @@ mod tests {
             "{err}"
         );
         assert!(k.offset_opt("no_such_struct_xyz", &["a"]).is_none());
+    }
+
+    #[test]
+    fn function_arity_comes_from_btf() {
+        let Some(k) = kernel() else { return };
+        // int tcp_conn_request(rsk_ops, af_ops, sk, skb): stable since 4.4.
+        assert_eq!(k.func_args("tcp_conn_request"), Some(4));
+        assert_eq!(k.func_args("no_such_function_xyz"), None);
     }
 
     #[test]

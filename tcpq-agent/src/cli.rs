@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::export::Format;
+use crate::{caps::AttachMode, export::Format};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -23,6 +23,12 @@ pub struct Cli {
 pub enum Command {
     /// Report accept-queue overflows and listener drops as they happen.
     Trace(TraceArgs),
+    /// Show what this kernel offers, the attach plan and why.
+    Doctor {
+        /// Force a hook kind for the kernel-function hooks.
+        #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+        attach: AttachMode,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -33,6 +39,10 @@ pub struct TraceArgs {
     /// Only listeners on this local port.
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
+    /// Kernel-function hooks: fentry where possible, else kprobe, else
+    /// tracepoints and sock_diag (`auto`), or force one kind.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach: AttachMode,
     /// Output format: one readable line, or one JSON object, per report.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub output: Format,
@@ -112,7 +122,9 @@ mod tests {
             "2.5",
         ])
         .unwrap();
-        let Command::Trace(t) = c.command;
+        let Command::Trace(t) = c.command else {
+            panic!()
+        };
         assert_eq!((t.pid, t.port, t.output), (Some(1), Some(80), Format::Json));
         assert_eq!(t.duration, Some(Duration::from_millis(2500)));
         assert_eq!(t.interval, Duration::from_secs(1));
@@ -129,6 +141,8 @@ mod tests {
             vec!["trace", "--bogus"],
             vec!["frobnicate"],
             vec!["trace", "--ring-buffer-bytes", "5000"],
+            vec!["trace", "--attach", "uprobe"],
+            vec!["doctor", "--attach", "magic"],
         ] {
             assert!(parse(&bad).is_err(), "{bad:?} accepted");
         }
@@ -137,7 +151,9 @@ mod tests {
     #[test]
     fn a_missing_process_is_named() {
         let c = parse(&["trace", "--pid", "4000000"]).unwrap();
-        let Command::Trace(t) = c.command;
+        let Command::Trace(t) = c.command else {
+            panic!("not trace")
+        };
         assert_eq!(
             validate(&t).unwrap_err().to_string(),
             "--pid 4000000: no such process"

@@ -2,9 +2,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use tcpq_common::{config::AF_INET6, Event, EventKind};
+use tcpq_common::{config::AF_INET6, event, Event, EventKind};
 
-use crate::model::{ListenerInfo, ListenerKey};
+use crate::model::{ListenerInfo, ListenerKey, Source};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelEvent {
@@ -15,12 +15,15 @@ pub struct KernelEvent {
     pub local: (IpAddr, u16),
     pub peer: (IpAddr, u16),
     pub detail: u32,
+    pub aux: u32,
+    pub source: Source,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
     Short(usize),
     UnknownKind(u32),
+    UnknownSource(u32),
 }
 
 impl std::fmt::Display for DecodeError {
@@ -30,6 +33,7 @@ impl std::fmt::Display for DecodeError {
                 write!(f, "event record of {n} bytes, expected {}", Event::SIZE)
             }
             DecodeError::UnknownKind(k) => write!(f, "unknown event kind {k}"),
+            DecodeError::UnknownSource(s) => write!(f, "unknown event source {s}"),
         }
     }
 }
@@ -46,6 +50,12 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
 
 pub fn decode_event(ev: &Event) -> Result<KernelEvent, DecodeError> {
     let kind = EventKind::from_u32(ev.kind).ok_or(DecodeError::UnknownKind(ev.kind))?;
+    let source = match event::Source::from_u32(ev.source) {
+        Some(event::Source::Tracepoint) => Source::Tracepoint,
+        Some(event::Source::Fentry) => Source::Fentry,
+        Some(event::Source::Kprobe) => Source::Kprobe,
+        None => return Err(DecodeError::UnknownSource(ev.source)),
+    };
     let v6 = ev.family == AF_INET6;
     let local = (addr(&ev.laddr, v6), ev.lport);
     let peer = (addr(&ev.raddr, v6), ev.rport);
@@ -68,6 +78,8 @@ pub fn decode_event(ev: &Event) -> Result<KernelEvent, DecodeError> {
         local,
         peer,
         detail: ev.detail,
+        aux: ev.aux,
+        source,
     })
 }
 
@@ -101,7 +113,8 @@ pub mod tests {
             ack_backlog: 2,
             max_ack_backlog: 1,
             sk: 0xffff_8880_0000_1000,
-            pid_tgid: 0,
+            source: 0,
+            aux: 0,
         }
     }
 

@@ -32,6 +32,9 @@ pub fn json(r: &Report) -> Value {
     if let Some(stage) = p.kind.stage() {
         m.insert("stage".into(), json!(stage.as_str()));
     }
+    if let Some(next) = p.kind.next() {
+        m.insert("next".into(), json!(next));
+    }
     m.insert("count".into(), json!(p.count));
     m.insert("server.address".into(), json!(p.info.addr.to_string()));
     m.insert("server.port".into(), json!(p.info.port));
@@ -66,6 +69,9 @@ pub fn text(r: &Report) -> String {
     let mut s = format!("{} {}", timestamp(r.at), p.kind.event_name());
     if let Some(stage) = p.kind.stage() {
         s += &format!(" stage={}", stage.as_str());
+    }
+    if let Some(next) = p.kind.next() {
+        s += &format!(" next={next}");
     }
     if let crate::model::Kind::ResetSent {
         reason,
@@ -137,7 +143,7 @@ mod tests {
 
     fn pending() -> Pending {
         Pending {
-            kind: Kind::ListenOverflow(Stage::Syn),
+            kind: Kind::ListenOverflow(Stage::Syn, crate::model::Next::Unknown),
             source: Source::SockDiag,
             key: Some(ListenerKey {
                 netns: 4026532000,

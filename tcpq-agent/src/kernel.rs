@@ -6,7 +6,11 @@ use std::collections::HashMap;
 use anyhow::{Context, Result};
 use tcpq_common::Config;
 
-use crate::{btf::KernelBtf, tracefs::Format};
+use crate::{
+    btf::KernelBtf,
+    caps::{self, Facts, FnFacts},
+    tracefs::Format,
+};
 
 /// A tracepoint hook and the program that serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +97,9 @@ pub fn plan(
         // `#define rsk_listener __req_common.skc_listener`
         rsk_listener: btf.offset("request_sock", &["__req_common", "skc_listener"])?,
         socket_to_ino: (inode_in_alloc + i_ino) as i32 - socket_in_alloc as i32,
+        sk_drops: btf.offset("sock", &["sk_drops"])?,
+        icsk_qlen: btf.offset("inet_connection_sock", &["icsk_accept_queue", "qlen"])?,
+        net_abort_on_overflow: btf.offset("net", &["ipv4", "sysctl_tcp_abort_on_overflow"])?,
         filter_lport: filter_lport as u32,
         filter_netns,
         ..Config::default()
@@ -167,10 +174,49 @@ pub fn plan(
 }
 
 /// Reads kernel facts and plans.
-pub fn discover(tracefs: &std::path::Path, filter_lport: u16, filter_netns: u32) -> Result<Plan> {
+pub fn discover(
+    tracefs: &std::path::Path,
+    filter_lport: u16,
+    filter_netns: u32,
+) -> Result<(Plan, Facts)> {
     let btf = KernelBtf::load()?;
-    plan(&btf, &Formats::read(tracefs), filter_lport, filter_netns)
-        .context("reading struct layouts from kernel BTF")
+    let plan = plan(&btf, &Formats::read(tracefs), filter_lport, filter_netns)
+        .context("reading struct layouts from kernel BTF")?;
+    Ok((plan, facts(&btf, tracefs)))
+}
+
+/// What the kernel offers for the kernel-function hooks (see `caps`).
+pub fn facts(btf: &KernelBtf, tracefs: &std::path::Path) -> Facts {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let ftrace_list = tracefs.join("available_filter_functions");
+    // Unreadable under lockdown even for root: then "unknown", not "no".
+    let ftrace = std::fs::read_to_string(&ftrace_list).ok();
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    let listed = |text: &str, name: &str, field: usize| {
+        text.lines()
+            .any(|l| l.split_whitespace().nth(field) == Some(name))
+    };
+    let functions = caps::FUNCTIONS
+        .iter()
+        .map(|&(name, _)| {
+            let f = FnFacts {
+                btf_args: btf.func_args(name),
+                ftrace: ftrace.as_deref().map(|t| listed(t, name, 0)),
+                kallsyms: listed(&kallsyms, name, 2),
+            };
+            (name.to_string(), f)
+        })
+        .collect();
+    Facts {
+        version: caps::parse_release(&release),
+        release,
+        kprobes: tracefs.join("kprobe_events").exists(),
+        ftrace: ftrace_list.exists(),
+        functions,
+    }
 }
 
 #[cfg(test)]

@@ -1,22 +1,65 @@
 //! Loading the embedded eBPF object with the planned configuration and
-//! attaching its programs. Thin: all decisions are in `kernel::plan`.
+//! attaching its programs: kernel-function hooks per `caps::plan` (trying
+//! each kind in order, falling back on failure), then the tracepoints that
+//! are still needed. Thin: decisions live in `caps` and `kernel`.
 
-use anyhow::{bail, Context, Result};
-use aya::{programs::TracePoint, Ebpf, EbpfLoader};
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{
+    programs::{
+        fentry::FEntryLinkId, fexit::FExitLinkId, kprobe::KProbeLinkId, FEntry, FExit, KProbe,
+        Program, TracePoint,
+    },
+    Btf, Ebpf, EbpfLoader,
+};
 
-use crate::kernel::Plan;
+use crate::{
+    caps::{Choice, HookKind},
+    kernel::{self, Plan},
+};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpq"));
 
-pub struct Loaded {
-    pub ebpf: Ebpf,
-    /// `category:name` of each attached tracepoint.
-    pub attached: Vec<String>,
-    /// Hooks that could not be attached, and why.
-    pub failed: Vec<(String, String)>,
+/// What happened to one kernel function.
+#[derive(Debug, Clone)]
+pub struct KfuncResult {
+    pub function: &'static str,
+    /// The hook kind in use, if any.
+    pub kind: Option<HookKind>,
+    /// Why earlier kinds failed.
+    pub notes: Vec<String>,
 }
 
-pub fn load(plan: &Plan, ring_buffer_bytes: u32) -> Result<Loaded> {
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub kfuncs: Vec<KfuncResult>,
+    /// `category:name` of each attached tracepoint.
+    pub attached: Vec<String>,
+    /// Tracepoints not attached, and why.
+    pub skipped: Vec<(String, String)>,
+}
+
+impl Loaded {
+    /// The hook kind serving `function`, if any.
+    pub fn kind_of(&self, function: &str) -> Option<HookKind> {
+        self.kfuncs
+            .iter()
+            .find(|k| k.function == function)
+            .and_then(|k| k.kind)
+    }
+
+    /// One line per attached hook, for the start-up message.
+    pub fn summary(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .kfuncs
+            .iter()
+            .filter_map(|k| Some(format!("{} {}", k.kind?.as_str(), k.function)))
+            .collect();
+        out.extend(self.attached.iter().map(|t| format!("tracepoint {t}")));
+        out
+    }
+}
+
+pub fn load(plan: &Plan, choices: &[Choice], ring_buffer_bytes: u32) -> Result<Loaded> {
     if OBJECT.is_empty() {
         bail!("this tcpq-agent was built with AYA_BUILD_SKIP=1 and carries no kernel programs; rebuild without it");
     }
@@ -26,10 +69,56 @@ pub fn load(plan: &Plan, ring_buffer_bytes: u32) -> Result<Loaded> {
         .map_max_entries("EVENTS", ring_buffer_bytes)
         .load(OBJECT)
         .context("loading the eBPF object")?;
+
+    let btf = if choices
+        .iter()
+        .any(|c| c.try_order.contains(&HookKind::Fentry))
+    {
+        Btf::from_sys_fs().ok()
+    } else {
+        None
+    };
+    let mut kfuncs = Vec::new();
+    for c in choices {
+        let mut r = KfuncResult {
+            function: c.function,
+            kind: None,
+            notes: Vec::new(),
+        };
+        for &kind in &c.try_order {
+            match attach_kfunc(&mut ebpf, c.function, kind, btf.as_ref()) {
+                Ok(()) => {
+                    r.kind = Some(kind);
+                    break;
+                }
+                Err(e) => r.notes.push(format!(
+                    "{}: {}",
+                    kind.as_str(),
+                    one_line(&format!("{e:#}"))
+                )),
+            }
+        }
+        kfuncs.push(r);
+    }
+
+    let ack_hooked = kfuncs
+        .iter()
+        .any(|k| k.function == "tcp_v4_syn_recv_sock" && k.kind.is_some());
     let mut attached = Vec::new();
-    let mut failed = Vec::new();
+    let mut skipped: Vec<(String, String)> = plan
+        .skipped
+        .iter()
+        .map(|(h, why)| (format!("{}:{}", h.category, h.name), why.clone()))
+        .collect();
     for hook in &plan.hooks {
         let what = format!("{}:{}", hook.category, hook.name);
+        if *hook == kernel::KFREE_SKB && ack_hooked {
+            skipped.push((
+                what,
+                "ACK-time overflows come from the tcp_v4/v6_syn_recv_sock hooks".into(),
+            ));
+            continue;
+        }
         let r = (|| -> Result<()> {
             let prog: &mut TracePoint = ebpf
                 .program_mut(hook.program)
@@ -41,18 +130,125 @@ pub fn load(plan: &Plan, ring_buffer_bytes: u32) -> Result<Loaded> {
         })();
         match r {
             Ok(()) => attached.push(what),
-            Err(e) => failed.push((what, format!("{e:#}"))),
+            Err(e) => skipped.push((what, one_line(&format!("{e:#}")))),
         }
     }
-    if attached.is_empty() && !plan.hooks.is_empty() {
-        let why: Vec<_> = failed.iter().map(|(w, e)| format!("{w}: {e}")).collect();
+    if attached.is_empty() && kfuncs.iter().all(|k| k.kind.is_none()) && !plan.hooks.is_empty() {
+        let why: Vec<_> = skipped.iter().map(|(w, e)| format!("{w}: {e}")).collect();
         bail!("no kernel hook could be attached ({})", why.join("; "));
     }
     Ok(Loaded {
         ebpf,
+        kfuncs,
         attached,
-        failed,
+        skipped,
     })
+}
+
+/// The programs serving `function` as `kind`, exit side first (an exit
+/// hook without its entry hook does nothing; the reverse would leave state
+/// behind).
+fn programs(function: &str, kind: HookKind) -> &'static [&'static str] {
+    match (function, kind) {
+        ("tcp_conn_request", HookKind::Fentry) => {
+            &["tcpq_conn_request_fexit", "tcpq_conn_request_fentry"]
+        }
+        ("tcp_conn_request", HookKind::Kprobe) => {
+            &["tcpq_conn_request_kretprobe", "tcpq_conn_request_kprobe"]
+        }
+        ("tcp_v4_syn_recv_sock", HookKind::Fentry) => &["tcpq_syn_recv4_fexit"],
+        ("tcp_v6_syn_recv_sock", HookKind::Fentry) => &["tcpq_syn_recv6_fexit"],
+        ("tcp_v4_syn_recv_sock" | "tcp_v6_syn_recv_sock", HookKind::Kprobe) => {
+            &["tcpq_syn_recv_kretprobe", "tcpq_syn_recv_kprobe"]
+        }
+        ("tcp_check_req", HookKind::Fentry) => &["tcpq_check_req_fexit", "tcpq_check_req_fentry"],
+        ("tcp_check_req", HookKind::Kprobe) => {
+            &["tcpq_check_req_kretprobe", "tcpq_check_req_kprobe"]
+        }
+        _ => &[],
+    }
+}
+
+enum Link {
+    FEntry(&'static str, FEntryLinkId),
+    FExit(&'static str, FExitLinkId),
+    KProbe(&'static str, KProbeLinkId),
+}
+
+/// Attaches every program serving `function` as `kind`, or none of them.
+fn attach_kfunc(
+    ebpf: &mut Ebpf,
+    function: &'static str,
+    kind: HookKind,
+    btf: Option<&Btf>,
+) -> Result<()> {
+    let names = programs(function, kind);
+    if names.is_empty() {
+        bail!("no program for {function}");
+    }
+    let mut links = Vec::new();
+    for &name in names {
+        match attach_one(ebpf, name, function, btf) {
+            Ok(link) => links.push(link),
+            Err(e) => {
+                for link in links {
+                    detach(ebpf, link);
+                }
+                return Err(e.context(name));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    function: &str,
+    btf: Option<&Btf>,
+) -> Result<Link> {
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+    let need_btf = || btf.ok_or_else(|| anyhow!("kernel BTF not loadable by aya"));
+    Ok(match prog {
+        Program::FEntry(p) => {
+            p.load(function, need_btf()?)?;
+            Link::FEntry(name, p.attach()?)
+        }
+        Program::FExit(p) => {
+            p.load(function, need_btf()?)?;
+            Link::FExit(name, p.attach()?)
+        }
+        Program::KProbe(p) => {
+            if p.fd().is_err() {
+                p.load()?;
+            }
+            Link::KProbe(name, p.attach(function, 0)?)
+        }
+        _ => bail!("{name} is not a kernel-function program"),
+    })
+}
+
+fn detach(ebpf: &mut Ebpf, link: Link) {
+    let _ = match link {
+        Link::FEntry(n, id) => ebpf
+            .program_mut(n)
+            .and_then(|p| <&mut FEntry>::try_from(p).ok())
+            .map(|p| p.detach(id)),
+        Link::FExit(n, id) => ebpf
+            .program_mut(n)
+            .and_then(|p| <&mut FExit>::try_from(p).ok())
+            .map(|p| p.detach(id)),
+        Link::KProbe(n, id) => ebpf
+            .program_mut(n)
+            .and_then(|p| <&mut KProbe>::try_from(p).ok())
+            .map(|p| p.detach(id)),
+    };
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK. Newer ones use

@@ -7,8 +7,10 @@
 
 mod aggregate;
 mod btf;
+mod caps;
 mod cli;
 mod decode;
+mod doctor;
 mod export;
 mod kernel;
 mod load;
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         cli::Command::Trace(args) => cli::validate(&args).and_then(|()| trace::run(args)),
+        cli::Command::Doctor { attach } => doctor::run(attach),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

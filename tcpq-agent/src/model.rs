@@ -49,6 +49,8 @@ impl Stage {
 pub enum Source {
     Tracepoint,
     SockDiag,
+    Fentry,
+    Kprobe,
 }
 
 impl Source {
@@ -56,6 +58,30 @@ impl Source {
         match self {
             Source::Tracepoint => "tracepoint",
             Source::SockDiag => "sock_diag",
+            Source::Fentry => "fentry",
+            Source::Kprobe => "kprobe",
+        }
+    }
+}
+
+/// What the kernel did after refusing a handshake's final ACK
+/// (`tcp_check_req`, per `net.ipv4.tcp_abort_on_overflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Next {
+    /// Not observed (SYN stage, or no hook on `tcp_check_req`).
+    Unknown,
+    /// The ACK was dropped; the SYN-ACK will be retransmitted.
+    AckDropped,
+    /// The client got a RST (`connection reset by peer`).
+    Reset,
+}
+
+impl Next {
+    pub fn as_str(self) -> Option<&'static str> {
+        match self {
+            Next::Unknown => None,
+            Next::AckDropped => Some("ack_dropped"),
+            Next::Reset => Some("reset"),
         }
     }
 }
@@ -64,7 +90,7 @@ impl Source {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     /// A connection lost to a full accept queue.
-    ListenOverflow(Stage),
+    ListenOverflow(Stage, Next),
     /// A connection dropped by a listener while its accept queue was not
     /// full (SYN queue full, memory, a failed child socket, ...).
     ListenDrop(Stage),
@@ -80,16 +106,23 @@ pub enum Kind {
 impl Kind {
     pub fn event_name(&self) -> &'static str {
         match self {
-            Kind::ListenOverflow(_) => "listen_overflow",
+            Kind::ListenOverflow(..) => "listen_overflow",
             Kind::ListenDrop(_) => "listen_drop",
             Kind::SynackRetransmit => "synack_retransmit",
             Kind::ResetSent { .. } => "reset_sent",
         }
     }
 
+    pub fn next(&self) -> Option<&'static str> {
+        match self {
+            Kind::ListenOverflow(_, n) => n.as_str(),
+            _ => None,
+        }
+    }
+
     pub fn stage(&self) -> Option<Stage> {
         match self {
-            Kind::ListenOverflow(s) | Kind::ListenDrop(s) => Some(*s),
+            Kind::ListenOverflow(s, _) | Kind::ListenDrop(s) => Some(*s),
             _ => None,
         }
     }

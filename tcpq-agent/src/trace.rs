@@ -18,6 +18,7 @@ use tokio::{
 
 use crate::{
     aggregate::{Aggregator, NetnsSnapshot},
+    caps,
     cli::TraceArgs,
     decode, export, kernel, load, netns, poll,
     resolve::{self, Owner, Resolver},
@@ -50,15 +51,21 @@ async fn trace(args: TraceArgs) -> Result<()> {
             .with_context(|| format!("--pid {pid}: cannot read its network namespace"))?,
         None => 0,
     };
-    let plan = kernel::discover(&tracefs, args.port.unwrap_or(0), filter_netns)?;
-    let mut loaded = load::load(&plan, args.ring_buffer_bytes)?;
-    for (hook, why) in &plan.skipped {
+    let (plan, facts) = kernel::discover(&tracefs, args.port.unwrap_or(0), filter_netns)?;
+    let choices = caps::plan(&facts, args.attach);
+    let mut loaded = load::load(&plan, &choices, args.ring_buffer_bytes)?;
+    for k in loaded
+        .kfuncs
+        .iter()
+        .filter(|k| k.kind.is_none() && !k.notes.is_empty())
+    {
         eprintln!(
-            "tcpq: continuing without {}:{} ({why})",
-            hook.category, hook.name
+            "tcpq: continuing without a hook on {} ({})",
+            k.function,
+            k.notes.join("; ")
         );
     }
-    for (what, why) in &loaded.failed {
+    for (what, why) in &loaded.skipped {
         eprintln!("tcpq: continuing without {what} ({why})");
     }
     let ring = RingBuf::try_from(
@@ -82,7 +89,11 @@ async fn trace(args: TraceArgs) -> Result<()> {
     let _poller = poll::spawn(args.poll_interval, tx, wake_rx)?;
 
     let mut s = Session {
-        agg: Aggregator::new(plan.rst_reasons.clone(), args.port),
+        agg: Aggregator::new(
+            plan.rst_reasons.clone(),
+            args.port,
+            loaded.kind_of("tcp_conn_request").is_some(),
+        ),
         resolver: Resolver::new(Duration::from_millis(100)),
         stats,
         received: 0,
@@ -108,7 +119,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
     s.apply(first);
     eprintln!(
         "tcpq: tracing {listeners} listeners in {namespaces} network namespaces; hooks: {}, sock_diag every {:?}; reporting every {:?}",
-        loaded.attached.join(", "),
+        loaded.summary().join(", "),
         s.args.poll_interval,
         s.args.interval
     );

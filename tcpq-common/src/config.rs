@@ -46,6 +46,12 @@ pub struct Config {
     pub sk_socket: u32,
     /// `request_sock.rsk_listener` (for resets sent on a request sock).
     pub rsk_listener: u32,
+    /// `sock.sk_drops` (atomic_t).
+    pub sk_drops: u32,
+    /// `inet_connection_sock.icsk_accept_queue.qlen` (SYN-queue length).
+    pub icsk_qlen: u32,
+    /// `net.ipv4.sysctl_tcp_abort_on_overflow` (u8).
+    pub net_abort_on_overflow: u32,
     /// Offset from a `struct socket *` to its inode's `i_ino`:
     /// `socket_alloc.vfs_inode - socket_alloc.socket + inode.i_ino`.
     pub socket_to_ino: i32,
@@ -55,7 +61,6 @@ pub struct Config {
     pub filter_lport: u32,
     /// Only this netns inode; 0 = every netns.
     pub filter_netns: u32,
-    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]

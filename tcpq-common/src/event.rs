@@ -13,6 +13,10 @@ pub enum EventKind {
     /// A RST was sent for a listener, a request sock or for no socket at all
     /// (`tcp:tcp_send_reset`); `detail` holds the kernel's `sk_rst_reason`.
     ResetSent = 3,
+    /// `tcp_conn_request` dropped a SYN: the listener's `sk_drops` moved
+    /// across the call (kprobe/fentry). `aux` holds the SYN-queue length and
+    /// `ack_backlog`/`max_ack_backlog` the accept queue, both at entry.
+    SynDrop = 4,
 }
 
 impl EventKind {
@@ -21,6 +25,7 @@ impl EventKind {
             1 => Some(Self::ListenOverflowAck),
             2 => Some(Self::SynackRetransmit),
             3 => Some(Self::ResetSent),
+            4 => Some(Self::SynDrop),
             _ => None,
         }
     }
@@ -57,9 +62,42 @@ pub struct Event {
     pub max_ack_backlog: u32,
     /// Kernel address of the socket: only an identity within one boot.
     pub sk: u64,
-    /// `bpf_get_current_pid_tgid()` of whatever task ran the hook (often a
-    /// softirq interrupting an unrelated task): never used as the owner.
-    pub pid_tgid: u64,
+    /// A [`Source`]: which kind of hook produced the event.
+    pub source: u32,
+    /// Kind-specific: SYN-queue length for [`EventKind::SynDrop`]; the
+    /// outcome ([`outcome`]) for [`EventKind::ListenOverflowAck`].
+    pub aux: u32,
+}
+
+/// Which kind of kernel hook produced an event.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Tracepoint = 0,
+    Fentry = 1,
+    Kprobe = 2,
+}
+
+impl Source {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Self::Tracepoint),
+            1 => Some(Self::Fentry),
+            2 => Some(Self::Kprobe),
+            _ => None,
+        }
+    }
+}
+
+/// What `tcp_check_req` did with an ACK that overflowed the accept queue.
+pub mod outcome {
+    /// Not observed (the hook on `tcp_check_req` is not attached).
+    pub const UNKNOWN: u32 = 0;
+    /// `tcp_abort_on_overflow=0`: the ACK was dropped, the request kept;
+    /// the SYN-ACK will be retransmitted.
+    pub const ACK_DROPPED: u32 = 1;
+    /// `tcp_abort_on_overflow=1`: the client got a RST.
+    pub const RESET: u32 = 2;
 }
 
 impl Event {

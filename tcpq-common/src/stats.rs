@@ -1,7 +1,8 @@
 //! Indices of the per-CPU counters the kernel programs keep (`STATS` map).
 //! The agent sums them over CPUs; `seen - delivered` is what was lost.
 
-/// `skb:kfree_skb` with reason TCP_LISTEN_OVERFLOW and a listener.
+/// An ACK-time listener drop: `skb:kfree_skb` with reason
+/// TCP_LISTEN_OVERFLOW, or `tcp_v{4,6}_syn_recv_sock` returning NULL.
 pub const LISTEN_OVERFLOW_SEEN: u32 = 0;
 /// `tcp:tcp_retransmit_synack` on a listener.
 pub const SYNACK_RTX_SEEN: u32 = 1;
@@ -13,4 +14,7 @@ pub const RINGBUF_FULL: u32 = 3;
 /// what could be read.
 pub const READ_ERRORS: u32 = 4;
 
-pub const COUNT: u32 = 5;
+/// `tcp_conn_request` dropped a SYN (kprobe/fentry).
+pub const SYN_DROP_SEEN: u32 = 5;
+
+pub const COUNT: u32 = 6;

@@ -1,7 +1,7 @@
 //! The one way out of the kernel: count, then write to the ring buffer.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
@@ -45,7 +45,8 @@ pub fn emit(seen: u32, kind: u32, fill: impl FnOnce(&mut Event)) {
                 ack_backlog: 0,
                 max_ack_backlog: 0,
                 sk: 0,
-                pid_tgid: bpf_get_current_pid_tgid(),
+                source: 0,
+                aux: 0,
             };
             fill(ev);
             slot.submit(0);

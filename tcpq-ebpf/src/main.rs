@@ -47,7 +47,9 @@ static CONFIG: Config = Config {
     socket_to_ino: 0,
     filter_lport: 0,
     filter_netns: 0,
-    _pad: 0,
+    sk_drops: 0,
+    icsk_qlen: 0,
+    net_abort_on_overflow: 0,
 };
 
 /// Reads one field of [`CONFIG`] so the compiler cannot fold the zero

@@ -5,9 +5,10 @@
 //!            enum skb_drop_reason reason, struct sock *rx_sk)
 //! Needs: `rx_sk` (Linux 6.11+) and SKB_DROP_REASON_TCP_LISTEN_OVERFLOW set by
 //! `tcp_check_req` when `syn_recv_sock` returns NULL on a full accept queue
-//! (Linux 6.15+). The agent attaches this only when both exist; older kernels
-//! use the kprobe/fentry hooks on `tcp_v4_syn_recv_sock` instead, and sock_diag
-//! polling everywhere.
+//! (Linux 6.15+). The kernel uses that reason for every NULL from
+//! `syn_recv_sock`, overflow or not: the agent tells them apart by the queue
+//! length recorded here. Attached only when the kernel-function hooks on
+//! `tcp_v{4,6}_syn_recv_sock` (kfunc.rs) are not, so nothing counts twice.
 //!
 //! Cost on the healthy path: one load and one compare (`reason`); kfree_skb
 //! fires only for dropped packets, never for consumed ones.

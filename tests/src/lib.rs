@@ -143,14 +143,20 @@ impl Netns {
         out
     }
 
-    /// Starts the scenario helper inside the namespace and waits for its
-    /// `ready` line. Returns the child and its pid.
+    /// Starts the scenario helper (IPv4) inside the namespace and waits for
+    /// its `ready` line. Returns the child and its pid.
     pub fn scenario(&self, args: &[&str]) -> (Child, u32) {
+        self.scenario_ip(Ip::V4, args)
+    }
+
+    /// Like `scenario`, over IPv4 or IPv6 loopback.
+    pub fn scenario_ip(&self, ip: Ip, args: &[&str]) -> (Child, u32) {
         let bin = scenario_bin();
         let bin = bin.to_str().unwrap();
         let mut child = self
             .cmd(bin)
             .args(args)
+            .env("TCPQ_SCENARIO_V6", if ip == Ip::V6 { "1" } else { "0" })
             .stdout(Stdio::piped())
             .spawn()
             .expect("start tcpq-scenario");
@@ -178,6 +184,35 @@ pub fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, key: &
     after.get(key).copied().unwrap_or(0) - before.get(key).copied().unwrap_or(0)
 }
 
+/// Loopback address family of a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ip {
+    V4,
+    V6,
+}
+
+impl Ip {
+    /// What tcpq reports as `server.address`.
+    pub fn loopback(self) -> &'static str {
+        match self {
+            Ip::V4 => "127.0.0.1",
+            Ip::V6 => "::1",
+        }
+    }
+}
+
+/// Which hook must report SYN-time and ACK-time overflows in this run.
+/// `TCPQ_EXPECT_HOOK=fentry|kprobe` (set by the VM runs, where the kernel
+/// has them) demands the kernel-function hooks; unset, the host's path:
+/// sock_diag for SYN-time, the kfree_skb tracepoint for ACK-time. A silent
+/// fallback therefore fails the test instead of passing it.
+pub fn expected_sources() -> (String, String) {
+    match std::env::var("TCPQ_EXPECT_HOOK") {
+        Ok(h) if !h.is_empty() => (h.clone(), h),
+        _ => ("sock_diag".into(), "tracepoint".into()),
+    }
+}
+
 /// A running `tcpq-agent trace --output json`.
 pub struct Agent {
     child: Child,
@@ -193,6 +228,10 @@ impl Agent {
         let mut child = Command::new(agent_bin())
             .args(["trace", "--output", "json"])
             .args(extra)
+            .args(match std::env::var("TCPQ_ATTACH") {
+                Ok(mode) if !mode.is_empty() => vec!["--attach".to_string(), mode],
+                _ => vec![],
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

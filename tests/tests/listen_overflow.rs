@@ -8,12 +8,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tcpq_tests::{delta, root_or_skip, sum, Agent, Netns};
+use tcpq_tests::{delta, expected_sources, root_or_skip, sum, Agent, Ip, Netns};
 
 const OVERFLOWS: &str = "TcpExt.ListenOverflows";
 
 /// Every report line for `port` in `ns` names the owner and the settings.
 fn assert_attributed(lines: &[serde_json::Value], port: u16, ns: &Netns, pid: u32, exe: &str) {
+    assert_attributed_ip(lines, port, ns, pid, exe, Ip::V4)
+}
+
+fn assert_attributed_ip(
+    lines: &[serde_json::Value],
+    port: u16,
+    ns: &Netns,
+    pid: u32,
+    exe: &str,
+    ip: Ip,
+) {
     let mine: Vec<_> = lines
         .iter()
         .filter(|l| l["event"] == "listen_overflow" && l["server.port"] == port)
@@ -29,7 +40,7 @@ fn assert_attributed(lines: &[serde_json::Value], port: u16, ns: &Netns, pid: u3
             "owner must be the listener's process: {l}"
         );
         assert_eq!(l["process.executable.name"], exe, "{l}");
-        assert_eq!(l["server.address"], "127.0.0.1", "{l}");
+        assert_eq!(l["server.address"], ip.loopback(), "{l}");
         assert!(l["count"].as_u64().unwrap() >= 1, "{l}");
         assert!(l["timestamp"].as_str().unwrap().ends_with('Z'), "{l}");
         assert!(
@@ -39,19 +50,30 @@ fn assert_attributed(lines: &[serde_json::Value], port: u16, ns: &Netns, pid: u3
     }
 }
 
-#[test]
-fn syn_time_overflow_matches_listen_overflows() {
+/// All `listen_overflow` lines of `stage` come from `source`.
+fn assert_source(lines: &[serde_json::Value], port: u16, stage: &str, source: &str) {
+    for l in lines.iter().filter(|l| {
+        l["event"] == "listen_overflow" && l["server.port"] == port && l["stage"] == stage
+    }) {
+        assert_eq!(
+            l["source"], source,
+            "{stage}-time overflow seen by the wrong hook: {l}"
+        );
+    }
+}
+
+fn syn_time_overflow(ip: Ip, port: u16) {
     if !root_or_skip() {
         return;
     }
-    let ns = Netns::new("syn");
-    let port = 9101;
+    let ns = Netns::new(&format!("syn{port}"));
     let agent = Agent::trace(&["--port", &port.to_string()]);
     let before = ns.counters();
     let t0 = Instant::now();
     // listen(0): the first client fills the queue; 5 more are dropped at SYN
     // time, once for the SYN and once for its single retransmit.
-    let (mut child, pid) = ns.scenario(&["syn-overflow", &port.to_string(), "6", "1", "3.5"]);
+    let (mut child, pid) =
+        ns.scenario_ip(ip, &["syn-overflow", &port.to_string(), "6", "1", "3.5"]);
     child.wait().unwrap();
     let after = ns.counters();
     let lines = agent.stop_timed();
@@ -70,10 +92,8 @@ fn syn_time_overflow_matches_listen_overflows() {
         sum(&values, "listen_overflow", Some("syn"), port, ns.inode()),
         kernel
     );
-    assert_attributed(&values, port, &ns, pid, "tcpq-scenario");
-    assert!(values
-        .iter()
-        .all(|l| l["source"] == "sock_diag" || l["event"] != "listen_overflow"));
+    assert_attributed_ip(&values, port, &ns, pid, "tcpq-scenario", ip);
+    assert_source(&values, port, "syn", &expected_sources().0);
     // Detection latency: first drop is ~20 ms after t0 (second client).
     let first = lines
         .iter()
@@ -89,6 +109,16 @@ fn syn_time_overflow_matches_listen_overflows() {
         latency < Duration::from_secs(3),
         "first line after {latency:?}"
     );
+}
+
+#[test]
+fn syn_time_overflow_matches_listen_overflows() {
+    syn_time_overflow(Ip::V4, 9101);
+}
+
+#[test]
+fn syn_time_overflow_ipv6() {
+    syn_time_overflow(Ip::V6, 9111);
 }
 
 #[test]
@@ -127,17 +157,19 @@ fn a_listener_older_than_the_agent_is_tracked_without_its_history() {
     assert_ne!(pid, clients_pid);
 }
 
-#[test]
-fn ack_time_overflow_is_seen_by_the_tracepoint() {
+fn ack_time_overflow(ip: Ip, port: u16, abort_on_overflow: bool) {
     if !root_or_skip() {
         return;
     }
-    let ns = Netns::new("ack");
+    let ns = Netns::new(&format!("ack{port}"));
     ns.sysctl("net.ipv4.tcp_synack_retries", "2");
-    let port = 9103;
+    ns.sysctl(
+        "net.ipv4.tcp_abort_on_overflow",
+        if abort_on_overflow { "1" } else { "0" },
+    );
     let agent = Agent::trace(&["--port", &port.to_string()]);
     let before = ns.counters();
-    let (mut child, pid) = ns.scenario(&["ack-overflow", &port.to_string(), "2"]);
+    let (mut child, pid) = ns.scenario_ip(ip, &["ack-overflow", &port.to_string(), "2"]);
     child.wait().unwrap();
     let after = ns.counters();
     let lines = agent.stop();
@@ -150,24 +182,75 @@ fn ack_time_overflow_is_seen_by_the_tracepoint() {
     );
     let ack = sum(&lines, "listen_overflow", Some("ack"), port, ns.inode());
     assert!(ack >= 1, "no ACK-time overflow reported: {lines:#?}");
-    assert!(lines
-        .iter()
-        .filter(|l| l["stage"] == "ack")
-        .all(|l| l["source"] == "tracepoint"
-            && l["queue.length"].as_u64() > l["queue.limit"].as_u64()));
-    assert_attributed(&lines, port, &ns, pid, "tcpq-scenario");
-    // Each refused ACK leaves the request pending: the kernel retransmits
-    // the SYN-ACK, and tcpq counts those per listener too.
-    let rtx = lines
-        .iter()
-        .filter(|l| l["event"] == "synack_retransmit" && l["server.port"] == port)
-        .map(|l| l["count"].as_u64().unwrap())
-        .sum::<u64>();
-    assert_eq!(
-        rtx,
-        delta(&before, &after, "TcpExt.TCPSynRetrans"),
-        "{lines:#?}"
-    );
+    let source = expected_sources().1;
+    assert_source(&lines, port, "ack", &source);
+    let ack_lines = || {
+        lines
+            .iter()
+            .filter(|l| l["stage"] == "ack" && l["server.port"] == port)
+    };
+    assert!(ack_lines().all(|l| l["queue.length"].as_u64() > l["queue.limit"].as_u64()));
+    assert_attributed_ip(&lines, port, &ns, pid, "tcpq-scenario", ip);
+    let resets = delta(&before, &after, "TcpExt.EmbryonicRsts");
+    if abort_on_overflow {
+        assert!(resets >= 1, "tcp_abort_on_overflow=1 sent no RST");
+    }
+    if source == "tracepoint" {
+        // tcp:tcp_send_reset names the listener and its full queue.
+        let rst: u64 = lines
+            .iter()
+            .filter(|l| {
+                l["event"] == "reset_sent"
+                    && l["reason"] == "listen_overflow"
+                    && l["server.port"] == port
+            })
+            .map(|l| l["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            rst, resets,
+            "RSTs for overflows vs EmbryonicRsts: {lines:#?}"
+        );
+    } else {
+        // tcp_check_req's hook tells what followed each overflow.
+        let next = if abort_on_overflow {
+            "reset"
+        } else {
+            "ack_dropped"
+        };
+        assert!(
+            ack_lines().all(|l| l["next"] == next),
+            "expected next={next}: {lines:#?}"
+        );
+    }
+    if !abort_on_overflow {
+        // Each dropped ACK leaves the request pending: the kernel retransmits
+        // the SYN-ACK, and tcpq counts those per listener too.
+        let rtx = lines
+            .iter()
+            .filter(|l| l["event"] == "synack_retransmit" && l["server.port"] == port)
+            .map(|l| l["count"].as_u64().unwrap())
+            .sum::<u64>();
+        assert_eq!(
+            rtx,
+            delta(&before, &after, "TcpExt.TCPSynRetrans"),
+            "{lines:#?}"
+        );
+    }
+}
+
+#[test]
+fn ack_time_overflow_is_seen_by_the_tracepoint() {
+    ack_time_overflow(Ip::V4, 9103, false);
+}
+
+#[test]
+fn ack_time_overflow_ipv6() {
+    ack_time_overflow(Ip::V6, 9113, false);
+}
+
+#[test]
+fn ack_time_overflow_with_abort_on_overflow_resets_the_client() {
+    ack_time_overflow(Ip::V4, 9123, true);
 }
 
 #[test]

@@ -15,9 +15,11 @@
 //!       client), A1 and A2 fill the queue meanwhile: B's ACK overflows
 //!   tcpq-scenario refused PORT COUNT
 //!       COUNT connects to a closed port (each answered by a RST)
+//!
+//! Loopback over IPv4 (127.0.0.1), or IPv6 (::1) with TCPQ_SCENARIO_V6=1.
 use std::{
     io,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     thread::sleep,
     time::Duration,
@@ -25,37 +27,62 @@ use std::{
 
 fn check(rc: i32, what: &str) -> io::Result<i32> {
     if rc < 0 {
-        Err(io::Error::new(
-            io::Error::last_os_error().kind(),
-            format!("{what}: {}", io::Error::last_os_error()),
-        ))
+        let e = io::Error::last_os_error();
+        Err(io::Error::new(e.kind(), format!("{what}: {e}")))
     } else {
         Ok(rc)
     }
 }
 
-fn sockaddr(port: u16) -> libc::sockaddr_in {
-    let a = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*a.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    }
+fn v6() -> bool {
+    std::env::var("TCPQ_SCENARIO_V6").is_ok_and(|v| v == "1")
+}
+
+/// The loopback address and `port` as a sockaddr_storage, with its length.
+fn sockaddr(port: u16) -> (libc::sockaddr_storage, u32) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = if v6() {
+        let sa = libc::sockaddr_in6 {
+            sin6_family: libc::AF_INET6 as u16,
+            sin6_port: port.to_be(),
+            sin6_flowinfo: 0,
+            sin6_addr: libc::in6_addr {
+                s6_addr: Ipv6Addr::LOCALHOST.octets(),
+            },
+            sin6_scope_id: 0,
+        };
+        // SAFETY: sockaddr_storage is large enough for any sockaddr.
+        unsafe { std::ptr::write((&raw mut ss).cast::<libc::sockaddr_in6>(), sa) };
+        std::mem::size_of::<libc::sockaddr_in6>()
+    } else {
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: as above.
+        unsafe { std::ptr::write((&raw mut ss).cast::<libc::sockaddr_in>(), sa) };
+        std::mem::size_of::<libc::sockaddr_in>()
+    };
+    (ss, len as u32)
 }
 
 fn tcp_socket() -> io::Result<OwnedFd> {
+    let family = if v6() { libc::AF_INET6 } else { libc::AF_INET };
     let fd = check(
-        unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) },
+        unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) },
         "socket",
     )?;
+    // SAFETY: a fresh descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn setopt(fd: RawFd, level: i32, opt: i32, v: i32) -> io::Result<()> {
-    let p = &v as *const i32 as *const libc::c_void;
+    let p = (&raw const v).cast::<libc::c_void>();
     check(
         unsafe { libc::setsockopt(fd, level, opt, p, 4) },
         "setsockopt",
@@ -66,22 +93,16 @@ fn setopt(fd: RawFd, level: i32, opt: i32, v: i32) -> io::Result<()> {
 fn listener(port: u16, backlog: i32) -> io::Result<OwnedFd> {
     let s = tcp_socket()?;
     setopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    let a = sockaddr(port);
+    let (a, len) = sockaddr(port);
     check(
-        unsafe {
-            libc::bind(
-                s.as_raw_fd(),
-                &a as *const _ as *const libc::sockaddr,
-                std::mem::size_of_val(&a) as u32,
-            )
-        },
+        unsafe { libc::bind(s.as_raw_fd(), (&raw const a).cast(), len) },
         "bind",
     )?;
     check(unsafe { libc::listen(s.as_raw_fd(), backlog) }, "listen")?;
     Ok(s)
 }
 
-/// Starts a connect; returns the socket and whether it failed at once.
+/// Starts a connect; returns the socket and the error if it failed at once.
 fn connect(
     port: u16,
     syncnt: Option<i32>,
@@ -102,14 +123,8 @@ fn connect(
             "fcntl",
         )?;
     }
-    let a = sockaddr(port);
-    let rc = unsafe {
-        libc::connect(
-            s.as_raw_fd(),
-            &a as *const _ as *const libc::sockaddr,
-            std::mem::size_of_val(&a) as u32,
-        )
-    };
+    let (a, len) = sockaddr(port);
+    let rc = unsafe { libc::connect(s.as_raw_fd(), (&raw const a).cast(), len) };
     let err = if rc < 0 {
         let e = io::Error::last_os_error();
         (e.raw_os_error() != Some(libc::EINPROGRESS)).then_some(e)

@@ -296,6 +296,11 @@ impl Aggregator {
         out
     }
 
+    /// Whether anything is waiting for the next `take`.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Inodes of listeners with counts waiting for the next `take`.
     pub fn pending_inodes(&self) -> impl Iterator<Item = u32> + '_ {
         self.pending.keys().filter_map(|(k, ..)| k.map(|k| k.inode))

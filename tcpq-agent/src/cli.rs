@@ -59,6 +59,10 @@ pub struct TraceArgs {
     /// page). Small values are for tests of loss accounting.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = ring_bytes, hide = true)]
     pub ring_buffer_bytes: u32,
+    /// Measure the kernel programs (BPF_ENABLE_STATS, for this process's
+    /// lifetime only) and print runs and ns/run per program on exit.
+    #[arg(long)]
+    pub bpf_stats: bool,
 }
 
 fn ring_bytes(s: &str) -> Result<u32, String> {

@@ -42,6 +42,7 @@ struct Session {
     received: u64,
     undecodable: u64,
     lost_reported: u64,
+    last_flush: std::time::Instant,
 }
 
 async fn trace(args: TraceArgs) -> Result<()> {
@@ -53,6 +54,15 @@ async fn trace(args: TraceArgs) -> Result<()> {
     };
     let (plan, facts) = kernel::discover(&tracefs, args.port.unwrap_or(0), filter_netns)?;
     let choices = caps::plan(&facts, args.attach);
+    // Run-time stats cost a clock read per program run: only on request.
+    let _stats_fd = if args.bpf_stats {
+        Some(
+            aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                .context("enabling BPF run-time stats")?,
+        )
+    } else {
+        None
+    };
     let mut loaded = load::load(&plan, &choices, args.ring_buffer_bytes)?;
     for k in loaded
         .kfuncs
@@ -99,6 +109,10 @@ async fn trace(args: TraceArgs) -> Result<()> {
         received: 0,
         undecodable: 0,
         lost_reported: 0,
+        // Quiet since start: the first news is printed at once.
+        last_flush: std::time::Instant::now()
+            .checked_sub(args.interval)
+            .unwrap_or_else(std::time::Instant::now),
         pid_filter: args.pid.map(|pid| PidFilter {
             owner: Owner {
                 pid,
@@ -157,7 +171,11 @@ async fn trace(args: TraceArgs) -> Result<()> {
             s.apply(r);
         }
         s.learn_owners();
-        if flush {
+        // After a quiet interval, the first news goes out at once; then one
+        // line per listener per interval.
+        let quiet = s.last_flush.elapsed() >= s.args.interval;
+        if flush || (quiet && s.agg.has_pending()) {
+            tick.reset();
             if s.flush(&mut out).is_err() {
                 return Ok(()); // stdout closed (e.g. `| head`): nothing left to say
             }
@@ -187,6 +205,16 @@ async fn trace(args: TraceArgs) -> Result<()> {
         s.undecodable,
         s.stat(stats::READ_ERRORS)
     );
+    if s.args.bpf_stats {
+        for (name, prog) in loaded.ebpf.programs() {
+            if let Ok(info) = prog.info() {
+                let runs = info.run_count();
+                let ns = info.run_time().as_nanos() as u64;
+                let avg = if runs > 0 { ns / runs } else { 0 };
+                eprintln!("tcpq: cost {name} runs={runs} total_ns={ns} ns_per_run={avg}");
+            }
+        }
+    }
     Ok(())
 }
 
@@ -218,6 +246,7 @@ impl Session {
 
     fn flush(&mut self, out: &mut impl Write) -> io::Result<()> {
         let at = SystemTime::now();
+        self.last_flush = std::time::Instant::now();
         let format = self.args.output;
         let lost = self.stat(stats::RINGBUF_FULL);
         if lost > self.lost_reported {

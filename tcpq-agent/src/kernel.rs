@@ -191,21 +191,19 @@ pub fn facts(btf: &KernelBtf, tracefs: &std::path::Path) -> Facts {
         .unwrap_or_default()
         .trim()
         .to_string();
+    let names: Vec<&str> = caps::FUNCTIONS.iter().map(|&(n, _)| n).collect();
     let ftrace_list = tracefs.join("available_filter_functions");
     // Unreadable under lockdown even for root: then "unknown", not "no".
-    let ftrace = std::fs::read_to_string(&ftrace_list).ok();
-    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-    let listed = |text: &str, name: &str, field: usize| {
-        text.lines()
-            .any(|l| l.split_whitespace().nth(field) == Some(name))
-    };
-    let functions = caps::FUNCTIONS
+    let ftrace = symbols_in(&ftrace_list, 0, &names);
+    let kallsyms =
+        symbols_in(std::path::Path::new("/proc/kallsyms"), 2, &names).unwrap_or_default();
+    let functions = names
         .iter()
-        .map(|&(name, _)| {
+        .map(|&name| {
             let f = FnFacts {
                 btf_args: btf.func_args(name),
-                ftrace: ftrace.as_deref().map(|t| listed(t, name, 0)),
-                kallsyms: listed(&kallsyms, name, 2),
+                ftrace: ftrace.as_ref().map(|found| found.contains(name)),
+                kallsyms: kallsyms.contains(name),
             };
             (name.to_string(), f)
         })
@@ -217,6 +215,28 @@ pub fn facts(btf: &KernelBtf, tracefs: &std::path::Path) -> Facts {
         ftrace: ftrace_list.exists(),
         functions,
     }
+}
+
+/// Which of `names` appear as whitespace-separated field `field` of some
+/// line of `path`, read line by line (kallsyms is large); None if the file
+/// cannot be read.
+fn symbols_in(
+    path: &std::path::Path,
+    field: usize,
+    names: &[&str],
+) -> Option<std::collections::HashSet<String>> {
+    use std::io::BufRead;
+    let f = std::fs::File::open(path).ok()?;
+    let mut found = std::collections::HashSet::new();
+    for line in std::io::BufReader::new(f).lines() {
+        let line = line.ok()?;
+        if let Some(sym) = line.split_whitespace().nth(field) {
+            if names.contains(&sym) {
+                found.insert(sym.to_string());
+            }
+        }
+    }
+    Some(found)
 }
 
 #[cfg(test)]

@@ -131,6 +131,10 @@ async fn trace(args: TraceArgs) -> Result<()> {
     let listeners: usize = first.iter().map(|n| n.listeners.len()).sum();
     let namespaces = first.len();
     s.apply(first);
+    // Start-up parsed the kernel's BTF twice (ours and aya's); give that
+    // memory back to the system rather than keep it for the agent's life.
+    // SAFETY: plain glibc call, no pointers.
+    unsafe { libc::malloc_trim(0) };
     eprintln!(
         "tcpq: tracing {listeners} listeners in {namespaces} network namespaces; hooks: {}, sock_diag every {:?}; reporting every {:?}",
         loaded.summary().join(", "),

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 /// The functions tcpq hooks, with what each contributes.
-pub const FUNCTIONS: [(&str, &str); 4] = [
+pub const FUNCTIONS: [(&str, &str); 5] = [
     (
         "tcp_conn_request",
         "SYN-time drops, exact (sk_drops before/after)",
@@ -20,6 +20,10 @@ pub const FUNCTIONS: [(&str, &str); 4] = [
     (
         "tcp_check_req",
         "what follows an ACK-time overflow: dropped or RST",
+    ),
+    (
+        "inet_csk_accept",
+        "accepts per listener, counted in the kernel",
     ),
 ];
 

@@ -18,6 +18,8 @@ pub struct Report<'a> {
     pub at: SystemTime,
     pub pending: &'a Pending,
     pub owner: Option<&'a Owner>,
+    /// Accepts by the application meanwhile, when the accept hook is on.
+    pub accepts: Option<crate::accepts::Accepts>,
 }
 
 pub fn timestamp(at: SystemTime) -> String {
@@ -60,6 +62,10 @@ pub fn json(r: &Report) -> Value {
         m.insert("client.address".into(), json!(addr.to_string()));
         m.insert("client.port".into(), json!(port));
     }
+    if let Some(a) = r.accepts {
+        m.insert("accept.count".into(), json!(a.count));
+        m.insert("accept.queue_max".into(), json!(a.queue_max));
+    }
     m.insert("source".into(), json!(p.source.as_str()));
     Value::Object(m)
 }
@@ -98,6 +104,9 @@ pub fn text(r: &Report) -> String {
     }
     if let Some((addr, port)) = p.peer {
         s += &format!(" peer={}", endpoint(addr, port));
+    }
+    if let Some(a) = r.accepts {
+        s += &format!(" accepted={}", a.count);
     }
     s += &format!(" source={}", p.source.as_str());
     s
@@ -172,6 +181,7 @@ mod tests {
             at,
             pending: &p,
             owner: Some(&owner),
+            accepts: None,
         });
         assert_eq!(v["timestamp"], "2025-11-21T01:20:00.123Z");
         assert_eq!(v["event"], "listen_overflow");
@@ -192,6 +202,7 @@ mod tests {
                 at,
                 pending: &p,
                 owner: Some(&owner),
+                accepts: None,
             },
         );
         assert!(!line.contains('\n'));
@@ -206,6 +217,7 @@ mod tests {
             at,
             pending: &p,
             owner: None,
+            accepts: None,
         });
         assert_eq!(
             t,

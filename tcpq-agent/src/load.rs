@@ -165,6 +165,8 @@ fn programs(function: &str, kind: HookKind) -> &'static [&'static str] {
         ("tcp_check_req", HookKind::Kprobe) => {
             &["tcpq_check_req_kretprobe", "tcpq_check_req_kprobe"]
         }
+        ("inet_csk_accept", HookKind::Fentry) => &["tcpq_accept_fexit"],
+        ("inet_csk_accept", HookKind::Kprobe) => &["tcpq_accept_kretprobe", "tcpq_accept_kprobe"],
         _ => &[],
     }
 }

@@ -5,6 +5,7 @@
 //! → resolve (owner) → export. `main` only parses, dispatches and prints
 //! errors as one line.
 
+mod accepts;
 mod aggregate;
 mod btf;
 mod caps;

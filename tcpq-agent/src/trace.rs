@@ -8,8 +8,9 @@ use std::{
 };
 
 use anyhow::{anyhow, Context, Result};
-use aya::maps::{MapData, PerCpuArray, RingBuf};
-use tcpq_common::stats;
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use std::collections::HashMap;
+use tcpq_common::{stats, AcceptStats};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
@@ -17,10 +18,13 @@ use tokio::{
 };
 
 use crate::{
+    accepts::{self, AcceptCounter, Accepts},
     aggregate::{Aggregator, NetnsSnapshot},
     caps,
     cli::TraceArgs,
-    decode, export, kernel, load, netns, poll,
+    decode, export, kernel, load,
+    model::ListenerKey,
+    netns, poll,
     resolve::{self, Owner, Resolver},
     tracefs,
 };
@@ -35,6 +39,8 @@ pub fn run(args: TraceArgs) -> Result<()> {
 
 struct Session {
     args: TraceArgs,
+    /// The kernel's per-listener accept counts, when `inet_csk_accept` is hooked.
+    accepts: Option<(PerCpuHashMap<MapData, u64, AcceptStats>, AcceptCounter)>,
     pid_filter: Option<PidFilter>,
     agg: Aggregator,
     resolver: Resolver,
@@ -94,11 +100,22 @@ async fn trace(args: TraceArgs) -> Result<()> {
             .ok_or_else(|| anyhow!("STATS map missing"))?,
     )?;
 
+    let accepts = match loaded.kind_of("inet_csk_accept") {
+        Some(_) => {
+            let map = loaded
+                .ebpf
+                .take_map("ACCEPTS")
+                .ok_or_else(|| anyhow!("ACCEPTS map missing"))?;
+            Some((PerCpuHashMap::try_from(map)?, AcceptCounter::default()))
+        }
+        None => None,
+    };
     let (tx, mut rx) = mpsc::channel::<Vec<NetnsSnapshot>>(4);
     let (wake, wake_rx) = std_mpsc::channel();
     let _poller = poll::spawn(args.poll_interval, tx, wake_rx)?;
 
     let mut s = Session {
+        accepts,
         agg: Aggregator::new(
             plan.rst_reasons.clone(),
             args.port,
@@ -214,7 +231,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
             if let Ok(info) = prog.info() {
                 let runs = info.run_count();
                 let ns = info.run_time().as_nanos() as u64;
-                let avg = if runs > 0 { ns / runs } else { 0 };
+                let avg = ns.checked_div(runs).unwrap_or(0);
                 eprintln!("tcpq: cost {name} runs={runs} total_ns={ns} ns_per_run={avg}");
             }
         }
@@ -261,6 +278,7 @@ impl Session {
             )?;
             self.lost_reported = lost;
         }
+        let accepts = self.read_accepts();
         let pending = self.agg.take();
         if pending.is_empty() {
             return out.flush();
@@ -280,7 +298,10 @@ impl Session {
                     &export::Report {
                         at,
                         pending: p,
-                        owner
+                        owner,
+                        accepts: p.key.and_then(|k| accepts
+                            .as_ref()
+                            .map(|a| a.get(&k).copied().unwrap_or_default())),
                     }
                 )
             )?;
@@ -291,6 +312,17 @@ impl Session {
             f.sockets.retain(|ino| agg.tracks_inode(*ino));
         }
         out.flush()
+    }
+
+    /// Accepts per listener since the last flush; None without the hook.
+    fn read_accepts(&mut self) -> Option<HashMap<ListenerKey, Accepts>> {
+        let (map, counter) = self.accepts.as_mut()?;
+        let entries: Vec<_> = map
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(sk, per_cpu)| (sk, accepts::sum_cpus(per_cpu.iter())))
+            .collect();
+        Some(counter.update(entries))
     }
 
     /// Learns the owners of listeners that just showed up, while their

@@ -102,9 +102,52 @@ pub mod outcome {
 
 impl Event {
     pub const SIZE: usize = core::mem::size_of::<Event>();
+
+    /// All fields zero (kind 0 is no kind: fill it in).
+    pub const fn default_zeroed() -> Event {
+        Event {
+            ts_ns: 0,
+            kind: 0,
+            detail: 0,
+            netns: 0,
+            sock_ino: 0,
+            family: 0,
+            lport: 0,
+            rport: 0,
+            state: 0,
+            laddr: [0; 16],
+            raddr: [0; 16],
+            ack_backlog: 0,
+            max_ack_backlog: 0,
+            sk: 0,
+            source: 0,
+            aux: 0,
+        }
+    }
 }
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Event {}
 
 const _: () = assert!(core::mem::size_of::<Event>() == 88);
+
+/// Per-listener accept statistics, aggregated in the kernel (map
+/// `ACCEPTS`, keyed by the listener's kernel address): an accept on a
+/// healthy server costs one map update, never a ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AcceptStats {
+    /// Successful `accept()`s since the entry was created.
+    pub accepts: u64,
+    /// Largest accept-queue length seen at an accept (including the one
+    /// being accepted).
+    pub depth_max: u32,
+    pub netns: u32,
+    pub sock_ino: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for AcceptStats {}
+
+const _: () = assert!(core::mem::size_of::<AcceptStats>() == 24);

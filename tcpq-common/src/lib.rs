@@ -11,4 +11,4 @@ pub mod event;
 pub mod stats;
 
 pub use config::Config;
-pub use event::{Event, EventKind};
+pub use event::{AcceptStats, Event, EventKind};

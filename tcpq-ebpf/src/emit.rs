@@ -30,24 +30,9 @@ pub fn emit(seen: u32, kind: u32, fill: impl FnOnce(&mut Event)) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut slot) => {
             let ev = unsafe { &mut *slot.as_mut_ptr() };
-            *ev = Event {
-                ts_ns: unsafe { bpf_ktime_get_ns() },
-                kind,
-                detail: 0,
-                netns: 0,
-                sock_ino: 0,
-                family: 0,
-                lport: 0,
-                rport: 0,
-                state: 0,
-                laddr: [0; 16],
-                raddr: [0; 16],
-                ack_backlog: 0,
-                max_ack_backlog: 0,
-                sk: 0,
-                source: 0,
-                aux: 0,
-            };
+            *ev = Event::default_zeroed();
+            ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+            ev.kind = kind;
             fill(ev);
             slot.submit(0);
         }

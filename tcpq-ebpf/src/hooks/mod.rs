@@ -1,6 +1,7 @@
 //! One module per kernel hook family. Each entry point is thin:
 //! `match try_x(ctx) { .. }`; the logic lives in `sock` and `emit`.
 
+mod accept;
 mod kfunc;
 mod listen;
 mod reset;

@@ -1,0 +1,87 @@
+//! Accepts per listener, aggregated in the kernel.
+//!
+//! struct sock *inet_csk_accept(struct sock *sk, int flags, int *err, bool kern);
+//!     (Linux ≤ 6.9)
+//! struct sock *inet_csk_accept(struct sock *sk, struct proto_accept_arg *arg);
+//!     (Linux 6.10+)
+//! `sk` (the listener) is the first argument in both. It runs in process
+//! context and may sleep (a blocking accept), so the kprobe variant keeps
+//! entry state per thread, not per CPU. Without fentry or kprobes there is
+//! no accept hook; tcpq then reports no accept counts.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{fexit, kprobe, kretprobe, map},
+    maps::{HashMap, LruPerCpuHashMap},
+    programs::{FExitContext, ProbeContext, RetProbeContext},
+};
+use tcpq_common::AcceptStats;
+
+use crate::{conf, sock};
+
+/// Per CPU, so concurrent accepts on one listener never race; the agent
+/// sums the CPUs.
+#[map]
+static ACCEPTS: LruPerCpuHashMap<u64, AcceptStats> = LruPerCpuHashMap::with_max_entries(8192, 0);
+
+/// kprobe entry → kretprobe: listener per thread.
+#[map]
+static ACCEPT_ENTRY: HashMap<u64, u64> = HashMap::with_max_entries(8192, 0);
+
+#[inline(always)]
+fn accepted(sk: u64, child: u64) {
+    if child == 0 || sk == 0 || sock::filtered_out(sk) {
+        return;
+    }
+    // The queue has already given up the child: depth at accept is one more.
+    let depth = sock::read::<u32>(sk, conf!(sk_ack_backlog)).unwrap_or(0) + 1;
+    if let Some(s) = ACCEPTS.get_ptr_mut(sk) {
+        // SAFETY: this CPU's value of a live entry. Created on another CPU,
+        // it starts zeroed here: fill in the listener's identity.
+        let s = unsafe { &mut *s };
+        s.accepts += 1;
+        if depth > s.depth_max {
+            s.depth_max = depth;
+        }
+        if s.sock_ino == 0 {
+            let mut ev = tcpq_common::Event::default_zeroed();
+            sock::fill_listener(&mut ev, sk);
+            s.netns = ev.netns;
+            s.sock_ino = ev.sock_ino;
+        }
+        return;
+    }
+    let mut ev = tcpq_common::Event::default_zeroed();
+    sock::fill_listener(&mut ev, sk);
+    let v = AcceptStats {
+        accepts: 1,
+        depth_max: depth,
+        netns: ev.netns,
+        sock_ino: ev.sock_ino,
+        _pad: 0,
+    };
+    let _ = ACCEPTS.insert(sk, v, 0);
+}
+
+#[fexit(function = "inet_csk_accept")]
+pub fn tcpq_accept_fexit(ctx: FExitContext) -> u32 {
+    accepted(ctx.arg::<u64>(0), ctx.ret::<u64>().unwrap_or(0));
+    0
+}
+
+#[kprobe]
+pub fn tcpq_accept_kprobe(ctx: ProbeContext) -> u32 {
+    let sk = ctx.arg::<u64>(0).unwrap_or(0);
+    let _ = ACCEPT_ENTRY.insert(bpf_get_current_pid_tgid(), sk, 0);
+    0
+}
+
+#[kretprobe]
+pub fn tcpq_accept_kretprobe(ctx: RetProbeContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid();
+    if let Some(sk) = unsafe { ACCEPT_ENTRY.get(tid) }.copied() {
+        let _ = ACCEPT_ENTRY.remove(tid);
+        accepted(sk, ctx.ret::<u64>());
+    }
+    0
+}

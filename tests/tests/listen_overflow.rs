@@ -414,3 +414,57 @@ fn pid_filter_shows_only_that_process_listeners() {
     assert_eq!(on_a * 2, total, "A={on_a}, netns total={total}");
     assert_attributed(&lines, 9106, &ns, pid_a, "tcpq-scenario");
 }
+
+/// The `inet_csk_accept` hook counts what the application accepts while its
+/// queue overflows: 0 for a stuck server, exactly its accepts otherwise.
+/// Needs fentry or kprobes (the VM runs); the host has no accept hook.
+#[test]
+fn accepts_during_overflow_are_counted() {
+    if !root_or_skip() {
+        return;
+    }
+    if std::env::var("TCPQ_EXPECT_HOOK").is_err() {
+        eprintln!(
+            "skipped: no inet_csk_accept hook on this kernel (no fentry/kprobes); runs in the VM"
+        );
+        return;
+    }
+    let ns = Netns::new("accept");
+    let port = 9108;
+    let agent = Agent::trace(&["--port", &port.to_string()]);
+    let mut child = ns
+        .cmd(tcpq_tests::scenario_bin().to_str().unwrap())
+        .args(["slow-accept", &port.to_string(), "10", "3", "2.5"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = {
+        use std::io::Read;
+        let mut s = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut s).unwrap();
+        s
+    };
+    child.wait().unwrap();
+    let accepted: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("accepted ")?.trim().parse().ok())
+        .expect("scenario reports its accepts");
+    let lines = agent.stop();
+    let mine: Vec<_> = lines
+        .iter()
+        .filter(|l| l["event"] == "listen_overflow" && l["server.port"] == port)
+        .collect();
+    assert!(!mine.is_empty(), "{lines:#?}");
+    let counted: u64 = mine
+        .iter()
+        .map(|l| l["accept.count"].as_u64().expect("accept.count"))
+        .sum();
+    assert_eq!(accepted, 3);
+    assert_eq!(
+        counted, accepted,
+        "accepts reported on overflow lines: {lines:#?}"
+    );
+    assert!(mine
+        .iter()
+        .all(|l| l["accept.queue_max"].as_u64().unwrap() >= 1));
+}

@@ -13,6 +13,9 @@
 //!   tcpq-scenario ack-overflow PORT HOLD_SECS
 //!       listen(1); client B delays its final ACK (TCP_DEFER_ACCEPT on the
 //!       client), A1 and A2 fill the queue meanwhile: B's ACK overflows
+//!   tcpq-scenario slow-accept PORT CLIENTS ACCEPTS HOLD_SECS
+//!       listen(1); CLIENTS connects (TCP_SYNCNT=3), then ACCEPTS accept()s
+//!       300 ms apart while the rest keep overflowing; prints `accepted N`
 //!   tcpq-scenario refused PORT COUNT
 //!       COUNT connects to a closed port (each answered by a RST)
 //!
@@ -189,6 +192,32 @@ fn main() -> io::Result<()> {
             let (a2, _) = connect(port, None, false, false)?;
             sleep(secs(hold));
             drop((a1, a2, b));
+        }
+        "slow-accept" => {
+            let port = arg(&args, 1, "PORT");
+            let clients: usize = arg(&args, 2, "CLIENTS");
+            let accepts: usize = arg(&args, 3, "ACCEPTS");
+            let hold: f64 = arg(&args, 4, "HOLD_SECS");
+            let l = listener(port, 1)?;
+            ready();
+            let mut held = Vec::new();
+            for _ in 0..clients.min(1000) {
+                held.push(connect(port, Some(3), true, false)?.0);
+                sleep(Duration::from_millis(20));
+            }
+            let mut accepted = 0;
+            for _ in 0..accepts.min(1000) {
+                sleep(Duration::from_millis(300));
+                let fd = unsafe {
+                    libc::accept(l.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut())
+                };
+                if fd >= 0 {
+                    accepted += 1;
+                    held.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+            println!("accepted {accepted}");
+            sleep(secs(hold));
         }
         "refused" => {
             let port = arg(&args, 1, "PORT");

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tcpq_tests::{delta, expected_sources, root_or_skip, sum, Agent, Ip, Netns};
+use tcpq_tests::{delta, expected_sources, root_or_skip, source_matches, sum, Agent, Ip, Netns};
 
 const OVERFLOWS: &str = "TcpExt.ListenOverflows";
 
@@ -51,13 +51,14 @@ fn assert_attributed_ip(
 }
 
 /// All `listen_overflow` lines of `stage` come from `source`.
-fn assert_source(lines: &[serde_json::Value], port: u16, stage: &str, source: &str) {
+fn assert_source(lines: &[serde_json::Value], port: u16, stage: &str, expected: &str) {
     for l in lines.iter().filter(|l| {
         l["event"] == "listen_overflow" && l["server.port"] == port && l["stage"] == stage
     }) {
-        assert_eq!(
-            l["source"], source,
-            "{stage}-time overflow seen by the wrong hook: {l}"
+        let got = l["source"].as_str().unwrap_or("");
+        assert!(
+            source_matches(got, expected),
+            "{stage}-time overflow seen by {got}, expected {expected}: {l}"
         );
     }
 }
@@ -195,7 +196,7 @@ fn ack_time_overflow(ip: Ip, port: u16, abort_on_overflow: bool) {
     if abort_on_overflow {
         assert!(resets >= 1, "tcp_abort_on_overflow=1 sent no RST");
     }
-    if source == "tracepoint" {
+    if source_matches("tracepoint", &source) {
         // tcp:tcp_send_reset names the listener and its full queue.
         let rst: u64 = lines
             .iter()
@@ -321,6 +322,10 @@ fn ring_buffer_loss_is_counted_not_silent() {
     // A 4 KiB ring holds ~42 events; the agent is frozen while 400 RSTs are
     // sent for a closed port, so most cannot be delivered.
     let agent = Agent::trace(&["--port", &p, "--ring-buffer-bytes", "4096"]);
+    if !agent.ready_line.contains("tcp:tcp_send_reset") {
+        eprintln!("skipped: tcp:tcp_send_reset has no socket-less resets on this kernel (Linux 6.10+); loss accounting is tested on the host");
+        return;
+    }
     let before = ns.counters();
     unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
     let (mut child, _) = ns.scenario(&["refused", &p, "400"]);
@@ -464,7 +469,10 @@ fn accepts_during_overflow_are_counted() {
         counted, accepted,
         "accepts reported on overflow lines: {lines:#?}"
     );
-    assert!(mine
+    // listen(1) holds 2: the first accept found a queue of 2.
+    let queue_max = mine
         .iter()
-        .all(|l| l["accept.queue_max"].as_u64().unwrap() >= 1));
+        .map(|l| l["accept.queue_max"].as_u64().unwrap())
+        .max();
+    assert_eq!(queue_max, Some(2), "{lines:#?}");
 }

@@ -1,0 +1,979 @@
+//! `cargo xtask vm`: the scenario tests inside Debian's 6.1 cloud kernel
+//! (kprobes, fentry, BTF), booted by QEMU with TCG.
+//!
+//! 1. kernel: `apt-get download` of the newest
+//!    `linux-image-6.1.0-*-cloud-amd64-unsigned`; its `vmlinuz-*` and the
+//!    two modules sock_diag needs for TCP (`inet_diag`, `tcp_diag`: `=m` in
+//!    Debian) are kept in `${XDG_CACHE_HOME:-~/.cache}/tcpq/vm/RELEASE/`.
+//!    `--kernel PATH` boots a bzImage instead (with INET_DIAG and
+//!    INET_TCP_DIAG built in, as no module is loaded then);
+//! 2. build the agent, tcpq-scenario and the integration-test executables;
+//! 3. initramfs (newc, gzip), written here: busybox and its applets,
+//!    iproute2's `ip`/`ss` and the other tools the tests run, each dynamic
+//!    ELF with its shared libraries and interpreter at the host's paths, our
+//!    binaries in the layout cargo gives them (`/tcpq/target/debug/...`),
+//!    and an `/init` that runs every test executable once per attach mode
+//!    (`--attach auto,kprobe` by default: `TCPQ_ATTACH` set to the mode,
+//!    `TCPQ_EXPECT_HOOK` to the hook kind the tests must then see — `kfunc`
+//!    (fentry or kprobe) for auto; `tracepoint`: the host's expectations) and prints `TCPQ-VM:
+//!    PASS|FAIL <name>@<mode>`, then `TCPQ-VM: DONE`, then powers off;
+//! 4. QEMU, serial console streamed as `vm| ...` and saved to
+//!    target/vm/console.log; the verdict comes from the marker lines.
+//!
+//! No root needed, except for `apt-get update` when apt knows no such kernel.
+
+use std::{
+    cmp::Ordering,
+    collections::BTreeMap,
+    fs,
+    io::{self, BufRead, BufReader, BufWriter, Write},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::{cargo, is_root, root, sh};
+
+const KERNEL_PREFIX: &str = "linux-image-6.1.0-";
+const KERNEL_SUFFIX: &str = "-cloud-amd64-unsigned";
+/// Modules to load, in order (tcp_diag needs inet_diag), under
+/// `lib/modules/RELEASE/` in the package.
+const MODULES: &[&str] = &[
+    "kernel/net/ipv4/inet_diag.ko",
+    "kernel/net/ipv4/tcp_diag.ko",
+];
+const MARK: &str = "TCPQ-VM: ";
+/// Where the guest finds our binaries: the layout of `target/`, so the
+/// tests find tcpq-scenario next to themselves (`deps/../tcpq-scenario`).
+const GUEST_BIN: &str = "tcpq/target/debug";
+/// Host tools the tests run besides busybox (`cargo xtask setup` installs
+/// them): iproute2's, util-linux's `setpriv --reuid` (busybox's lacks it),
+/// the real redis-server.
+const TOOLS: &[&str] = &["ip", "ss", "setpriv", "redis-server"];
+const TOOL_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+/// `--attach` values: the agent's `--attach` modes the tests can check.
+pub const ATTACH_MODES: [&str; 4] = ["auto", "fentry", "kprobe", "tracepoint"];
+
+pub struct Opts {
+    pub kernel: Option<PathBuf>,
+    pub timeout: Duration,
+    /// Attach modes (`ATTACH_MODES`), one run of every executable each.
+    pub attach: Vec<String>,
+    pub args: Vec<String>,
+}
+
+pub fn run(opts: Opts) -> Result<()> {
+    let kernel = match opts.kernel {
+        Some(vmlinuz) => Kernel {
+            vmlinuz,
+            modules: vec![],
+        },
+        None => debian_kernel()?,
+    };
+    ensure!(
+        kernel.vmlinuz.is_file(),
+        "no kernel at {}",
+        kernel.vmlinuz.display()
+    );
+    let tests = build()?;
+    let out = root().join("target/vm");
+    fs::create_dir_all(&out)?;
+    let initrd = out.join("initramfs.cpio.gz");
+    let t = Instant::now();
+    let runs: Vec<Run> = opts
+        .attach
+        .iter()
+        .flat_map(|mode| tests.iter().map(move |t| Run::new(t, mode)))
+        .collect();
+    initramfs(&tests, &runs, &kernel.modules, &opts.args, &initrd)?;
+    eprintln!(
+        "xtask: vm: {} ({} MiB) in {:.1?}",
+        initrd.display(),
+        fs::metadata(&initrd)?.len() >> 20,
+        t.elapsed()
+    );
+    let log = out.join("console.log");
+    let v = boot(&kernel.vmlinuz, &initrd, &log, opts.timeout)?;
+    let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+    eprintln!("{}", v.summary(&names));
+    eprintln!("xtask: vm: console log in {}", log.display());
+    if !v.all_passed(&names) {
+        bail!("vm: not every test executable passed");
+    }
+    Ok(())
+}
+
+// ---- kernel ---------------------------------------------------------------
+
+fn cache_dir() -> Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache"),
+    };
+    Ok(base.join("tcpq/vm"))
+}
+
+struct Kernel {
+    vmlinuz: PathBuf,
+    modules: Vec<PathBuf>,
+}
+
+impl Kernel {
+    /// What `debian_kernel` keeps in `dir` (`RELEASE/`), if complete.
+    fn cached(dir: &Path) -> Option<Kernel> {
+        let modules: Vec<PathBuf> = MODULES
+            .iter()
+            .map(|m| dir.join(Path::new(m).file_name().unwrap()))
+            .collect();
+        let vmlinuz = dir.join("vmlinuz");
+        (vmlinuz.is_file() && modules.iter().all(|m| m.is_file()))
+            .then_some(Kernel { vmlinuz, modules })
+    }
+}
+
+/// The newest cached 6.1 cloud kernel, else the newest one apt knows
+/// (running `apt-get update` once if it knows none), downloaded.
+fn debian_kernel() -> Result<Kernel> {
+    let cache = cache_dir()?;
+    fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    let cached = fs::read_dir(&cache)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("6.1.0-") && n.ends_with("-cloud-amd64"))
+        .filter_map(|n| Some((Kernel::cached(&cache.join(&n))?, n)))
+        .max_by(|a, b| version_cmp(&a.1, &b.1));
+    if let Some((kernel, release)) = cached {
+        eprintln!(
+            "xtask: vm: kernel {release} (cached in {})",
+            cache.display()
+        );
+        return Ok(kernel);
+    }
+    let search = || -> Result<Option<String>> {
+        let out = Command::new("apt-cache")
+            .args(["search", "--names-only", &format!("^{KERNEL_PREFIX}")])
+            .output()
+            .context("running apt-cache")?;
+        Ok(newest_kernel_package(&String::from_utf8_lossy(&out.stdout)))
+    };
+    let package = match search()? {
+        Some(p) => p,
+        None => {
+            let mut c = Command::new(if is_root() { "apt-get" } else { "sudo" });
+            if !is_root() {
+                c.arg("apt-get");
+            }
+            sh(c.args(["update", "-q"]))?;
+            search()?.with_context(|| {
+                format!("apt knows no {KERNEL_PREFIX}*{KERNEL_SUFFIX} (Debian 12 repositories)")
+            })?
+        }
+    };
+    // apt-get warns that `_apt` cannot write here and downloads anyway.
+    sh(Command::new("apt-get")
+        .args(["download", "-q", &package])
+        .current_dir(&cache))?;
+    let deb = fs::read_dir(&cache)?
+        .filter_map(|e| Some(e.ok()?.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+        })
+        .with_context(|| format!("apt-get download left no {package}_*.deb"))?;
+    let tmp = cache.join("extract");
+    let _ = fs::remove_dir_all(&tmp);
+    sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+    let vmlinuz = fs::read_dir(tmp.join("boot"))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.starts_with("vmlinuz-"))
+        .context("no boot/vmlinuz-* in the package")?;
+    let release = &vmlinuz["vmlinuz-".len()..];
+    let dir = cache.join(release);
+    fs::create_dir_all(&dir)?;
+    for m in MODULES {
+        let src = ["lib", "usr/lib"]
+            .iter()
+            .map(|l| tmp.join(l).join("modules").join(release).join(m))
+            .find(|p| p.is_file())
+            .with_context(|| format!("no {m} in {package}"))?;
+        fs::rename(&src, dir.join(src.file_name().unwrap()))?;
+    }
+    fs::rename(tmp.join("boot").join(&vmlinuz), dir.join("vmlinuz"))?;
+    fs::remove_dir_all(&tmp)?;
+    fs::remove_file(&deb)?;
+    eprintln!("xtask: vm: kernel {release} kept in {}", dir.display());
+    Kernel::cached(&dir).context("kernel cache incomplete")
+}
+
+/// The newest `linux-image-6.1.0-N-cloud-amd64-unsigned` in `apt-cache
+/// search` output (`NAME - description` lines).
+fn newest_kernel_package(apt_cache: &str) -> Option<String> {
+    apt_cache
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(KERNEL_PREFIX) && n.ends_with(KERNEL_SUFFIX))
+        .max_by(|a, b| version_cmp(a, b))
+        .map(str::to_string)
+}
+
+/// Compares digit runs as numbers and everything else as text:
+/// `6.1.0-9` < `6.1.0-56`.
+fn version_cmp(a: &str, b: &str) -> Ordering {
+    fn chunks(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for (i, c) in s.char_indices().skip(1) {
+            let prev = s[..i].chars().next_back().unwrap();
+            if prev.is_ascii_digit() != c.is_ascii_digit() {
+                out.push((prev.is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        if !s.is_empty() {
+            out.push((
+                s[start..].starts_with(|c: char| c.is_ascii_digit()),
+                &s[start..],
+            ));
+        }
+        out
+    }
+    for (x, y) in chunks(a).into_iter().zip(chunks(b)) {
+        let o = match (x, y) {
+            ((true, x), (true, y)) => {
+                let (x, y) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
+                x.len().cmp(&y.len()).then(x.cmp(y))
+            }
+            ((_, x), (_, y)) => x.cmp(y),
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    chunks(a).len().cmp(&chunks(b).len())
+}
+
+// ---- build ----------------------------------------------------------------
+
+/// An integration-test executable: cargo's target name and its path.
+#[derive(Debug, PartialEq)]
+struct TestExe {
+    name: String,
+    path: PathBuf,
+}
+
+fn build() -> Result<Vec<TestExe>> {
+    cargo(&["build", "-p", "tcpq-agent", "-p", "tcpq-tests", "--bins"])?;
+    let args = [
+        "test",
+        "-p",
+        "tcpq-tests",
+        "--no-run",
+        "--message-format=json",
+    ];
+    eprintln!("xtask: $ cargo {}", args.join(" "));
+    let out = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo")?;
+    ensure!(out.status.success(), "cargo test --no-run failed");
+    let tests = test_executables(&String::from_utf8_lossy(&out.stdout));
+    ensure!(
+        !tests.is_empty(),
+        "cargo built no integration-test executable"
+    );
+    Ok(tests)
+}
+
+/// Integration-test executables (`kind` `test`) in `cargo --message-format
+/// json` output, sorted by name.
+fn test_executables(json_lines: &str) -> Vec<TestExe> {
+    let mut out: Vec<TestExe> = json_lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .filter(|m| {
+            m["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "test"))
+        })
+        .filter_map(|m| {
+            Some(TestExe {
+                name: m["target"]["name"].as_str()?.to_string(),
+                path: PathBuf::from(m["executable"].as_str()?),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.dedup_by(|a, b| a.name == b.name);
+    out
+}
+
+// ---- initramfs ------------------------------------------------------------
+
+/// One run of a test executable in the guest: `NAME@MODE`.
+#[derive(Debug, Clone, PartialEq)]
+struct Run {
+    name: String,
+    mode: String,
+    guest_path: String,
+}
+
+impl Run {
+    fn new(t: &TestExe, mode: &str) -> Run {
+        let file = t.path.file_name().unwrap().to_string_lossy();
+        Run {
+            name: format!("{}@{mode}", t.name),
+            mode: mode.to_string(),
+            guest_path: format!("/{GUEST_BIN}/deps/{file}"),
+        }
+    }
+}
+
+fn initramfs(
+    tests: &[TestExe],
+    runs: &[Run],
+    modules: &[PathBuf],
+    args: &[String],
+    out: &Path,
+) -> Result<()> {
+    let mut fs = Tree::default();
+    for d in ["dev", "proc", "sys", "run", "tmp", "root", "etc"] {
+        fs.dir(d);
+    }
+    // iproute2 keeps namespaces in /var/run/netns, the tests look in /run.
+    fs.symlink("var/run", "../run");
+
+    // Cargo's layout: target/debug/{tcpq-agent,tcpq-scenario}, tests in deps/.
+    let host_bin = tests[0].path.parent().and_then(Path::parent).unwrap();
+    let mut elves = Vec::new();
+    for name in ["tcpq-agent", "tcpq-scenario"] {
+        let src = host_bin.join(name);
+        ensure!(src.is_file(), "{} is not built", src.display());
+        fs.file(&format!("{GUEST_BIN}/{name}"), &src)?;
+        elves.push(src);
+    }
+    for t in tests {
+        fs.file(&Run::new(t, "").guest_path, &t.path)?;
+        elves.push(t.path.clone());
+    }
+    for tool in TOOLS {
+        let p = TOOL_DIRS
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.is_file())
+            .with_context(|| format!("{tool} is not installed (cargo xtask setup installs it)"))?;
+        fs.file(&p.to_string_lossy(), &p)?;
+        elves.push(p);
+    }
+    for elf in &elves {
+        let out = Command::new("ldd")
+            .arg(elf)
+            .output()
+            .context("running ldd")?;
+        for lib in ldd_paths(&String::from_utf8_lossy(&out.stdout))? {
+            fs.file(&lib, Path::new(&lib))?;
+        }
+    }
+    // busybox for everything else (sh, mount, sysctl, cat, poweroff...),
+    // never shadowing a real tool copied above.
+    fs.file("bin/busybox", Path::new("/bin/busybox"))?;
+    let applets = Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .context("busybox-static is not installed (cargo xtask setup installs it)")?;
+    for applet in String::from_utf8_lossy(&applets.stdout).lines() {
+        let shadowed = TOOL_DIRS
+            .iter()
+            .any(|d| fs.0.contains_key(&format!("{}/{applet}", &d[1..])));
+        if !shadowed && applet != "busybox" {
+            fs.symlink(&format!("bin/{applet}"), "busybox");
+        }
+    }
+    let mut guest_modules = Vec::new();
+    for m in modules {
+        let guest = format!("lib/modules/{}", m.file_name().unwrap().to_string_lossy());
+        fs.file(&guest, m)?;
+        guest_modules.push(format!("/{guest}"));
+    }
+    let agent = format!("/{GUEST_BIN}/tcpq-agent");
+    let init = render_init(runs, &guest_modules, &agent, args);
+    fs.bytes("init", init.into_bytes());
+
+    let cpio = out.with_extension("");
+    fs.write_cpio(&cpio)
+        .with_context(|| format!("writing {}", cpio.display()))?;
+    sh(Command::new("gzip").args(["-1", "-f"]).arg(&cpio))?;
+    Ok(())
+}
+
+/// Absolute paths of the shared libraries and ELF interpreter in `ldd`
+/// output (none for a static executable).
+fn ldd_paths(ldd: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for line in ldd.lines().map(str::trim) {
+        if let Some((lib, path)) = line.split_once("=>") {
+            let path = path.split_whitespace().next().unwrap_or("");
+            if path == "not" {
+                bail!("ldd: {lib} not found");
+            }
+            if path.starts_with('/') {
+                out.push(path.to_string());
+            }
+        } else if line.starts_with('/') {
+            out.push(line.split_whitespace().next().unwrap().to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// The guest's /init: mounts and modules, then each run in turn, one marker
+/// line per run, then power off.
+fn render_init(runs: &[Run], modules: &[String], agent: &str, args: &[String]) -> String {
+    let args: String = args.iter().map(|a| format!(" {}", sh_quote(a))).collect();
+    let modules: String = modules
+        .iter()
+        .map(|m| format!("insmod {}\n", sh_quote(m)))
+        .collect();
+    let mut s = format!(
+        r#"#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mount -t tracefs tracefs /sys/kernel/tracing
+{modules}ip link set lo up
+echo "{MARK}kernel $(uname -r)"
+cd /tmp
+export TCPQ_AGENT={agent} TCPQ_IN_VM=1 RUST_BACKTRACE=0
+run() {{
+    name=$1
+    shift
+    "$@" --test-threads=1{args}
+    rc=$?
+    if [ $rc -eq 0 ]; then echo "{MARK}PASS $name"; else echo "{MARK}FAIL $name rc=$rc"; fi
+}}
+"#
+    );
+    let mut mode = None;
+    for r in runs {
+        if mode != Some(&r.mode) {
+            mode = Some(&r.mode);
+            s += &match r.mode.as_str() {
+                // The host's path: sock_diag and the kfree_skb tracepoint.
+                "tracepoint" => "export TCPQ_ATTACH=tracepoint\nunset TCPQ_EXPECT_HOOK\n".into(),
+                // fentry where the kernel allows it, kprobe elsewhere (on
+                // 6.1 the 7-argument syn_recv_sock): either kind will do.
+                "auto" => "export TCPQ_ATTACH=auto TCPQ_EXPECT_HOOK=kfunc\n".into(),
+                m => format!("export TCPQ_ATTACH={m} TCPQ_EXPECT_HOOK={m}\n"),
+            };
+        }
+        s += &format!("run {} {}\n", sh_quote(&r.name), sh_quote(&r.guest_path));
+    }
+    s += &format!("echo \"{MARK}DONE\"\npoweroff -f\n");
+    s
+}
+
+fn sh_quote(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+enum Node {
+    Dir,
+    File(PathBuf),
+    Bytes(Vec<u8>),
+    Symlink(String),
+}
+
+/// The initramfs contents, keyed by path without the leading `/` (sorted:
+/// a directory comes before what it holds).
+#[derive(Default)]
+struct Tree(BTreeMap<String, Node>);
+
+impl Tree {
+    fn add(&mut self, path: &str, node: Node) {
+        let path = path.trim_start_matches('/');
+        let mut parent = Path::new(path).parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            self.0
+                .entry(p.to_string_lossy().into_owned())
+                .or_insert(Node::Dir);
+            parent = p.parent();
+        }
+        self.0.insert(path.to_string(), node);
+    }
+    fn dir(&mut self, path: &str) {
+        self.add(path, Node::Dir);
+    }
+    fn file(&mut self, path: &str, src: &Path) -> Result<()> {
+        ensure!(src.is_file(), "{} is not a file", src.display());
+        self.add(path, Node::File(src.to_path_buf()));
+        Ok(())
+    }
+    fn bytes(&mut self, path: &str, data: Vec<u8>) {
+        self.add(path, Node::Bytes(data));
+    }
+    fn symlink(&mut self, path: &str, target: &str) {
+        self.add(path, Node::Symlink(target.to_string()));
+    }
+
+    /// newc cpio, everything owned by root.
+    fn write_cpio(&self, path: &Path) -> Result<()> {
+        let mut w = BufWriter::new(fs::File::create(path)?);
+        for (ino, (name, node)) in self.0.iter().enumerate() {
+            let ino = ino as u32 + 1;
+            match node {
+                Node::Dir => cpio_entry(&mut w, name, ino, 0o040755, &mut io::empty(), 0)?,
+                Node::Symlink(t) => {
+                    cpio_entry(&mut w, name, ino, 0o120777, &mut t.as_bytes(), t.len())?
+                }
+                Node::Bytes(d) => cpio_entry(&mut w, name, ino, 0o100755, &mut &d[..], d.len())?,
+                Node::File(src) => {
+                    let mut f = fs::File::open(src)
+                        .with_context(|| format!("opening {}", src.display()))?;
+                    let meta = f.metadata()?;
+                    let mode = 0o100000 | (meta.permissions().mode() & 0o7777);
+                    cpio_entry(&mut w, name, ino, mode, &mut f, meta.len() as usize)?
+                }
+            }
+        }
+        cpio_entry(&mut w, "TRAILER!!!", 0, 0, &mut io::empty(), 0)?;
+        w.flush()?;
+        Ok(())
+    }
+}
+
+/// One newc record: 110-byte header, name, data, each padded to 4 bytes.
+fn cpio_entry(
+    w: &mut impl Write,
+    name: &str,
+    ino: u32,
+    mode: u32,
+    data: &mut impl io::Read,
+    size: usize,
+) -> Result<()> {
+    let nlink = if mode & 0o170000 == 0o040000 { 2 } else { 1 };
+    let namesize = name.len() + 1;
+    write!(w, "070701")?;
+    // ino mode uid gid nlink mtime filesize devmajor devminor rdevmajor
+    // rdevminor namesize check
+    for field in [
+        ino as usize,
+        mode as usize,
+        0,
+        0,
+        nlink,
+        0,
+        size,
+        0,
+        0,
+        0,
+        0,
+        namesize,
+        0,
+    ] {
+        write!(w, "{field:08X}")?;
+    }
+    w.write_all(name.as_bytes())?;
+    w.write_all(&[0][..])?;
+    w.write_all(&[0; 3][..(4 - (110 + namesize) % 4) % 4])?;
+    let copied = io::copy(data, w)? as usize;
+    ensure!(copied == size, "{name}: {copied} bytes, expected {size}");
+    w.write_all(&[0; 3][..(4 - size % 4) % 4])?;
+    Ok(())
+}
+
+// ---- QEMU -----------------------------------------------------------------
+
+/// What the serial console said.
+#[derive(Debug, Default, PartialEq)]
+struct Verdict {
+    kernel: Option<String>,
+    /// Finished runs: name, exit code, libtest's results in it.
+    runs: Vec<(String, i32, Vec<TestResult>)>,
+    /// libtest's results in the run under way.
+    tests: Vec<TestResult>,
+    done: bool,
+    panic: bool,
+    booted_after: Option<Duration>,
+    total: Duration,
+}
+
+/// `(test, "ok" | "FAILED" | "ignored")`; `""` until its result is seen.
+type TestResult = (String, String);
+
+/// libtest's result word at the start of `s` (`ok`, `FAILED`, `ignored, why`).
+fn result_word(s: &str) -> Option<&str> {
+    let w = s.trim().split([' ', ',']).next()?;
+    ["ok", "FAILED", "ignored"].into_iter().find(|&r| r == w)
+}
+
+impl Verdict {
+    /// Takes one console line (a marker may follow kernel output on it).
+    fn scan(&mut self, line: &str) {
+        if line.contains("Kernel panic") {
+            self.panic = true;
+        }
+        // `test NAME ... ok`; what a test's child processes print to the
+        // console can come between `... ` and the result word.
+        match line
+            .strip_prefix("test ")
+            .and_then(|l| l.split_once(" ... "))
+        {
+            Some((t, r)) => {
+                let r = result_word(r).unwrap_or("");
+                self.tests.push((t.to_string(), r.to_string()));
+            }
+            None => {
+                if let Some(last) = self.tests.last_mut().filter(|t| t.1.is_empty()) {
+                    if let Some(r) = result_word(line) {
+                        last.1 = r.to_string();
+                    }
+                }
+            }
+        }
+        let Some(m) = line.find(MARK).map(|i| &line[i + MARK.len()..]) else {
+            return;
+        };
+        let mut w = m.split_whitespace();
+        let mut finished = |name: &str, rc| {
+            let tests = std::mem::take(&mut self.tests);
+            self.runs.push((name.to_string(), rc, tests));
+        };
+        match (w.next(), w.next(), w.next()) {
+            (Some("kernel"), Some(k), _) => self.kernel = Some(k.to_string()),
+            (Some("PASS"), Some(n), _) => finished(n, 0),
+            (Some("FAIL"), Some(n), rc) => {
+                let rc = rc.and_then(|r| r.strip_prefix("rc=")?.parse().ok());
+                finished(n, rc.unwrap_or(-1))
+            }
+            (Some("DONE"), ..) => self.done = true,
+            _ => {}
+        }
+    }
+
+    fn all_passed(&self, expected: &[&str]) -> bool {
+        self.done
+            && expected
+                .iter()
+                .all(|n| self.runs.iter().any(|(r, rc, _)| r == n && *rc == 0))
+    }
+
+    fn summary(&self, expected: &[&str]) -> String {
+        let mut s = format!(
+            "xtask: vm: kernel {}, booted in {}, whole run {:.0?}\n",
+            self.kernel.as_deref().unwrap_or("?"),
+            self.booted_after
+                .map_or("?".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+            self.total
+        );
+        // Results so far of the run that did not finish belong to the first
+        // expected run without a marker.
+        let mut under_way = Some(self.tests.as_slice());
+        for n in expected {
+            let (verdict, tests) = match self.runs.iter().find(|(r, ..)| r == n) {
+                Some((_, 0, tests)) => ("PASS".to_string(), tests.as_slice()),
+                Some((_, rc, tests)) => (format!("FAIL rc={rc}"), tests.as_slice()),
+                None => ("did not finish".into(), under_way.take().unwrap_or(&[])),
+            };
+            s += &format!("xtask: vm: {verdict:14} {n}\n");
+            for (t, r) in tests {
+                let r = if r.is_empty() { "?" } else { r };
+                s += &format!("xtask: vm:     {r:7} {t}\n");
+            }
+        }
+        if self.panic {
+            s += "xtask: vm: kernel panic\n";
+        }
+        if !self.done {
+            s += "xtask: vm: no DONE line (timeout, crash or early exit)\n";
+        }
+        s.trim_end().to_string()
+    }
+}
+
+fn boot(kernel: &Path, initrd: &Path, log: &Path, timeout: Duration) -> Result<Verdict> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    // TCG only: KVM hangs on some hosts, and TCG runs anywhere.
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
+        .args(["-nodefaults", "-display", "none", "-serial", "stdio"])
+        .arg("-no-reboot")
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    eprintln!("xtask: $ {}", crate::show(&cmd));
+    let started = Instant::now();
+    let mut qemu = cmd.spawn().context("starting qemu-system-x86_64")?;
+    let (tx, rx) = mpsc::channel();
+    let stdout = qemu.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        while r.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+            let line = String::from_utf8_lossy(&buf);
+            let _ = tx.send(line.trim_end_matches(['\r', '\n']).to_string());
+            buf.clear();
+        }
+    });
+    let mut console =
+        BufWriter::new(fs::File::create(log).with_context(|| format!("{}", log.display()))?);
+    let mut v = Verdict::default();
+    let deadline = started + timeout;
+    let mut exited = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match rx.recv_timeout(left) {
+            Ok(l) => l,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                exited = true;
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                eprintln!("xtask: vm: timeout after {timeout:?}");
+                break;
+            }
+        };
+        println!("vm| {line}");
+        writeln!(console, "{line}")?;
+        let had_kernel = v.kernel.is_some();
+        v.scan(&line);
+        if !had_kernel && v.kernel.is_some() {
+            v.booted_after = Some(started.elapsed());
+        }
+        if v.panic || v.done {
+            break;
+        }
+    }
+    console.flush()?;
+    if v.done && !exited {
+        // `poweroff -f` follows DONE: give QEMU a moment to exit by itself.
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until && qemu.try_wait()?.is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    if qemu.try_wait()?.is_none() {
+        let _ = qemu.kill();
+    }
+    qemu.wait()?;
+    v.total = started.elapsed();
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_kernel_is_picked_by_version_not_text() {
+        let apt = "\
+linux-image-6.1.0-9-cloud-amd64-unsigned - Linux 6.1 for x86-64 cloud
+linux-image-6.1.0-56-cloud-amd64-unsigned - Linux 6.1 for x86-64 cloud
+linux-image-6.1.0-56-cloud-amd64-dbg - Debug symbols for linux-image-6.1.0-56-cloud-amd64
+linux-image-6.1.0-100-amd64-unsigned - Linux 6.1 for 64-bit PCs
+linux-image-6.1.0-47-cloud-amd64-unsigned - Linux 6.1 for x86-64 cloud
+";
+        assert_eq!(
+            newest_kernel_package(apt).as_deref(),
+            Some("linux-image-6.1.0-56-cloud-amd64-unsigned")
+        );
+        assert_eq!(newest_kernel_package(""), None);
+        assert_eq!(version_cmp("6.1.0-9", "6.1.0-56"), Ordering::Less);
+        assert_eq!(version_cmp("6.1.0-056", "6.1.0-56"), Ordering::Equal);
+        assert_eq!(version_cmp("6.1.0-56", "6.1.0-56a"), Ordering::Less);
+        assert_eq!(version_cmp("", "1"), Ordering::Less);
+    }
+
+    #[test]
+    fn integration_tests_are_found_in_cargo_json() {
+        let json = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"tcpq_tests"},"executable":null}
+{"reason":"compiler-artifact","target":{"kind":["test"],"name":"listen_overflow"},"executable":"/w/target/debug/deps/listen_overflow-1a2b"}
+{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"tcpq-scenario"},"executable":"/w/target/debug/tcpq-scenario"}
+{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"tcpq_tests"},"profile":{"test":true},"executable":"/w/target/debug/deps/tcpq_tests-ff"}
+{"reason":"compiler-artifact","target":{"kind":["test"],"name":"cli"},"executable":"/w/target/debug/deps/cli-3c4d"}
+not json
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(
+            test_executables(json),
+            vec![
+                TestExe {
+                    name: "cli".into(),
+                    path: "/w/target/debug/deps/cli-3c4d".into()
+                },
+                TestExe {
+                    name: "listen_overflow".into(),
+                    path: "/w/target/debug/deps/listen_overflow-1a2b".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn ldd_output_gives_libraries_and_interpreter() {
+        let ldd = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+            \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f01)\n\
+            \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f02)\n\
+            \t/lib64/ld-linux-x86-64.so.2 (0x00007f03)\n";
+        assert_eq!(
+            ldd_paths(ldd).unwrap(),
+            [
+                "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+        assert!(ldd_paths("\tnot a dynamic executable\n")
+            .unwrap()
+            .is_empty());
+        assert!(ldd_paths("\tstatically linked\n").unwrap().is_empty());
+        assert!(ldd_paths("\tlibfoo.so.1 => not found\n").is_err());
+    }
+
+    #[test]
+    fn init_runs_every_executable_per_mode_with_the_filter_and_powers_off() {
+        let tests = [
+            TestExe {
+                name: "cli".into(),
+                path: "/w/target/debug/deps/cli-1".into(),
+            },
+            TestExe {
+                name: "listen_overflow".into(),
+                path: "/w/target/debug/deps/lo-2".into(),
+            },
+        ];
+        let runs: Vec<Run> = ["fentry", "tracepoint"]
+            .iter()
+            .flat_map(|m| tests.iter().map(move |t| Run::new(t, m)))
+            .collect();
+        let init = render_init(
+            &runs,
+            &[
+                "/lib/modules/inet_diag.ko".into(),
+                "/lib/modules/tcp_diag.ko".into(),
+            ],
+            "/tcpq/target/debug/tcpq-agent",
+            &["syn_time".into(), "it's".into()],
+        );
+        assert!(init.starts_with("#!/bin/sh\n"));
+        assert!(init.contains("\"$@\" --test-threads=1 syn_time 'it'\\''s'\n"));
+        assert!(init.contains("TCPQ_AGENT=/tcpq/target/debug/tcpq-agent TCPQ_IN_VM=1"));
+        let order = [
+            "export TCPQ_ATTACH=fentry TCPQ_EXPECT_HOOK=fentry\n",
+            "run cli@fentry /tcpq/target/debug/deps/cli-1\n",
+            "run listen_overflow@fentry /tcpq/target/debug/deps/lo-2\n",
+            "export TCPQ_ATTACH=tracepoint\nunset TCPQ_EXPECT_HOOK\n",
+            "run cli@tracepoint /tcpq/target/debug/deps/cli-1\n",
+            "run listen_overflow@tracepoint /tcpq/target/debug/deps/lo-2\n",
+            "echo \"TCPQ-VM: DONE\"\npoweroff -f\n",
+        ]
+        .map(|l| {
+            init.find(l)
+                .unwrap_or_else(|| panic!("{l:?} not in {init}"))
+        });
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{init}");
+        assert!(init.contains("mount -t tracefs tracefs /sys/kernel/tracing"));
+        assert!(init.contains(
+            "insmod /lib/modules/inet_diag.ko\ninsmod /lib/modules/tcp_diag.ko\nip link set lo up\n"
+        ));
+    }
+
+    #[test]
+    fn console_markers_make_the_verdict() {
+        let mut v = Verdict::default();
+        for l in [
+            "[    0.000000] Linux version 6.1.0-56-cloud-amd64",
+            "TCPQ-VM: kernel 6.1.0-56-cloud-amd64",
+            "test unknown_flag ... ok",
+            "TCPQ-VM: PASS cli@fentry",
+            "test syn_time ... Cannot remove namespace file \"/run/netns/x\"",
+            "ok",
+            "test ack_time ... FAILED",
+            "test redis ... 171:C 21 Nov 2026 01:40:28.511 # Redis is starting",
+            "171:M 21 Nov 2026 01:40:28.557 # Server initialized",
+            "ignored, needs redis",
+            "[   12.3] random: crng init doneTCPQ-VM: FAIL listen_overflow@fentry rc=101",
+            "test unknown_flag ... ok",
+            "TCPQ-VM: DONE",
+        ] {
+            v.scan(l);
+        }
+        assert_eq!(v.kernel.as_deref(), Some("6.1.0-56-cloud-amd64"));
+        let t = |n: &str, r: &str| (n.to_string(), r.to_string());
+        assert_eq!(
+            v.runs,
+            [
+                ("cli@fentry".into(), 0, vec![t("unknown_flag", "ok")]),
+                (
+                    "listen_overflow@fentry".into(),
+                    101,
+                    vec![
+                        t("syn_time", "ok"),
+                        t("ack_time", "FAILED"),
+                        t("redis", "ignored")
+                    ]
+                ),
+            ]
+        );
+        assert!(v.done && !v.panic);
+        let expected = ["cli@fentry", "listen_overflow@fentry", "cli@kprobe"];
+        assert!(!v.all_passed(&expected));
+        assert!(v.all_passed(&expected[..1]));
+        let s = v.summary(&expected);
+        assert!(s.contains("PASS           cli@fentry\n"), "{s}");
+        assert!(s.contains("FAIL rc=101    listen_overflow@fentry\n"), "{s}");
+        assert!(s.contains("    FAILED  ack_time\n"), "{s}");
+        assert!(
+            s.contains("did not finish cli@kprobe\nxtask: vm:     ok      unknown_flag"),
+            "{s}"
+        );
+        v.scan("[    1.0] Kernel panic - not syncing: Attempted to kill init!");
+        assert!(v.panic);
+    }
+
+    #[test]
+    fn cpio_records_are_newc_and_padded() {
+        let mut out = Vec::new();
+        cpio_entry(&mut out, "init", 1, 0o100755, &mut &b"#!/bin/sh\n"[..], 10).unwrap();
+        let header = std::str::from_utf8(&out[..110]).unwrap();
+        assert!(header.starts_with("070701"));
+        assert_eq!(&header[6..14], "00000001"); // ino
+        assert_eq!(&header[14..22], "000081ED"); // S_IFREG | 0755
+        assert_eq!(&header[54..62], "0000000A"); // filesize
+        assert_eq!(&header[94..102], "00000005"); // "init\0"
+        assert_eq!(&out[110..115], b"init\0");
+        // 110 + 5 = 115 → data at 116; 10 bytes of data → padded to 128.
+        assert_eq!(&out[116..126], b"#!/bin/sh\n");
+        assert_eq!(out.len(), 128);
+        let mut tree = Tree::default();
+        tree.symlink("bin/sh", "busybox");
+        tree.bytes("tcpq/target/debug/x", vec![]);
+        let paths: Vec<_> = tree.0.keys().map(String::as_str).collect();
+        assert_eq!(
+            paths,
+            [
+                "bin",
+                "bin/sh",
+                "tcpq",
+                "tcpq/target",
+                "tcpq/target/debug",
+                "tcpq/target/debug/x"
+            ]
+        );
+    }
+}

@@ -460,6 +460,27 @@ run() {{
     rc=$?
     if [ $rc -eq 0 ]; then echo "{MARK}PASS $name"; else echo "{MARK}FAIL $name rc=$rc"; fi
 }}
+# What the kernel offers and what attaches (doctor), then the kernel
+# programs' cost per run (BPF_ENABLE_STATS) over a few overflow scenarios.
+report() {{
+    mode=$1
+    scen=$(dirname "$TCPQ_AGENT")/tcpq-scenario
+    echo "{MARK}doctor --attach $mode"
+    "$TCPQ_AGENT" doctor --attach "$mode"
+    ip netns add cost && ip -n cost link set lo up
+    ip netns exec cost sysctl -q -w net.ipv4.tcp_synack_retries=1
+    "$TCPQ_AGENT" trace --attach "$mode" --bpf-stats --output json >/dev/null 2>/tmp/cost.err &
+    ag=$!
+    i=0
+    while ! grep -q "tcpq: tracing" /tmp/cost.err && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done
+    ip netns exec cost "$scen" syn-overflow 9400 20 1 1.5 >/dev/null
+    ip netns exec cost "$scen" slow-accept 9401 6 3 0.5 >/dev/null
+    ip netns exec cost "$scen" ack-overflow 9402 1.5 >/dev/null
+    kill -INT $ag
+    wait $ag
+    grep "tcpq: cost" /tmp/cost.err | sed "s/^/{MARK}cost@$mode /"
+    ip netns del cost
+}}
 "#
     );
     let mut mode = None;
@@ -474,6 +495,7 @@ run() {{
                 "auto" => "export TCPQ_ATTACH=auto TCPQ_EXPECT_HOOK=kfunc\n".into(),
                 m => format!("export TCPQ_ATTACH={m} TCPQ_EXPECT_HOOK={m}\n"),
             };
+            s += &format!("report {}\n", sh_quote(&r.mode));
         }
         s += &format!("run {} {}\n", sh_quote(&r.name), sh_quote(&r.guest_path));
     }

@@ -295,8 +295,14 @@ impl Agent {
     }
 
     /// Like `stop`, with the time each line arrived.
-    pub fn stop_timed(mut self) -> Vec<(Instant, Value)> {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+    pub fn stop_timed(self) -> Vec<(Instant, Value)> {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// Stops the agent with `signal` (SIGINT or SIGTERM: both must flush
+    /// what is pending and exit 0); returns the lines with arrival times.
+    pub fn stop_with(mut self, signal: i32) -> Vec<(Instant, Value)> {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = self.child.wait().unwrap();
         assert!(status.success(), "agent exited with {status}");
         while self.stderr_lines.try_recv().is_ok() {}

@@ -30,6 +30,15 @@ pub const SK_DROPS_PER_ACK_DROP: u64 = 2;
 /// Intervals without a sighting after which a listener is forgotten.
 const FORGET_AFTER: u8 = 2;
 
+/// Which stages kernel hooks report exactly (the rest is sock_diag's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hooked {
+    /// `tcp_conn_request` (fentry/kprobe).
+    pub syn: bool,
+    /// `tcp_v4/v6_syn_recv_sock` (fentry/kprobe) or `skb:kfree_skb`.
+    pub ack: bool,
+}
+
 /// One netns' listeners as one dump saw them.
 #[derive(Debug, Clone)]
 pub struct NetnsSnapshot {
@@ -48,8 +57,9 @@ struct ListenerState {
     last_drops: Option<u32>,
     /// Whether the accept queue was full at the previous snapshot.
     prev_full: bool,
-    /// Timestamps of ACK-time drops not yet matched to a snapshot.
-    ack_drops: VecDeque<u64>,
+    /// Kernel events that moved `sk_drops`, not yet matched to a snapshot:
+    /// (timestamp, how much they added).
+    explained: VecDeque<(u64, u64)>,
     /// Seen by a snapshot since the last `take`.
     present: bool,
     /// `take`s in a row without a sighting; forgotten after a few.
@@ -77,17 +87,18 @@ pub struct Aggregator {
     rst_reasons: HashMap<u32, String>,
     /// Only this local port (`--port`), applied to snapshots.
     port: Option<u16>,
-    /// A kernel-function hook on `tcp_conn_request` reports SYN-time drops
-    /// exactly: sock_diag then only tracks listeners, it does not count.
-    syn_hooked: bool,
+    /// Which stages a kernel hook reports exactly. sock_diag counts what is
+    /// left of `sk_drops` for the stage no hook covers; with both covered it
+    /// only tracks listeners.
+    hooked: Hooked,
 }
 
 impl Aggregator {
-    pub fn new(rst_reasons: HashMap<u32, String>, port: Option<u16>, syn_hooked: bool) -> Self {
+    pub fn new(rst_reasons: HashMap<u32, String>, port: Option<u16>, hooked: Hooked) -> Self {
         Self {
             rst_reasons,
             port,
-            syn_hooked,
+            hooked,
             ..Default::default()
         }
     }
@@ -142,7 +153,7 @@ impl Aggregator {
                     Kind::ListenDrop(Stage::Ack)
                 };
                 let st = self.listeners.entry(key).or_default();
-                st.ack_drops.push_back(ev.ts_ns);
+                st.explained.push_back((ev.ts_ns, SK_DROPS_PER_ACK_DROP));
                 st.info = Some(info.clone());
                 self.add(Some(key), kind, ev.source, info, 1, None);
             }
@@ -150,6 +161,11 @@ impl Aggregator {
                 let Some((key, info)) = ev.listener.clone() else {
                     return;
                 };
+                self.listeners
+                    .entry(key)
+                    .or_default()
+                    .explained
+                    .push_back((ev.ts_ns, 1));
                 // Queue lengths are those at the SYN's arrival.
                 let kind = if info.queue_full() {
                     Kind::ListenOverflow(Stage::Syn, Next::Unknown)
@@ -229,42 +245,57 @@ impl Aggregator {
             let st = self.listeners.entry(key).or_default();
             st.present = true;
             st.info = Some(info.clone());
-            if self.syn_hooked {
-                continue;
-            }
+            let stage = match (self.hooked.syn, self.hooked.ack) {
+                (true, true) => continue,
+                (false, _) => Stage::Syn,
+                // Each ACK-time drop adds 2 to sk_drops.
+                (true, false) => Stage::Ack,
+            };
             let prev = match st.last_drops {
                 Some(p) => p,
                 None if snap.baseline => {
                     st.last_drops = Some(drops);
                     st.prev_full = full_now;
-                    st.ack_drops.retain(|&t| t >= snap.start_ns);
+                    st.explained.retain(|&(t, _)| t >= snap.start_ns);
                     continue;
                 }
                 // New since the agent started: every drop is news.
                 None => 0,
             };
             if st
-                .ack_drops
+                .explained
                 .iter()
-                .any(|&t| t >= snap.start_ns && t <= snap.end_ns)
+                .any(|&(t, _)| t >= snap.start_ns && t <= snap.end_ns)
             {
                 st.prev_full |= full_now;
                 continue; // settle at the next snapshot
             }
-            let before = st.ack_drops.iter().filter(|&&t| t < snap.start_ns).count() as u64;
-            st.ack_drops.retain(|&t| t > snap.end_ns);
+            let explained: u64 = st
+                .explained
+                .iter()
+                .filter(|&&(t, _)| t < snap.start_ns)
+                .map(|&(_, w)| w)
+                .sum();
+            st.explained.retain(|&(t, _)| t > snap.end_ns);
             let delta = drops.wrapping_sub(prev) as u64;
-            let syn = delta.saturating_sub(before * SK_DROPS_PER_ACK_DROP);
+            let mut left = delta.saturating_sub(explained);
+            let mut settled = drops;
+            if stage == Stage::Ack {
+                // An odd drop is half of an ACK-time drop still in progress
+                // (or another drop): leave it for the next snapshot.
+                settled = drops.wrapping_sub((left % SK_DROPS_PER_ACK_DROP) as u32);
+                left /= SK_DROPS_PER_ACK_DROP;
+            }
             let was_full = st.prev_full;
-            st.last_drops = Some(drops);
+            st.last_drops = Some(settled);
             st.prev_full = full_now;
-            if syn > 0 {
+            if left > 0 {
                 let kind = if full_now || was_full {
-                    Kind::ListenOverflow(Stage::Syn, Next::Unknown)
+                    Kind::ListenOverflow(stage, Next::Unknown)
                 } else {
-                    Kind::ListenDrop(Stage::Syn)
+                    Kind::ListenDrop(stage)
                 };
-                self.add(Some(key), kind, Source::SockDiag, info, syn, None);
+                self.add(Some(key), kind, Source::SockDiag, info, left, None);
             }
         }
     }
@@ -454,7 +485,7 @@ mod tests {
 
     #[test]
     fn port_filter_and_closed_listeners() {
-        let mut a = Aggregator::new(HashMap::new(), Some(9999), false);
+        let mut a = Aggregator::new(HashMap::new(), Some(9999), Hooked::default());
         a.on_snapshot(&snap(vec![sock(1, 0, 1, 0)], 100, false));
         assert!(a.take().is_empty());
         assert_eq!(a.tracked(), 0);
@@ -472,7 +503,14 @@ mod tests {
 
     #[test]
     fn with_a_hook_on_tcp_conn_request_sock_diag_does_not_count() {
-        let mut a = Aggregator::new(HashMap::new(), None, true);
+        let mut a = Aggregator::new(
+            HashMap::new(),
+            None,
+            Hooked {
+                syn: true,
+                ack: true,
+            },
+        );
         a.on_snapshot(&snap(vec![sock(1, 0, 1, 0)], 100, false));
         a.on_snapshot(&snap(vec![sock(1, 9, 1, 0)], 200, false));
         assert!(a.take().is_empty());
@@ -490,6 +528,42 @@ mod tests {
                 ("listen_drop", Some(Stage::Syn), Source::Kprobe, 1),
                 ("listen_overflow", Some(Stage::Syn), Source::Kprobe, 1),
             ]
+        );
+    }
+
+    #[test]
+    fn with_only_syn_hooked_sock_diag_counts_ack_time_drops() {
+        // --attach fentry on Debian 6.1: tcp_conn_request has fentry, the
+        // 7-argument syn_recv_sock does not, and 6.1 has no kfree_skb reason.
+        let mut a = Aggregator::new(
+            HashMap::new(),
+            None,
+            Hooked {
+                syn: true,
+                ack: false,
+            },
+        );
+        a.on_snapshot(&snap(vec![sock(1, 0, 2, 1)], 100, true));
+        let mut e = raw(EventKind::SynDrop);
+        e.source = 1;
+        e.sock_ino = 1;
+        e.ts_ns = 150;
+        a.on_event(&decode_event(&e).unwrap()); // 1 SYN drop (sk_drops +1)
+                                                // +1 SYN, +2 per ACK-time drop × 2, +1 of a third ACK drop half done
+        a.on_snapshot(&snap(vec![sock(1, 6, 2, 1)], 200, false));
+        let mut c = counts(&a.take());
+        c.sort();
+        assert_eq!(
+            c,
+            vec![
+                ("listen_overflow", Some(Stage::Syn), Source::Fentry, 1),
+                ("listen_overflow", Some(Stage::Ack), Source::SockDiag, 2),
+            ]
+        );
+        a.on_snapshot(&snap(vec![sock(1, 7, 2, 1)], 300, false)); // its second half
+        assert_eq!(
+            counts(&a.take()),
+            vec![("listen_overflow", Some(Stage::Ack), Source::SockDiag, 1)]
         );
     }
 
@@ -523,7 +597,7 @@ mod tests {
         let mut reasons = HashMap::new();
         reasons.insert(1, "NO_SOCKET".to_string());
         reasons.insert(10, "INVALID_SYN".to_string());
-        let mut a = Aggregator::new(reasons, None, false);
+        let mut a = Aggregator::new(reasons, None, Hooked::default());
         let mut e = raw(EventKind::ResetSent);
         e.detail = 10;
         a.on_event(&decode_event(&e).unwrap()); // listener with a full queue

@@ -19,7 +19,7 @@ use tokio::{
 
 use crate::{
     accepts::{self, AcceptCounter, Accepts},
-    aggregate::{Aggregator, NetnsSnapshot},
+    aggregate::{Aggregator, Hooked, NetnsSnapshot},
     caps,
     cli::TraceArgs,
     decode, export, kernel, load,
@@ -119,7 +119,11 @@ async fn trace(args: TraceArgs) -> Result<()> {
         agg: Aggregator::new(
             plan.rst_reasons.clone(),
             args.port,
-            loaded.kind_of("tcp_conn_request").is_some(),
+            Hooked {
+                syn: loaded.kind_of("tcp_conn_request").is_some(),
+                ack: loaded.kind_of("tcp_v4_syn_recv_sock").is_some()
+                    || loaded.attached.iter().any(|t| t == "skb:kfree_skb"),
+            },
         ),
         resolver: Resolver::new(Duration::from_millis(100)),
         stats,

@@ -465,21 +465,24 @@ run() {{
 report() {{
     mode=$1
     scen=$(dirname "$TCPQ_AGENT")/tcpq-scenario
+    # busybox's sh runs its own applets first: name iproute2's ip by path.
+    ip=/usr/sbin/ip
+    [ -x $ip ] || ip=/usr/bin/ip
     echo "{MARK}doctor --attach $mode"
     "$TCPQ_AGENT" doctor --attach "$mode"
-    ip netns add cost && ip -n cost link set lo up
-    ip netns exec cost sysctl -q -w net.ipv4.tcp_synack_retries=1
+    $ip netns add cost && $ip -n cost link set lo up
+    $ip netns exec cost sysctl -q -w net.ipv4.tcp_synack_retries=1
     "$TCPQ_AGENT" trace --attach "$mode" --bpf-stats --output json >/dev/null 2>/tmp/cost.err &
     ag=$!
     i=0
     while ! grep -q "tcpq: tracing" /tmp/cost.err && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done
-    ip netns exec cost "$scen" syn-overflow 9400 20 1 1.5 >/dev/null
-    ip netns exec cost "$scen" slow-accept 9401 6 3 0.5 >/dev/null
-    ip netns exec cost "$scen" ack-overflow 9402 1.5 >/dev/null
+    $ip netns exec cost "$scen" syn-overflow 9400 20 1 1.5 >/dev/null
+    $ip netns exec cost "$scen" slow-accept 9401 6 3 0.5 >/dev/null
+    $ip netns exec cost "$scen" ack-overflow 9402 1.5 >/dev/null
     kill -INT $ag
     wait $ag
     grep "tcpq: cost" /tmp/cost.err | sed "s/^/{MARK}cost@$mode /"
-    ip netns del cost
+    $ip netns del cost
 }}
 "#
     );

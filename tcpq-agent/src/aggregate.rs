@@ -134,6 +134,16 @@ impl Aggregator {
         }
     }
 
+    /// Records that a kernel event added `weight` to a listener's
+    /// `sk_drops`, for sock_diag to subtract; nothing when sock_diag does no
+    /// counting (both stages hooked), so nothing piles up.
+    fn explain(&mut self, key: ListenerKey, ts_ns: u64, weight: u64) {
+        let st = self.listeners.entry(key).or_default();
+        if !(self.hooked.syn && self.hooked.ack) {
+            st.explained.push_back((ts_ns, weight));
+        }
+    }
+
     pub fn on_event(&mut self, ev: &KernelEvent) {
         match ev.kind {
             EventKind::ListenOverflowAck => {
@@ -152,20 +162,15 @@ impl Aggregator {
                 } else {
                     Kind::ListenDrop(Stage::Ack)
                 };
-                let st = self.listeners.entry(key).or_default();
-                st.explained.push_back((ev.ts_ns, SK_DROPS_PER_ACK_DROP));
-                st.info = Some(info.clone());
+                self.explain(key, ev.ts_ns, SK_DROPS_PER_ACK_DROP);
+                self.listeners.entry(key).or_default().info = Some(info.clone());
                 self.add(Some(key), kind, ev.source, info, 1, None);
             }
             EventKind::SynDrop => {
                 let Some((key, info)) = ev.listener.clone() else {
                     return;
                 };
-                self.listeners
-                    .entry(key)
-                    .or_default()
-                    .explained
-                    .push_back((ev.ts_ns, 1));
+                self.explain(key, ev.ts_ns, 1);
                 // Queue lengths are those at the SYN's arrival.
                 let kind = if info.queue_full() {
                     Kind::ListenOverflow(Stage::Syn, Next::Unknown)
@@ -564,6 +569,29 @@ mod tests {
         assert_eq!(
             counts(&a.take()),
             vec![("listen_overflow", Some(Stage::Ack), Source::SockDiag, 1)]
+        );
+    }
+
+    #[test]
+    fn with_both_stages_hooked_nothing_piles_up() {
+        let mut a = Aggregator::new(
+            HashMap::new(),
+            None,
+            Hooked {
+                syn: true,
+                ack: true,
+            },
+        );
+        let mut e = raw(EventKind::SynDrop);
+        e.source = 1;
+        for ts in 0..1000 {
+            e.ts_ns = ts;
+            a.on_event(&decode_event(&e).unwrap());
+        }
+        assert!(a.listeners.values().all(|st| st.explained.is_empty()));
+        assert_eq!(
+            counts(&a.take()),
+            vec![("listen_overflow", Some(Stage::Syn), Source::Fentry, 1000)]
         );
     }
 

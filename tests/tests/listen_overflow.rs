@@ -409,8 +409,15 @@ fn pid_filter_shows_only_that_process_listeners() {
         let _ = c.wait();
     }
     let total = delta(&before, &after, OVERFLOWS);
+    assert!(
+        total >= 4,
+        "scenario did not overflow both listeners: ListenOverflows +{total}"
+    );
     let on_a = sum(&lines, "listen_overflow", None, 9106, ns.inode());
-    assert!(on_a >= 2, "{lines:#?}");
+    assert!(
+        on_a >= 2,
+        "kernel counted {total}, tcpq reported for pid {pid_a}: {lines:#?}"
+    );
     assert!(
         lines.iter().all(|l| l["server.port"] == 9106),
         "only pid {pid_a}'s listener: {lines:#?}"

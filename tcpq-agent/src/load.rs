@@ -91,11 +91,7 @@ pub fn load(plan: &Plan, choices: &[Choice], ring_buffer_bytes: u32) -> Result<L
                     r.kind = Some(kind);
                     break;
                 }
-                Err(e) => r.notes.push(format!(
-                    "{}: {}",
-                    kind.as_str(),
-                    one_line(&format!("{e:#}"))
-                )),
+                Err(e) => r.notes.push(format!("{}: {}", kind.as_str(), why_not(&e))),
             }
         }
         kfuncs.push(r);
@@ -247,6 +243,19 @@ fn detach(ebpf: &mut Ebpf, link: Link) {
             .and_then(|p| <&mut KProbe>::try_from(p).ok())
             .map(|p| p.detach(id)),
     };
+}
+
+/// The kernel's answer, without our context and without an empty verifier
+/// log ("…returned Operation not permitted (os error 1). Verifier output: :
+/// …" says the same thing twice); a real verifier log is kept.
+fn why_not(e: &anyhow::Error) -> String {
+    // chain: [our context (the program), aya's error, its cause...]
+    let aya = e.chain().nth(1).unwrap_or_else(|| e.root_cause());
+    let msg = one_line(&aya.to_string());
+    match msg.split_once(". Verifier output:") {
+        Some((head, log)) if log.trim_start_matches(':').trim().len() < 60 => head.to_string(),
+        _ => msg,
+    }
 }
 
 fn one_line(s: &str) -> String {

@@ -70,15 +70,24 @@ async fn trace(args: TraceArgs) -> Result<()> {
         None
     };
     let mut loaded = load::load(&plan, &choices, args.ring_buffer_bytes)?;
+    // Functions that could not be hooked, grouped by the reason (on a
+    // kernel without fentry/kprobes they all fail alike: say it once).
+    let mut unhooked: Vec<(String, Vec<&str>)> = Vec::new();
     for k in loaded
         .kfuncs
         .iter()
         .filter(|k| k.kind.is_none() && !k.notes.is_empty())
     {
+        let why = k.notes.join("; ");
+        match unhooked.iter_mut().find(|(w, _)| *w == why) {
+            Some((_, fns)) => fns.push(k.function),
+            None => unhooked.push((why, vec![k.function])),
+        }
+    }
+    for (why, fns) in &unhooked {
         eprintln!(
-            "tcpq: continuing without a hook on {} ({})",
-            k.function,
-            k.notes.join("; ")
+            "tcpq: continuing without hooks on {} ({why})",
+            fns.join(", ")
         );
     }
     for (what, why) in &loaded.skipped {

@@ -79,12 +79,36 @@ fn conn_request_exit(source: Source) {
     if now == s.drops {
         return; // admitted: the healthy path ends here
     }
-    let (backlog, max, qlen) = (s.backlog, s.max, s.qlen);
-    emit(stats::SYN_DROP_SEEN, EventKind::SynDrop as u32, |ev| {
+    let q = Queues {
+        backlog: s.backlog,
+        max: s.max,
+    };
+    emit_listener(
+        stats::SYN_DROP_SEEN,
+        EventKind::SynDrop,
+        sk,
+        q,
+        s.qlen,
+        source,
+    );
+}
+
+/// Accept-queue length and limit as a hook saw them.
+#[derive(Clone, Copy)]
+struct Queues {
+    backlog: u32,
+    max: u32,
+}
+
+/// One event about listener `sk`, with the queue state the hook saw (not
+/// re-read now) and a kind-specific `aux`.
+#[inline(always)]
+fn emit_listener(seen: u32, kind: EventKind, sk: u64, q: Queues, aux: u32, source: Source) {
+    emit(seen, kind as u32, |ev| {
         sock::fill_listener(ev, sk);
-        ev.ack_backlog = backlog;
-        ev.max_ack_backlog = max;
-        ev.aux = qlen;
+        ev.ack_backlog = q.backlog;
+        ev.max_ack_backlog = q.max;
+        ev.aux = aux;
         ev.source = source as u32;
     });
 }
@@ -147,16 +171,14 @@ fn syn_recv_exit(sk: u64, child: u64, source: Source) {
 
 #[inline(always)]
 fn emit_ack_drop(sk: u64, backlog: u32, max: u32, what: u32, source: Source) {
-    emit(
+    let q = Queues { backlog, max };
+    emit_listener(
         stats::LISTEN_OVERFLOW_SEEN,
-        EventKind::ListenOverflowAck as u32,
-        |ev| {
-            sock::fill_listener(ev, sk);
-            ev.ack_backlog = backlog;
-            ev.max_ack_backlog = max;
-            ev.aux = what;
-            ev.source = source as u32;
-        },
+        EventKind::ListenOverflowAck,
+        sk,
+        q,
+        what,
+        source,
     );
 }
 

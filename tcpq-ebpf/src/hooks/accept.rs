@@ -12,7 +12,7 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{fexit, kprobe, kretprobe, map},
-    maps::{HashMap, LruPerCpuHashMap},
+    maps::{LruHashMap, LruPerCpuHashMap},
     programs::{FExitContext, ProbeContext, RetProbeContext},
 };
 use tcpq_common::AcceptStats;
@@ -24,9 +24,11 @@ use crate::{conf, sock};
 #[map]
 static ACCEPTS: LruPerCpuHashMap<u64, AcceptStats> = LruPerCpuHashMap::with_max_entries(8192, 0);
 
-/// kprobe entry → kretprobe: listener per thread.
+/// kprobe entry → kretprobe: listener per thread. LRU: a thread that dies
+/// inside a blocking accept() never reaches the kretprobe, and its entry
+/// must not take a slot forever.
 #[map]
-static ACCEPT_ENTRY: HashMap<u64, u64> = HashMap::with_max_entries(8192, 0);
+static ACCEPT_ENTRY: LruHashMap<u64, u64> = LruHashMap::with_max_entries(8192, 0);
 
 #[inline(always)]
 fn accepted(sk: u64, child: u64) {

@@ -396,10 +396,14 @@ mod tests {
         decode_event(&e).unwrap()
     }
 
+    /// (event, stage, source, count) per pending line, sorted.
     fn counts(p: &[Pending]) -> Vec<(&'static str, Option<Stage>, Source, u64)> {
-        p.iter()
+        let mut c: Vec<_> = p
+            .iter()
             .map(|p| (p.kind.event_name(), p.kind.stage(), p.source, p.count))
-            .collect()
+            .collect();
+        c.sort();
+        c
     }
 
     #[test]
@@ -433,10 +437,8 @@ mod tests {
         a.on_event(&ack_event(150, 1, 2, 1));
         a.on_event(&ack_event(160, 1, 2, 1));
         a.on_snapshot(&snap(vec![sock(1, 15, 2, 1)], 200, false));
-        let mut c = counts(&a.take());
-        c.sort();
         assert_eq!(
-            c,
+            counts(&a.take()),
             vec![
                 ("listen_overflow", Some(Stage::Syn), Source::SockDiag, 1),
                 ("listen_overflow", Some(Stage::Ack), Source::Tracepoint, 2),
@@ -525,10 +527,8 @@ mod tests {
         a.on_event(&decode_event(&e).unwrap()); // queue 2/1 at entry: full
         e.ack_backlog = 0;
         a.on_event(&decode_event(&e).unwrap()); // room in the queue
-        let mut c = counts(&a.take());
-        c.sort();
         assert_eq!(
-            c,
+            counts(&a.take()),
             vec![
                 ("listen_drop", Some(Stage::Syn), Source::Kprobe, 1),
                 ("listen_overflow", Some(Stage::Syn), Source::Kprobe, 1),
@@ -556,10 +556,8 @@ mod tests {
         a.on_event(&decode_event(&e).unwrap()); // 1 SYN drop (sk_drops +1)
                                                 // +1 SYN, +2 per ACK-time drop × 2, +1 of a third ACK drop half done
         a.on_snapshot(&snap(vec![sock(1, 6, 2, 1)], 200, false));
-        let mut c = counts(&a.take());
-        c.sort();
         assert_eq!(
-            c,
+            counts(&a.take()),
             vec![
                 ("listen_overflow", Some(Stage::Syn), Source::Fentry, 1),
                 ("listen_overflow", Some(Stage::Ack), Source::SockDiag, 2),

@@ -17,10 +17,13 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use tcpq_common::{event::outcome, EventKind};
 
+use serde_json::json;
+
 use crate::{
     decode::KernelEvent,
-    model::{Kind, ListenerInfo, ListenerKey, Next, Pending, Source, Stage},
-    sockdiag::DiagSock,
+    model::{self, Attr, Kind, ListenerInfo, ListenerKey, Next, Pending, Source, Stage},
+    netstat::NetnsState,
+    sockdiag::{self, DiagSock},
 };
 
 /// `sk_drops` added by one ACK-time drop (`tcp_listendrop` + the discard of
@@ -29,6 +32,44 @@ pub const SK_DROPS_PER_ACK_DROP: u64 = 2;
 
 /// Intervals without a sighting after which a listener is forgotten.
 const FORGET_AFTER: u8 = 2;
+
+/// What dropped a SYN, in the order `tcp_conn_request` checks (6.1–6.18):
+/// a full SYN queue without syncookies (TCPReqQFullDrop), a full accept
+/// queue (ListenOverflows), then, with syncookies off, 3/4 of
+/// `tcp_max_syn_backlog` in use by unproven peers. `qlen` is the SYN-queue
+/// length when the SYN arrived.
+pub fn classify_syn_drop(info: &ListenerInfo, qlen: u32, syncookies: u8, msb: u32) -> Kind {
+    if syncookies == 0 && qlen > info.queue_limit {
+        Kind::SynQueueDrop {
+            reason: "syn_queue_full",
+        }
+    } else if info.queue_full() {
+        Kind::ListenOverflow(Stage::Syn, Next::Unknown)
+    } else if syncookies == 0 && three_quarters_full(qlen, msb) {
+        Kind::SynQueueDrop {
+            reason: "max_syn_backlog",
+        }
+    } else {
+        Kind::ListenDrop(Stage::Syn)
+    }
+}
+
+/// What is left of the namespace's local port range: its size and the
+/// sockets in TIME_WAIT holding ports of it.
+fn port_headroom(st: &NetnsState, attrs: &mut Vec<Attr>) {
+    if let Some(tw) = st.time_wait {
+        attrs.push(("time_wait.count", json!(tw)));
+    }
+    if let Some((lo, hi)) = st.sysctls.port_range {
+        attrs.push(("port_range", json!(format!("{lo}-{hi}"))));
+        attrs.push(("port_range.size", json!(hi as u32 - lo as u32 + 1)));
+    }
+}
+
+/// `max_syn_backlog - qlen < max_syn_backlog >> 2`, as the kernel computes it.
+fn three_quarters_full(qlen: u32, msb: u32) -> bool {
+    (msb as i64 - qlen as i64) < (msb >> 2) as i64
+}
 
 /// Which stages kernel hooks report exactly (the rest is sock_diag's).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -44,6 +85,10 @@ pub struct Hooked {
 pub struct NetnsSnapshot {
     pub netns: u32,
     pub listeners: Vec<DiagSock>,
+    /// CLOSE_WAIT and SYN_RECV sockets, on the rounds that dump them.
+    pub others: Option<Vec<DiagSock>>,
+    /// The namespace's counters and settings, read right after the dump.
+    pub state: Option<NetnsState>,
     /// CLOCK_MONOTONIC (the clock of `bpf_ktime_get_ns`) around the dump.
     pub start_ns: u64,
     pub end_ns: u64,
@@ -62,6 +107,8 @@ struct ListenerState {
     explained: VecDeque<(u64, u64)>,
     /// Seen by a snapshot since the last `take`.
     present: bool,
+    /// SYN_RECV requests at the last dump that counted them.
+    syn_queue: u32,
     /// `take`s in a row without a sighting; forgotten after a few.
     unseen: u8,
 }
@@ -70,13 +117,65 @@ type Endpoint = (std::net::IpAddr, u16);
 
 /// Key of a pending count: listener (or none, for socket-less resets),
 /// what, seen by which hook, and for socket-less resets the peer address.
-type PendKey = (Option<ListenerKey>, Kind, Source, Option<Endpoint>);
+type PendKey = (
+    Option<ListenerKey>,
+    Kind,
+    Source,
+    Option<Endpoint>,
+    Option<u32>,
+    Option<u32>,
+);
 
 /// A pending count with the latest listener state and peer.
 struct Slot {
     info: ListenerInfo,
     count: u64,
     peer: Option<Endpoint>,
+    inode: Option<u32>,
+    attrs: Vec<Attr>,
+}
+
+/// One line to add to the pending counts.
+struct Line {
+    key: Option<ListenerKey>,
+    kind: Kind,
+    source: Source,
+    info: ListenerInfo,
+    n: u64,
+    peer: Option<Endpoint>,
+    /// Lines with the same group (and everything else) add up.
+    group: Option<Endpoint>,
+    netns: Option<u32>,
+    pid: Option<u32>,
+    inode: Option<u32>,
+    attrs: Vec<Attr>,
+}
+
+/// What is kept per network namespace between snapshots.
+#[derive(Debug, Default)]
+struct NsState {
+    last: Option<NetnsState>,
+    /// TCPReqQFullDrop not yet matched to a listener's sk_drops.
+    reqq_budget: u64,
+    /// CLOSE_WAIT sockets by cookie: (first seen, ns; local port; inode).
+    close_wait: HashMap<u64, (u64, u16, u32)>,
+    /// CLOSE_WAIT groups: count last reported, and (time, count) history
+    /// over the last minute for the growth rate.
+    cw_groups: HashMap<CwGroup, CwHistory>,
+}
+
+/// CLOSE_WAIT sockets are grouped by the listener they were accepted from
+/// (same local port), or else by local port alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum CwGroup {
+    Listener(ListenerKey),
+    Port(u16),
+}
+
+#[derive(Debug, Default)]
+struct CwHistory {
+    reported: u32,
+    history: VecDeque<(u64, u32)>,
 }
 
 #[derive(Default)]
@@ -91,6 +190,7 @@ pub struct Aggregator {
     /// left of `sk_drops` for the stage no hook covers; with both covered it
     /// only tracks listeners.
     hooked: Hooked,
+    ns: HashMap<u32, NsState>,
 }
 
 impl Aggregator {
@@ -103,6 +203,8 @@ impl Aggregator {
         }
     }
 
+    /// Adds a count for a listener (or, for socket-less resets, a local
+    /// endpoint grouped by peer address).
     fn add(
         &mut self,
         key: Option<ListenerKey>,
@@ -112,26 +214,95 @@ impl Aggregator {
         n: u64,
         peer: Option<Endpoint>,
     ) {
-        // Socket-less resets aggregate per local endpoint and peer address;
-        // listener events per listener.
-        let group_peer = if key.is_none() {
+        let group = if key.is_none() {
             peer.map(|(a, _)| (a, 0))
         } else {
             None
         };
+        self.add_line(Line {
+            netns: key.map(|k| k.netns),
+            key,
+            kind,
+            source,
+            info,
+            n,
+            peer,
+            group,
+            pid: None,
+            inode: None,
+            attrs: Vec::new(),
+        });
+    }
+
+    fn add_line(&mut self, l: Line) {
         let slot = self
             .pending
-            .entry((key, kind, source, group_peer))
+            .entry((l.key, l.kind, l.source, l.group, l.pid, l.netns))
             .or_insert(Slot {
-                info: info.clone(),
+                info: l.info.clone(),
                 count: 0,
-                peer,
+                peer: l.peer,
+                inode: l.inode,
+                attrs: Vec::new(),
             });
-        slot.info = info;
-        slot.count += n;
-        if peer.is_some() {
-            slot.peer = peer;
+        slot.info = l.info;
+        slot.count += l.n;
+        if l.peer.is_some() {
+            slot.peer = l.peer;
         }
+        if l.inode.is_some() {
+            slot.inode = l.inode;
+        }
+        slot.attrs = l.attrs;
+    }
+
+    /// accept() failures of process `pid` counted by the kernel since the
+    /// last call, with the listener whose queue backs up meanwhile.
+    pub fn on_accept_errors(
+        &mut self,
+        pid: u32,
+        errno: u32,
+        n: u64,
+        listener: Option<(ListenerKey, ListenerInfo)>,
+        attrs: Vec<Attr>,
+    ) {
+        let (key, info) = match listener {
+            Some((k, i)) => (Some(k), i),
+            None => (None, ListenerInfo::unknown()),
+        };
+        self.add_line(Line {
+            netns: key.map(|k| k.netns),
+            key,
+            kind: Kind::AcceptError {
+                error: model::errno_name(errno),
+            },
+            source: Source::Tracepoint,
+            info,
+            n,
+            peer: None,
+            group: None,
+            pid: Some(pid),
+            inode: None,
+            attrs,
+        });
+    }
+
+    /// The listener among `inodes` (a process's sockets) with the longest
+    /// accept queue.
+    pub fn busiest_listener(
+        &self,
+        inodes: &std::collections::HashSet<u32>,
+    ) -> Option<(ListenerKey, ListenerInfo)> {
+        self.listeners
+            .iter()
+            .filter(|(k, _)| inodes.contains(&k.inode))
+            .filter_map(|(k, st)| Some((*k, st.info.clone()?)))
+            .max_by_key(|(k, i)| (i.queue_len, std::cmp::Reverse(k.inode)))
+    }
+
+    /// The last reading of a namespace's counters and settings.
+    pub fn netns_state(&self, netns: u32) -> Option<&NetnsState> {
+        self.ns.get(&netns)?.last.as_ref()
     }
 
     /// Records that a kernel event added `weight` to a listener's
@@ -171,13 +342,64 @@ impl Aggregator {
                     return;
                 };
                 self.explain(key, ev.ts_ns, 1);
-                // Queue lengths are those at the SYN's arrival.
-                let kind = if info.queue_full() {
-                    Kind::ListenOverflow(Stage::Syn, Next::Unknown)
-                } else {
-                    Kind::ListenDrop(Stage::Syn)
-                };
+                let kind = classify_syn_drop(&info, ev.aux, ev.state as u8, ev.detail);
                 self.add(Some(key), kind, ev.source, info, 1, None);
+            }
+            EventKind::SyncookieSent => {
+                let Some((key, info)) = ev.listener.clone() else {
+                    return;
+                };
+                self.add(Some(key), Kind::SyncookiesSent, ev.source, info, 1, None);
+            }
+            EventKind::ResetReceived => {
+                let info = ListenerInfo {
+                    addr: ev.local.0,
+                    port: ev.local.1,
+                    queue_len: 0,
+                    queue_limit: 0,
+                };
+                self.add_line(Line {
+                    key: None,
+                    kind: Kind::ResetReceived {
+                        state: model::state_name(ev.state),
+                    },
+                    source: ev.source,
+                    info,
+                    n: 1,
+                    peer: Some(ev.peer),
+                    // A client's resets add up per server; a server's
+                    // per client address.
+                    group: Some(ev.peer),
+                    netns: Some(ev.netns),
+                    pid: None,
+                    inode: (ev.inode != 0).then_some(ev.inode),
+                    attrs: Vec::new(),
+                });
+            }
+            EventKind::ConnectError => {
+                // The destination is the line's server.
+                let info = ListenerInfo {
+                    addr: ev.peer.0,
+                    port: ev.peer.1,
+                    queue_len: 0,
+                    queue_limit: 0,
+                };
+                let pid = (ev.aux != 0).then_some(ev.aux);
+                self.add_line(Line {
+                    key: None,
+                    kind: Kind::ConnectError {
+                        error: model::errno_name(ev.detail),
+                    },
+                    source: ev.source,
+                    info,
+                    n: 1,
+                    peer: None,
+                    group: Some(ev.peer),
+                    netns: Some(ev.netns),
+                    pid,
+                    inode: (pid.is_none() && ev.inode != 0).then_some(ev.inode),
+                    attrs: Vec::new(),
+                });
             }
             EventKind::SynackRetransmit => {
                 let Some((key, info)) = ev.listener.clone() else {
@@ -231,6 +453,16 @@ impl Aggregator {
     }
 
     pub fn on_snapshot(&mut self, snap: &NetnsSnapshot) {
+        let (reqq, cookies) = self.ns_counters(snap);
+        if let Some(others) = &snap.others {
+            self.syn_queues(snap, others);
+        }
+        let sysctls = snap
+            .state
+            .as_ref()
+            .map(|s| s.sysctls.clone())
+            .unwrap_or_default();
+        self.ns.entry(snap.netns).or_default().reqq_budget += reqq;
         for s in &snap.listeners {
             if self.port.is_some_and(|p| p != s.lport) {
                 continue;
@@ -294,14 +526,234 @@ impl Aggregator {
             let was_full = st.prev_full;
             st.last_drops = Some(settled);
             st.prev_full = full_now;
+            let syn_queue = st.syn_queue;
+            if left > 0 && stage == Stage::Syn {
+                // The kernel checks the SYN queue first: as many drops as
+                // the namespace's TCPReqQFullDrop moved are that.
+                let budget = &mut self.ns.entry(snap.netns).or_default().reqq_budget;
+                let q = left.min(*budget);
+                *budget -= q;
+                if q > 0 {
+                    let kind = Kind::SynQueueDrop {
+                        reason: "syn_queue_full",
+                    };
+                    self.add(Some(key), kind, Source::SockDiag, info.clone(), q, None);
+                }
+                left -= q;
+            }
             if left > 0 {
+                let msb = sysctls.max_syn_backlog.unwrap_or(0);
                 let kind = if full_now || was_full {
                     Kind::ListenOverflow(stage, Next::Unknown)
+                } else if stage == Stage::Syn
+                    && sysctls.syncookies == Some(0)
+                    && msb > 0
+                    && three_quarters_full(syn_queue, msb)
+                {
+                    Kind::SynQueueDrop {
+                        reason: "max_syn_backlog",
+                    }
                 } else {
                     Kind::ListenDrop(stage)
                 };
                 self.add(Some(key), kind, Source::SockDiag, info, left, None);
             }
+        }
+        // Budget not matched by now belongs to no listener we track.
+        self.ns.entry(snap.netns).or_default().reqq_budget = 0;
+        if cookies > 0 && !self.hooked.syn {
+            self.attribute_cookies(snap, cookies);
+        }
+        if let Some(others) = &snap.others {
+            self.close_waits(snap, others);
+        }
+    }
+
+    /// Stores the namespace's reading; returns how much TCPReqQFullDrop
+    /// and TCPReqQFullDoCookies moved since the previous one (nothing on
+    /// the first reading).
+    fn ns_counters(&mut self, snap: &NetnsSnapshot) -> (u64, u64) {
+        let Some(now) = &snap.state else {
+            return (0, 0);
+        };
+        let ns = self.ns.entry(snap.netns).or_default();
+        let d = |name: &str| match &ns.last {
+            Some(prev) => now.counter(name).saturating_sub(prev.counter(name)),
+            None => 0,
+        };
+        let out = (
+            d("TcpExt.TCPReqQFullDrop"),
+            d("TcpExt.TCPReqQFullDoCookies"),
+        );
+        ns.last = Some(now.clone());
+        out
+    }
+
+    /// SYN_RECV requests per listener (matched by local port).
+    fn syn_queues(&mut self, snap: &NetnsSnapshot, others: &[DiagSock]) {
+        let mut per_port: HashMap<u16, u32> = HashMap::new();
+        for o in others
+            .iter()
+            .filter(|o| o.state == sockdiag::STATE_SYN_RECV)
+        {
+            *per_port.entry(o.lport).or_default() += 1;
+        }
+        for l in &snap.listeners {
+            let key = ListenerKey {
+                netns: snap.netns,
+                inode: l.inode,
+            };
+            if let Some(st) = self.listeners.get_mut(&key) {
+                st.syn_queue = per_port.get(&l.lport).copied().unwrap_or(0);
+            }
+        }
+    }
+
+    /// Syncookies are counted per namespace only: they go to the listener
+    /// with the fullest SYN queue (the only one, usually).
+    fn attribute_cookies(&mut self, snap: &NetnsSnapshot, n: u64) {
+        let best = snap
+            .listeners
+            .iter()
+            .filter(|l| self.port.is_none_or(|p| p == l.lport))
+            .map(|l| {
+                let key = ListenerKey {
+                    netns: snap.netns,
+                    inode: l.inode,
+                };
+                let q = self.listeners.get(&key).map_or(0, |st| st.syn_queue);
+                (q, key, l)
+            })
+            .max_by_key(|(q, key, _)| (*q, std::cmp::Reverse(key.inode)));
+        if let Some((_, key, l)) = best {
+            let info = ListenerInfo {
+                addr: l.local,
+                port: l.lport,
+                queue_len: l.rqueue,
+                queue_limit: l.wqueue,
+            };
+            self.add(
+                Some(key),
+                Kind::SyncookiesSent,
+                Source::SockDiag,
+                info,
+                n,
+                None,
+            );
+        }
+    }
+
+    /// CLOSE_WAIT sockets per listener (or local port): a line whenever
+    /// the count changes, with the oldest one's age and the growth rate.
+    fn close_waits(&mut self, snap: &NetnsSnapshot, others: &[DiagSock]) {
+        let now = snap.end_ns;
+        let ns = self.ns.entry(snap.netns).or_default();
+        let mut seen = HashMap::new();
+        for o in others
+            .iter()
+            .filter(|o| o.state == sockdiag::STATE_CLOSE_WAIT)
+        {
+            let first = ns.close_wait.get(&o.cookie).map_or(now, |e| e.0);
+            seen.insert(o.cookie, (first, o.lport, o.inode));
+        }
+        ns.close_wait = seen;
+        // Group: the listener on the same port, else the port.
+        let mut groups: HashMap<CwGroup, (u32, u64, u32)> = HashMap::new();
+        for &(first, lport, inode) in ns.close_wait.values() {
+            let listener = snap
+                .listeners
+                .iter()
+                .filter(|l| l.lport == lport)
+                .map(|l| ListenerKey {
+                    netns: snap.netns,
+                    inode: l.inode,
+                })
+                .min();
+            let g = match listener {
+                Some(k) => CwGroup::Listener(k),
+                None => CwGroup::Port(lport),
+            };
+            let e = groups.entry(g).or_insert((0, u64::MAX, 0));
+            e.0 += 1;
+            if first < e.1 {
+                e.1 = first;
+                e.2 = inode;
+            }
+        }
+        let mut lines = Vec::new();
+        let keys: Vec<CwGroup> = ns
+            .cw_groups
+            .keys()
+            .copied()
+            .chain(groups.keys().copied())
+            .collect();
+        for g in keys {
+            let (count, oldest, inode) = groups.get(&g).copied().unwrap_or((0, now, 0));
+            let h = ns.cw_groups.entry(g).or_default();
+            h.history.push_back((now, count));
+            while h.history.len() > 1 && now - h.history[0].0 > 60_000_000_000 {
+                h.history.pop_front();
+            }
+            if count == h.reported {
+                continue;
+            }
+            h.reported = count;
+            let (t0, c0) = h.history[0];
+            let span = (now - t0) as f64 / 60e9;
+            let growth = if span > 0.0 {
+                (count as f64 - c0 as f64) / span
+            } else {
+                0.0
+            };
+            lines.push((g, count, (now - oldest) as f64 / 1e9, growth, inode));
+        }
+        ns.cw_groups.retain(|_, h| h.reported > 0);
+        for (g, count, age, growth, inode) in lines {
+            if self.port.is_some_and(|p| match g {
+                CwGroup::Listener(k) => self
+                    .listeners
+                    .get(&k)
+                    .and_then(|s| s.info.as_ref())
+                    .is_none_or(|i| i.port != p),
+                CwGroup::Port(port) => port != p,
+            }) {
+                continue;
+            }
+            let (key, info) = match g {
+                CwGroup::Listener(k) => (
+                    Some(k),
+                    self.listeners
+                        .get(&k)
+                        .and_then(|s| s.info.clone())
+                        .unwrap_or_else(ListenerInfo::unknown),
+                ),
+                CwGroup::Port(port) => (
+                    None,
+                    ListenerInfo {
+                        port,
+                        ..ListenerInfo::unknown()
+                    },
+                ),
+            };
+            self.add_line(Line {
+                key,
+                kind: Kind::CloseWait,
+                source: Source::SockDiag,
+                info,
+                n: count as u64,
+                peer: None,
+                group: None,
+                netns: Some(snap.netns),
+                pid: None,
+                inode: (inode != 0).then_some(inode),
+                attrs: vec![
+                    (
+                        "close_wait.oldest_seconds",
+                        json!((age * 10.0).round() / 10.0),
+                    ),
+                    ("close_wait.growth_per_minute", json!(growth.round())),
+                ],
+            });
         }
     }
 
@@ -310,13 +762,25 @@ impl Aggregator {
     pub fn take(&mut self) -> Vec<Pending> {
         let out = std::mem::take(&mut self.pending)
             .into_iter()
-            .map(|((key, kind, source, _), s)| Pending {
-                kind,
-                source,
-                key,
-                info: s.info,
-                count: s.count,
-                peer: s.peer,
+            .map(|((key, kind, source, _, pid, netns), s)| {
+                let mut attrs = s.attrs;
+                if kind.error() == Some("EADDRNOTAVAIL") {
+                    if let Some(st) = netns.and_then(|n| self.ns.get(&n)?.last.as_ref()) {
+                        port_headroom(st, &mut attrs);
+                    }
+                }
+                Pending {
+                    kind,
+                    source,
+                    key,
+                    netns,
+                    info: s.info,
+                    count: s.count,
+                    peer: s.peer,
+                    pid,
+                    inode: s.inode,
+                    attrs,
+                }
             })
             .collect();
         for st in self.listeners.values_mut() {
@@ -337,9 +801,13 @@ impl Aggregator {
         !self.pending.is_empty()
     }
 
-    /// Inodes of listeners with counts waiting for the next `take`.
+    /// Inodes of sockets (listeners, and others a line is about) with
+    /// counts waiting for the next `take`: their owners are wanted.
     pub fn pending_inodes(&self) -> impl Iterator<Item = u32> + '_ {
-        self.pending.keys().filter_map(|(k, ..)| k.map(|k| k.inode))
+        self.pending
+            .iter()
+            .flat_map(|((k, ..), s)| [k.map(|k| k.inode), s.inode])
+            .flatten()
     }
 
     /// Whether a listener with this socket inode is still tracked.
@@ -380,6 +848,8 @@ mod tests {
         NetnsSnapshot {
             netns: NS,
             listeners: socks,
+            others: None,
+            state: None,
             start_ns: start,
             end_ns: start + 10,
             baseline,

@@ -17,6 +17,11 @@ pub struct KernelEvent {
     pub detail: u32,
     pub aux: u32,
     pub source: Source,
+    /// The socket's TCP state (or, for SYN events, the syncookies setting).
+    pub state: u16,
+    pub netns: u32,
+    /// The socket's inode (0: none, or already closed).
+    pub inode: u32,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -80,6 +85,9 @@ pub fn decode_event(ev: &Event) -> Result<KernelEvent, DecodeError> {
         detail: ev.detail,
         aux: ev.aux,
         source,
+        state: ev.state,
+        netns: ev.netns,
+        inode: ev.sock_ino,
     })
 }
 

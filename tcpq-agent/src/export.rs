@@ -20,10 +20,18 @@ pub struct Report<'a> {
     pub owner: Option<&'a Owner>,
     /// Accepts by the application meanwhile, when the accept hook is on.
     pub accepts: Option<crate::accepts::Accepts>,
+    /// Cause and remedy, for lines that show trouble.
+    pub verdict: Option<crate::verdict::Verdict>,
 }
 
 pub fn timestamp(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// Whether the line names a server end (`server.address`/`server.port`):
+/// a listener, a connect()'s destination, or a socket-less reset's port.
+fn has_server(p: &Pending) -> bool {
+    !p.kind.is_connection() && (p.key.is_some() || p.info.port != 0)
 }
 
 pub fn json(r: &Report) -> Value {
@@ -38,10 +46,14 @@ pub fn json(r: &Report) -> Value {
         m.insert("next".into(), json!(next));
     }
     m.insert("count".into(), json!(p.count));
-    m.insert("server.address".into(), json!(p.info.addr.to_string()));
-    m.insert("server.port".into(), json!(p.info.port));
+    if has_server(p) {
+        m.insert("server.address".into(), json!(p.info.addr.to_string()));
+        m.insert("server.port".into(), json!(p.info.port));
+    }
+    if let Some(ns) = p.netns.or(p.key.map(|k| k.netns)) {
+        m.insert("network.netns".into(), json!(ns));
+    }
     if let Some(k) = p.key {
-        m.insert("network.netns".into(), json!(k.netns));
         m.insert("socket.inode".into(), json!(k.inode));
         m.insert("queue.length".into(), json!(p.info.queue_len));
         m.insert("queue.limit".into(), json!(p.info.queue_limit));
@@ -50,21 +62,40 @@ pub fn json(r: &Report) -> Value {
         m.insert("process.pid".into(), json!(o.pid));
         m.insert("process.executable.name".into(), json!(o.name));
     }
-    if let crate::model::Kind::ResetSent {
-        reason,
-        kernel_reason,
-    } = &p.kind
-    {
+    if let Some(reason) = p.kind.reason() {
         m.insert("reason".into(), json!(reason));
+    }
+    if let crate::model::Kind::ResetSent { kernel_reason, .. } = &p.kind {
         m.insert("reset.kernel_reason".into(), json!(kernel_reason));
     }
-    if let Some((addr, port)) = p.peer {
+    if let Some(e) = p.kind.error() {
+        m.insert("error.type".into(), json!(e));
+    }
+    if let crate::model::Kind::ResetReceived { state } = &p.kind {
+        m.insert("tcp.state".into(), json!(state));
+        m.insert(
+            "network.local.address".into(),
+            json!(p.info.addr.to_string()),
+        );
+        m.insert("network.local.port".into(), json!(p.info.port));
+        if let Some((addr, port)) = p.peer {
+            m.insert("network.peer.address".into(), json!(addr.to_string()));
+            m.insert("network.peer.port".into(), json!(port));
+        }
+    } else if let Some((addr, port)) = p.peer {
         m.insert("client.address".into(), json!(addr.to_string()));
         m.insert("client.port".into(), json!(port));
     }
     if let Some(a) = r.accepts {
         m.insert("accept.count".into(), json!(a.count));
         m.insert("accept.queue_max".into(), json!(a.queue_max));
+    }
+    for (k, v) in &p.attrs {
+        m.insert((*k).into(), v.clone());
+    }
+    if let Some(v) = &r.verdict {
+        m.insert("verdict.cause".into(), json!(v.cause));
+        m.insert("verdict.remedy".into(), json!(v.remedy));
     }
     m.insert("source".into(), json!(p.source.as_str()));
     Value::Object(m)
@@ -79,23 +110,38 @@ pub fn text(r: &Report) -> String {
     if let Some(next) = p.kind.next() {
         s += &format!(" next={next}");
     }
-    if let crate::model::Kind::ResetSent {
-        reason,
-        kernel_reason,
-    } = &p.kind
-    {
-        s += &format!(" reason={reason} ({kernel_reason})");
+    match &p.kind {
+        crate::model::Kind::ResetSent {
+            reason,
+            kernel_reason,
+        } => s += &format!(" reason={reason} ({kernel_reason})"),
+        k => {
+            if let Some(reason) = k.reason() {
+                s += &format!(" reason={reason}");
+            }
+        }
     }
-    s += &format!(
-        " count={} listener={}",
-        p.count,
-        endpoint(p.info.addr, p.info.port)
-    );
+    if let Some(e) = p.kind.error() {
+        s += &format!(" error={e}");
+    }
+    s += &format!(" count={}", p.count);
+    if let crate::model::Kind::ResetReceived { state } = &p.kind {
+        s += &format!(
+            " local={} state={state}",
+            endpoint(p.info.addr, p.info.port)
+        );
+    } else if matches!(p.kind, crate::model::Kind::ConnectError { .. }) {
+        s += &format!(" destination={}", endpoint(p.info.addr, p.info.port));
+    } else if has_server(p) {
+        s += &format!(" listener={}", endpoint(p.info.addr, p.info.port));
+    }
     if let Some(k) = p.key {
         s += &format!(
             " netns={} queue={}/{}",
             k.netns, p.info.queue_len, p.info.queue_limit
         );
+    } else if let Some(ns) = p.netns {
+        s += &format!(" netns={ns}");
     }
     match r.owner {
         Some(o) => s += &format!(" pid={} ({})", o.pid, o.name),
@@ -108,7 +154,13 @@ pub fn text(r: &Report) -> String {
     if let Some(a) = r.accepts {
         s += &format!(" accepted={}", a.count);
     }
+    for (k, v) in &p.attrs {
+        s += &format!(" {k}={v}");
+    }
     s += &format!(" source={}", p.source.as_str());
+    if let Some(v) = &r.verdict {
+        s += &format!("\n    cause:  {}\n    remedy: {}", v.cause, v.remedy);
+    }
     s
 }
 
@@ -166,6 +218,10 @@ mod tests {
             },
             count: 5,
             peer: None,
+            netns: None,
+            pid: None,
+            inode: None,
+            attrs: Vec::new(),
         }
     }
 
@@ -182,6 +238,7 @@ mod tests {
             pending: &p,
             owner: Some(&owner),
             accepts: None,
+            verdict: None,
         });
         assert_eq!(v["timestamp"], "2025-11-21T01:20:00.123Z");
         assert_eq!(v["event"], "listen_overflow");
@@ -203,6 +260,7 @@ mod tests {
                 pending: &p,
                 owner: Some(&owner),
                 accepts: None,
+                verdict: None,
             },
         );
         assert!(!line.contains('\n'));
@@ -218,6 +276,7 @@ mod tests {
             pending: &p,
             owner: None,
             accepts: None,
+            verdict: None,
         });
         assert_eq!(
             t,

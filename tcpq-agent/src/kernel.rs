@@ -36,6 +36,27 @@ pub const SEND_RESET: Hook = Hook {
     name: "tcp_send_reset",
 };
 
+pub const RECEIVE_RESET: Hook = Hook {
+    program: "tcpq_receive_reset",
+    category: "tcp",
+    name: "tcp_receive_reset",
+};
+pub const SOCK_STATE: Hook = Hook {
+    program: "tcpq_sock_state",
+    category: "sock",
+    name: "inet_sock_set_state",
+};
+pub const ACCEPT4_EXIT: Hook = Hook {
+    program: "tcpq_accept_exit",
+    category: "syscalls",
+    name: "sys_exit_accept4",
+};
+pub const ACCEPT_EXIT: Hook = Hook {
+    program: "tcpq_accept_exit",
+    category: "syscalls",
+    name: "sys_exit_accept",
+};
+
 #[derive(Debug)]
 pub struct Plan {
     pub config: Config,
@@ -49,10 +70,15 @@ pub struct Plan {
 
 /// Tracepoint record layouts, as read from tracefs (`None`: no such
 /// tracepoint on this kernel).
+#[derive(Default)]
 pub struct Formats {
     pub kfree_skb: Option<Format>,
     pub retransmit_synack: Option<Format>,
     pub send_reset: Option<Format>,
+    pub receive_reset: Option<Format>,
+    pub sock_state: Option<Format>,
+    pub accept4_exit: Option<Format>,
+    pub accept_exit: Option<Format>,
 }
 
 impl Formats {
@@ -61,6 +87,10 @@ impl Formats {
             kfree_skb: Format::read(root, "skb", "kfree_skb").ok(),
             retransmit_synack: Format::read(root, "tcp", "tcp_retransmit_synack").ok(),
             send_reset: Format::read(root, "tcp", "tcp_send_reset").ok(),
+            receive_reset: Format::read(root, "tcp", "tcp_receive_reset").ok(),
+            sock_state: Format::read(root, "sock", "inet_sock_set_state").ok(),
+            accept4_exit: Format::read(root, "syscalls", "sys_exit_accept4").ok(),
+            accept_exit: Format::read(root, "syscalls", "sys_exit_accept").ok(),
         }
     }
 }
@@ -100,6 +130,9 @@ pub fn plan(
         sk_drops: btf.offset("sock", &["sk_drops"])?,
         icsk_qlen: btf.offset("inet_connection_sock", &["icsk_accept_queue", "qlen"])?,
         net_abort_on_overflow: btf.offset("net", &["ipv4", "sysctl_tcp_abort_on_overflow"])?,
+        net_syncookies: btf.offset("net", &["ipv4", "sysctl_tcp_syncookies"])?,
+        net_max_syn_backlog: btf.offset("net", &["ipv4", "sysctl_max_syn_backlog"])?,
+        sk_err: btf.offset("sock", &["sk_err"])?,
         filter_lport: filter_lport as u32,
         filter_netns,
         ..Config::default()
@@ -164,6 +197,56 @@ pub fn plan(
             _ => skipped.push((SEND_RESET, "record layout not recognised".into())),
         },
         None => skipped.push((SEND_RESET, "no such tracepoint".into())),
+    }
+    match formats
+        .receive_reset
+        .as_ref()
+        .and_then(|f| f.offset("skaddr", 8))
+    {
+        Some(off) => {
+            config.recv_rst_skaddr = off;
+            hooks.push(RECEIVE_RESET);
+        }
+        None => skipped.push((RECEIVE_RESET, "no such tracepoint or no skaddr".into())),
+    }
+
+    match formats.sock_state.as_ref().map(|f| {
+        (
+            f.offset("skaddr", 8),
+            f.offset("oldstate", 4),
+            f.offset("newstate", 4),
+            f.offset("sport", 2),
+            f.offset("protocol", 2),
+        )
+    }) {
+        Some((Some(sk), Some(old), Some(new), Some(sport), Some(proto))) => {
+            config.state_skaddr = sk;
+            config.state_old = old;
+            config.state_new = new;
+            config.state_sport = sport;
+            config.state_protocol = proto;
+            hooks.push(SOCK_STATE);
+        }
+        Some(_) => skipped.push((SOCK_STATE, "record layout not recognised".into())),
+        None => skipped.push((SOCK_STATE, "no such tracepoint".into())),
+    }
+
+    // Both accept syscalls share one program; their records are alike.
+    for (hook, format) in [
+        (ACCEPT4_EXIT, &formats.accept4_exit),
+        (ACCEPT_EXIT, &formats.accept_exit),
+    ] {
+        match format.as_ref().and_then(|f| f.offset("ret", 8)) {
+            Some(off) if config.accept_ret == 0 || config.accept_ret == off => {
+                config.accept_ret = off;
+                hooks.push(hook);
+            }
+            Some(_) => skipped.push((hook, "record layout differs from accept4's".into())),
+            None => skipped.push((
+                hook,
+                "no such tracepoint (CONFIG_FTRACE_SYSCALLS off?)".into(),
+            )),
+        }
     }
     Ok(Plan {
         config,
@@ -253,8 +336,7 @@ mod tests {
         );
         let f = Formats {
             kfree_skb: Some(kfree),
-            retransmit_synack: None,
-            send_reset: None,
+            ..Formats::default()
         };
         let p = plan(&btf, &f, 80, 0).unwrap();
         assert_eq!(p.config.filter_lport, 80);
@@ -275,11 +357,37 @@ mod tests {
             Format::parse("field:enum skb_drop_reason reason;\toffset:28;\tsize:4;\tsigned:0;");
         let f = Formats {
             kfree_skb: Some(old),
-            retransmit_synack: None,
-            send_reset: None,
+            ..Formats::default()
         };
         let p = plan(&btf, &f, 0, 0).unwrap();
         assert!(!p.hooks.contains(&KFREE_SKB));
         assert_eq!(p.config.kfree_rx_sk, 0);
+    }
+
+    #[test]
+    fn both_accept_syscalls_share_one_program_and_layout() {
+        let Ok(btf) = KernelBtf::load() else { return };
+        let exit = "field:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\nfield:long ret;\toffset:16;\tsize:8;\tsigned:1;";
+        let f = Formats {
+            accept4_exit: Some(Format::parse(exit)),
+            accept_exit: Some(Format::parse(exit)),
+            sock_state: Some(Format::parse(
+                "field:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;\nfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;\nfield:int newstate;\toffset:20;\tsize:4;\tsigned:1;\nfield:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;\nfield:__u16 protocol;\toffset:30;\tsize:2;\tsigned:0;",
+            )),
+            ..Formats::default()
+        };
+        let p = plan(&btf, &f, 0, 0).unwrap();
+        assert_eq!(p.config.accept_ret, 16);
+        assert!(p.hooks.contains(&ACCEPT4_EXIT) && p.hooks.contains(&ACCEPT_EXIT));
+        assert_eq!(
+            (
+                p.config.state_old,
+                p.config.state_new,
+                p.config.state_sport,
+                p.config.state_protocol
+            ),
+            (16, 20, 24, 30)
+        );
+        assert!(p.skipped.iter().any(|(h, _)| *h == RECEIVE_RESET));
     }
 }

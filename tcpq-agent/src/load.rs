@@ -106,6 +106,7 @@ pub fn load(plan: &Plan, choices: &[Choice], ring_buffer_bytes: u32) -> Result<L
         .iter()
         .map(|(h, why)| (format!("{}:{}", h.category, h.name), why.clone()))
         .collect();
+    let mut loaded_programs = std::collections::HashSet::new();
     for hook in &plan.hooks {
         let what = format!("{}:{}", hook.category, hook.name);
         if *hook == kernel::KFREE_SKB && ack_hooked {
@@ -120,7 +121,10 @@ pub fn load(plan: &Plan, choices: &[Choice], ring_buffer_bytes: u32) -> Result<L
                 .program_mut(hook.program)
                 .with_context(|| format!("program {} missing from the object", hook.program))?
                 .try_into()?;
-            prog.load()?;
+            // One program may serve several tracepoints.
+            if loaded_programs.insert(hook.program) {
+                prog.load()?;
+            }
             prog.attach(hook.category, hook.name)?;
             Ok(())
         })();

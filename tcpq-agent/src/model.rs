@@ -21,6 +21,16 @@ pub struct ListenerInfo {
 }
 
 impl ListenerInfo {
+    /// No listener known.
+    pub fn unknown() -> Self {
+        Self {
+            addr: IpAddr::from([0, 0, 0, 0]),
+            port: 0,
+            queue_len: 0,
+            queue_limit: 0,
+        }
+    }
+
     /// The kernel's `sk_acceptq_is_full()`: `listen(fd, N)` holds N+1.
     pub fn queue_full(&self) -> bool {
         self.queue_len > self.queue_limit
@@ -91,9 +101,17 @@ impl Next {
 pub enum Kind {
     /// A connection lost to a full accept queue.
     ListenOverflow(Stage, Next),
-    /// A connection dropped by a listener while its accept queue was not
-    /// full (SYN queue full, memory, a failed child socket, ...).
+    /// A connection dropped by a listener for another reason (memory, a
+    /// failed child socket, ...).
     ListenDrop(Stage),
+    /// A SYN dropped because the SYN (half-open) queue was full
+    /// (`syn_queue_full`, TCPReqQFullDrop) or, with syncookies off, 3/4 of
+    /// `tcp_max_syn_backlog` was in use (`max_syn_backlog`).
+    SynQueueDrop {
+        reason: &'static str,
+    },
+    /// SYNs answered with a syncookie: the SYN queue was full.
+    SyncookiesSent,
     SynackRetransmit,
     /// A RST; `reason` is tcpq's class, `kernel_reason` the kernel's
     /// `sk_rst_reason` name.
@@ -101,6 +119,20 @@ pub enum Kind {
         reason: &'static str,
         kernel_reason: String,
     },
+    /// A RST arrived on a socket in `state`.
+    ResetReceived {
+        state: &'static str,
+    },
+    /// connect() failed with `error` (an errno name).
+    ConnectError {
+        error: String,
+    },
+    /// accept() failed with `error` (an errno name).
+    AcceptError {
+        error: String,
+    },
+    /// Sockets sitting in CLOSE_WAIT (a gauge: `count` is how many now).
+    CloseWait,
 }
 
 impl Kind {
@@ -108,8 +140,14 @@ impl Kind {
         match self {
             Kind::ListenOverflow(..) => "listen_overflow",
             Kind::ListenDrop(_) => "listen_drop",
+            Kind::SynQueueDrop { .. } => "syn_queue_drop",
+            Kind::SyncookiesSent => "syncookies_sent",
             Kind::SynackRetransmit => "synack_retransmit",
             Kind::ResetSent { .. } => "reset_sent",
+            Kind::ResetReceived { .. } => "reset_received",
+            Kind::ConnectError { .. } => "connect_error",
+            Kind::AcceptError { .. } => "accept_error",
+            Kind::CloseWait => "close_wait",
         }
     }
 
@@ -123,20 +161,103 @@ impl Kind {
     pub fn stage(&self) -> Option<Stage> {
         match self {
             Kind::ListenOverflow(s, _) | Kind::ListenDrop(s) => Some(*s),
+            Kind::SynQueueDrop { .. } | Kind::SyncookiesSent => Some(Stage::Syn),
             _ => None,
         }
     }
+
+    /// tcpq's reason class, for kinds that have one.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Kind::SynQueueDrop { reason } | Kind::ResetSent { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// The errno name, for kinds that have one.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Kind::ConnectError { error } | Kind::AcceptError { error } => Some(error),
+            _ => None,
+        }
+    }
+
+    /// Whether the line is about a connection's two ends rather than a
+    /// listener (`info` then holds the local end, `peer` the remote one).
+    pub fn is_connection(&self) -> bool {
+        matches!(self, Kind::ResetReceived { .. })
+    }
 }
+
+/// An extra fact on a report line: a JSON-style key and its value.
+pub type Attr = (&'static str, serde_json::Value);
 
 /// Aggregated counts for one listener (or, for socket-less resets, one local
 /// endpoint) and one kind, over one interval.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pending {
     pub kind: Kind,
     pub source: Source,
     pub key: Option<ListenerKey>,
+    /// The network namespace, also for lines without a listener.
+    pub netns: Option<u32>,
+    /// The listener; for `connect_error` the destination; for
+    /// `reset_received` the local end.
     pub info: ListenerInfo,
     pub count: u64,
     /// For resets: the last peer seen.
     pub peer: Option<(IpAddr, u16)>,
+    /// The process, when the kernel told (connect() in process context).
+    pub pid: Option<u32>,
+    /// A socket whose owner is the line's owner (for lines that are not
+    /// about a listener).
+    pub inode: Option<u32>,
+    /// Kind-specific facts.
+    pub attrs: Vec<Attr>,
+}
+
+/// TCP state names as `ss` prints them.
+pub fn state_name(state: u16) -> &'static str {
+    match state {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+/// errno names for the errors tcpq reports (libc's values for the target:
+/// errno numbers are ABI, but differ between architectures).
+pub fn errno_name(errno: u32) -> String {
+    const NAMES: &[(i32, &str)] = &[
+        (libc::ENFILE, "ENFILE"),
+        (libc::EMFILE, "EMFILE"),
+        (libc::EADDRNOTAVAIL, "EADDRNOTAVAIL"),
+        (libc::ECONNRESET, "ECONNRESET"),
+        (libc::ETIMEDOUT, "ETIMEDOUT"),
+        (libc::ECONNREFUSED, "ECONNREFUSED"),
+        (libc::EHOSTUNREACH, "EHOSTUNREACH"),
+        (libc::ENETUNREACH, "ENETUNREACH"),
+        (libc::ENOMEM, "ENOMEM"),
+        (libc::ENOBUFS, "ENOBUFS"),
+        (libc::EINVAL, "EINVAL"),
+        (libc::EINTR, "EINTR"),
+        (libc::ECONNABORTED, "ECONNABORTED"),
+        (libc::EPERM, "EPERM"),
+        (libc::EPROTO, "EPROTO"),
+    ];
+    NAMES
+        .iter()
+        .find(|(n, _)| *n as u32 == errno)
+        .map(|(_, s)| s.to_string())
+        .unwrap_or_else(|| format!("errno {errno}"))
 }

@@ -6,7 +6,27 @@ use std::{fs::File, sync::mpsc as std_mpsc, time::Duration};
 
 use tokio::sync::mpsc;
 
-use crate::{aggregate::NetnsSnapshot, netns, sockdiag};
+use crate::{aggregate::NetnsSnapshot, netns, netstat, sockdiag};
+
+/// Every this many rounds, also the sockets that need a walk of the whole
+/// connection table (CLOSE_WAIT, SYN_RECV): costlier on a busy host, and
+/// slow-moving anyway.
+pub const SLOW_EVERY: u32 = 4;
+
+/// One namespace, read from inside it.
+fn read_ns(
+    slow: bool,
+) -> anyhow::Result<(Vec<sockdiag::DiagSock>, Option<Vec<sockdiag::DiagSock>>)> {
+    let listeners = sockdiag::dump(sockdiag::TCPF_LISTEN)?;
+    let others = if slow {
+        Some(sockdiag::dump(
+            sockdiag::TCPF_CLOSE_WAIT | sockdiag::TCPF_SYN_RECV,
+        )?)
+    } else {
+        None
+    };
+    Ok((listeners, others))
+}
 
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -18,22 +38,49 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// One round over every namespace.
-pub fn round(home: &File, home_ino: u32, baseline: bool) -> Vec<NetnsSnapshot> {
+/// The sum of a namespace's listener-drop counters: when it moves, the
+/// SYN queues are dumped at once (drops are classified by their depth).
+fn drop_counters(s: &netstat::NetnsState) -> u64 {
+    s.counter("TcpExt.ListenDrops") + s.counter("TcpExt.TCPReqQFullDoCookies")
+}
+
+/// One round over every namespace: its listeners, its counters and
+/// settings, and on `slow` rounds (or when its drop counters moved) its
+/// CLOSE_WAIT and SYN_RECV sockets. `last` keeps each namespace's drop
+/// counters between rounds.
+pub fn round(
+    home: &File,
+    home_ino: u32,
+    baseline: bool,
+    slow: bool,
+    last: &mut std::collections::HashMap<u32, u64>,
+) -> Vec<NetnsSnapshot> {
     let mut out = Vec::new();
-    for (ino, path) in netns::list() {
+    let listed = netns::list();
+    last.retain(|ino, _| listed.contains_key(ino));
+    for (ino, path) in listed {
         let start_ns = monotonic_ns();
+        let prev = last.get(&ino).copied();
+        let read = || {
+            let state = netstat::read_current();
+            let moved = prev.is_some_and(|p| p != drop_counters(&state));
+            let socks = read_ns(slow || moved)?;
+            Ok((socks, state))
+        };
         let dumped = if ino == home_ino {
-            sockdiag::dump(sockdiag::TCPF_LISTEN)
+            read()
         } else {
-            netns::run_in(&path, home, || sockdiag::dump(sockdiag::TCPF_LISTEN))
+            netns::run_in(&path, home, read)
         };
         let end_ns = monotonic_ns();
         // A namespace can vanish between listing and entering it.
-        if let Ok(listeners) = dumped {
+        if let Ok(((listeners, others), state)) = dumped {
+            last.insert(ino, drop_counters(&state));
             out.push(NetnsSnapshot {
                 netns: ino,
                 listeners,
+                others,
+                state: Some(state),
                 start_ns,
                 end_ns,
                 baseline,
@@ -56,9 +103,18 @@ pub fn spawn(
         .name("tcpq-sockdiag".into())
         .spawn(move || {
             let mut baseline = true;
+            let mut n = 0u32;
+            let mut last = std::collections::HashMap::new();
             loop {
-                let snaps = round(&home, home_ino, baseline);
+                let snaps = round(
+                    &home,
+                    home_ino,
+                    baseline,
+                    n.is_multiple_of(SLOW_EVERY),
+                    &mut last,
+                );
                 baseline = false;
+                n = n.wrapping_add(1);
                 if tx.blocking_send(snaps).is_err() {
                     return;
                 }

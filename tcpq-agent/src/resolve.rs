@@ -46,6 +46,27 @@ pub fn sockets_of(pid: u32) -> HashSet<u32> {
     out
 }
 
+/// How many file descriptors `pid` has open.
+pub fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// The soft RLIMIT_NOFILE of `pid` ("Max open files" in /proc/PID/limits);
+/// None when unlimited or unreadable.
+pub fn fd_limit(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    parse_fd_limit(&text)
+}
+
+pub fn parse_fd_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The process name as OpenTelemetry defines `process.executable.name` on
 /// Linux: `Name` of /proc/PID/status, i.e. `comm` (what `ps` and `top`
 /// show; for a symlinked binary such as Debian's redis-server, the name it
@@ -118,6 +139,20 @@ impl Resolver {
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
+
+    #[test]
+    fn parses_the_soft_fd_limit() {
+        let l = "Limit                     Soft Limit           Hard Limit           Units     \nMax processes             63704                63704                processes \nMax open files            1024                 524288               files     \n";
+        assert_eq!(parse_fd_limit(l), Some(1024));
+        assert_eq!(
+            parse_fd_limit(
+                "Max open files            unlimited            unlimited            files"
+            ),
+            None
+        );
+        assert!(fd_limit(std::process::id()).is_some());
+        assert!(open_fds(std::process::id()).unwrap() >= 3);
+    }
 
     #[test]
     fn parses_socket_links_only() {

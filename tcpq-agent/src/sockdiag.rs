@@ -20,6 +20,11 @@ const SK_MEMINFO_DROPS: usize = 8;
 const NLMSG_HDRLEN: usize = 16;
 const INET_DIAG_MSG_LEN: usize = 72;
 pub const TCPF_LISTEN: u32 = 1 << 10;
+/// Also request socks (TCP_NEW_SYN_RECV): the SYN queue.
+pub const TCPF_SYN_RECV: u32 = 1 << 3;
+pub const TCPF_CLOSE_WAIT: u32 = 1 << 8;
+pub const STATE_SYN_RECV: u8 = 3;
+pub const STATE_CLOSE_WAIT: u8 = 8;
 
 /// One socket from a dump.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -37,6 +37,9 @@ pub fn run(args: TraceArgs) -> Result<()> {
         .block_on(trace(args))
 }
 
+/// (tgid << 32 | errno) → failures, per CPU (`ACCEPT_ERRORS`).
+type AcceptErrorMap = PerCpuHashMap<MapData, u64, u64>;
+
 struct Session {
     args: TraceArgs,
     /// The kernel's per-listener accept counts, when `inet_csk_accept` is hooked.
@@ -45,6 +48,9 @@ struct Session {
     agg: Aggregator,
     resolver: Resolver,
     stats: PerCpuArray<MapData, u64>,
+    /// accept() failures per (tgid, errno), counted in the kernel, and what
+    /// was already reported.
+    accept_errors: Option<(AcceptErrorMap, HashMap<u64, u64>)>,
     received: u64,
     undecodable: u64,
     lost_reported: u64,
@@ -119,6 +125,15 @@ async fn trace(args: TraceArgs) -> Result<()> {
         }
         None => None,
     };
+    let accept_errors = match loaded.attached.iter().any(|t| t.starts_with("syscalls:")) {
+        true => loaded
+            .ebpf
+            .take_map("ACCEPT_ERRORS")
+            .map(PerCpuHashMap::try_from)
+            .transpose()?
+            .map(|m| (m, HashMap::new())),
+        false => None,
+    };
     let (tx, mut rx) = mpsc::channel::<Vec<NetnsSnapshot>>(4);
     let (wake, wake_rx) = std_mpsc::channel();
     let _poller = poll::spawn(args.poll_interval, tx, wake_rx)?;
@@ -136,6 +151,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         ),
         resolver: Resolver::new(Duration::from_millis(100)),
         stats,
+        accept_errors,
         received: 0,
         undecodable: 0,
         lost_reported: 0,
@@ -203,6 +219,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         s.drain(ring.get_mut());
         if let Some(r) = round {
             s.apply(r);
+            s.read_accept_errors();
         }
         s.learn_owners();
         // After a quiet interval, the first news goes out at once; then one
@@ -229,6 +246,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
             s.apply(r);
         }
     }
+    s.read_accept_errors();
     s.learn_owners();
     s.drain(ring.get_mut());
     let _ = s.flush(&mut out);
@@ -297,11 +315,35 @@ impl Session {
             return out.flush();
         }
         for p in &pending {
+            // The process the kernel named, else the holder of the
+            // listener, else the holder of the socket the line is about.
+            let named = p.pid.map(|pid| Owner {
+                pid,
+                name: resolve::process_name(pid).unwrap_or_else(|| "?".into()),
+            });
+            let owner = match &named {
+                Some(o) => Some(o),
+                None => p
+                    .key
+                    .map(|k| k.inode)
+                    .or(p.inode)
+                    .and_then(|i| self.resolver.get(i)),
+            };
+            if let Some(f) = &self.pid_filter {
+                let mine = match (p.pid, p.key) {
+                    (Some(pid), _) => pid == f.owner.pid,
+                    (None, Some(k)) => f.sockets.contains(&k.inode),
+                    (None, None) => owner.is_some_and(|o| o.pid == f.owner.pid),
+                };
+                if !mine {
+                    continue;
+                }
+            }
             let owner = match (&self.pid_filter, p.key) {
-                (Some(f), Some(k)) if f.sockets.contains(&k.inode) => Some(&f.owner),
-                (Some(_), _) => continue,
-                (None, Some(k)) => self.resolver.get(k.inode),
-                (None, None) => None,
+                (Some(f), Some(k)) if p.pid.is_none() && f.sockets.contains(&k.inode) => {
+                    Some(&f.owner)
+                }
+                _ => owner,
             };
             writeln!(
                 out,
@@ -315,6 +357,11 @@ impl Session {
                         accepts: p.key.and_then(|k| accepts
                             .as_ref()
                             .map(|a| a.get(&k).copied().unwrap_or_default())),
+                        verdict: crate::explain::line(
+                            p,
+                            owner,
+                            p.netns.and_then(|n| self.agg.netns_state(n))
+                        ),
                     }
                 )
             )?;
@@ -325,6 +372,40 @@ impl Session {
             f.sockets.retain(|ino| agg.tracks_inode(*ino));
         }
         out.flush()
+    }
+
+    /// accept() failures since the last call, per process and errno, with
+    /// the process's descriptor use and its listener that backs up.
+    fn read_accept_errors(&mut self) {
+        let Some((map, seen)) = self.accept_errors.as_mut() else {
+            return;
+        };
+        let now: Vec<(u64, u64)> = map
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, per_cpu)| (k, per_cpu.iter().sum()))
+            .collect();
+        for (key, total) in now {
+            let before = seen.insert(key, total).unwrap_or(0);
+            let n = total.saturating_sub(before);
+            if n == 0 {
+                continue;
+            }
+            let pid = (key >> 32) as u32;
+            let errno = key as u32;
+            if self.pid_filter.as_ref().is_some_and(|f| f.owner.pid != pid) {
+                continue;
+            }
+            let listener = self.agg.busiest_listener(&resolve::sockets_of(pid));
+            let mut attrs = Vec::new();
+            if let Some(n) = resolve::open_fds(pid) {
+                attrs.push(("process.open_fds", serde_json::json!(n)));
+            }
+            if let Some(n) = resolve::fd_limit(pid) {
+                attrs.push(("process.fd_limit", serde_json::json!(n)));
+            }
+            self.agg.on_accept_errors(pid, errno, n, listener, attrs);
+        }
     }
 
     /// Accepts per listener since the last flush; None without the hook.

@@ -22,6 +22,17 @@ pub struct Config {
     /// tcp:tcp_send_reset `saddr` / `daddr` (sockaddr_in6-sized buffers).
     pub rst_saddr: u32,
     pub rst_daddr: u32,
+    /// tcp:tcp_receive_reset `skaddr`; 0 = no such tracepoint.
+    pub recv_rst_skaddr: u32,
+    /// sock:inet_sock_set_state `skaddr`, `oldstate`, `newstate`, `sport`,
+    /// `protocol`; `state_skaddr` 0 = no such tracepoint.
+    pub state_skaddr: u32,
+    pub state_old: u32,
+    pub state_new: u32,
+    pub state_sport: u32,
+    pub state_protocol: u32,
+    /// syscalls:sys_exit_accept{,4} `ret`.
+    pub accept_ret: u32,
 
     // ---- enum values (from BTF) ----
     /// `enum skb_drop_reason`: SKB_DROP_REASON_TCP_LISTEN_OVERFLOW.
@@ -52,6 +63,12 @@ pub struct Config {
     pub icsk_qlen: u32,
     /// `net.ipv4.sysctl_tcp_abort_on_overflow` (u8).
     pub net_abort_on_overflow: u32,
+    /// `net.ipv4.sysctl_tcp_syncookies` (u8).
+    pub net_syncookies: u32,
+    /// `net.ipv4.sysctl_max_syn_backlog` (int).
+    pub net_max_syn_backlog: u32,
+    /// `sock.sk_err` (int): the error a failed connect() reports.
+    pub sk_err: u32,
     /// Offset from a `struct socket *` to its inode's `i_ino`:
     /// `socket_alloc.vfs_inode - socket_alloc.socket + inode.i_ino`.
     pub socket_to_ino: i32,

@@ -17,6 +17,17 @@ pub enum EventKind {
     /// across the call (kprobe/fentry). `aux` holds the SYN-queue length and
     /// `ack_backlog`/`max_ack_backlog` the accept queue, both at entry.
     SynDrop = 4,
+    /// `tcp_conn_request` answered a SYN with a syncookie because the SYN
+    /// queue was full (or `tcp_syncookies=2`). Fields as for `SynDrop`.
+    SyncookieSent = 5,
+    /// A RST arrived on a socket (`tcp:tcp_receive_reset`): the socket's
+    /// endpoints, its state at that moment and its inode.
+    ResetReceived = 6,
+    /// A connect() failed: SYN_SENT → CLOSE (`sock:inet_sock_set_state`).
+    /// `detail` holds the errno; `aux` the thread-group id of the caller
+    /// when the failure happened inside connect() itself (no local port
+    /// left: EADDRNOTAVAIL), else 0 (timeout, refused: softirq context).
+    ConnectError = 7,
 }
 
 impl EventKind {
@@ -26,6 +37,9 @@ impl EventKind {
             2 => Some(Self::SynackRetransmit),
             3 => Some(Self::ResetSent),
             4 => Some(Self::SynDrop),
+            5 => Some(Self::SyncookieSent),
+            6 => Some(Self::ResetReceived),
+            7 => Some(Self::ConnectError),
             _ => None,
         }
     }
@@ -44,7 +58,9 @@ pub struct Event {
     pub ts_ns: u64,
     /// An [`EventKind`].
     pub kind: u32,
-    /// Kind-specific: the reset reason for [`EventKind::ResetSent`].
+    /// Kind-specific: the reset reason for [`EventKind::ResetSent`];
+    /// `net.ipv4.tcp_max_syn_backlog` for [`EventKind::SynDrop`] and
+    /// [`EventKind::SyncookieSent`]; the errno for [`EventKind::ConnectError`].
     pub detail: u32,
     pub netns: u32,
     pub sock_ino: u32,
@@ -52,7 +68,9 @@ pub struct Event {
     pub family: u16,
     pub lport: u16,
     pub rport: u16,
-    /// The socket's TCP state (kernel numbering, which is ABI-stable).
+    /// The socket's TCP state (kernel numbering, which is ABI-stable); for
+    /// [`EventKind::SynDrop`] and [`EventKind::SyncookieSent`] the netns'
+    /// `net.ipv4.tcp_syncookies` instead.
     pub state: u16,
     pub laddr: [u8; 16],
     pub raddr: [u8; 16],

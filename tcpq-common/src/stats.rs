@@ -17,4 +17,11 @@ pub const READ_ERRORS: u32 = 4;
 /// `tcp_conn_request` dropped a SYN (kprobe/fentry).
 pub const SYN_DROP_SEEN: u32 = 5;
 
-pub const COUNT: u32 = 6;
+/// `tcp_conn_request` answered a SYN with a syncookie (kprobe/fentry).
+pub const SYNCOOKIE_SEEN: u32 = 6;
+/// `tcp:tcp_receive_reset`.
+pub const RESET_RECEIVED_SEEN: u32 = 7;
+/// A connect() that failed (SYN_SENT → CLOSE).
+pub const CONNECT_ERROR_SEEN: u32 = 8;
+
+pub const COUNT: u32 = 9;

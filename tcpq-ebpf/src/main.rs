@@ -29,6 +29,13 @@ static CONFIG: Config = Config {
     rst_reason: 0,
     rst_saddr: 0,
     rst_daddr: 0,
+    recv_rst_skaddr: 0,
+    state_skaddr: 0,
+    state_old: 0,
+    state_new: 0,
+    state_sport: 0,
+    state_protocol: 0,
+    accept_ret: 0,
     drop_reason_listen_overflow: 0,
     skc_family: 0,
     skc_state: 0,
@@ -50,6 +57,9 @@ static CONFIG: Config = Config {
     sk_drops: 0,
     icsk_qlen: 0,
     net_abort_on_overflow: 0,
+    net_syncookies: 0,
+    net_max_syn_backlog: 0,
+    sk_err: 0,
 };
 
 /// Reads one field of [`CONFIG`] so the compiler cannot fold the zero

@@ -42,6 +42,21 @@ pub fn filtered_out(sk: u64) -> bool {
     want_netns != 0 && netns(sk) != want_netns
 }
 
+/// Like [`filtered_out`] for any socket: `--port` matches either end (a
+/// client's connection to the port, or the port's own side).
+#[inline(always)]
+pub fn filtered_out_either_port(sk: u64) -> bool {
+    let want_port = conf!(filter_lport);
+    if want_port != 0
+        && lport(sk) as u32 != want_port
+        && u16::from_be(read::<u16>(sk, conf!(skc_dport)).unwrap_or(0)) as u32 != want_port
+    {
+        return true;
+    }
+    let want_netns = conf!(filter_netns);
+    want_netns != 0 && netns(sk) != want_netns
+}
+
 /// Addresses, ports, state and netns of any `sock_common` (a full socket or a
 /// request sock).
 #[inline(always)]
@@ -70,6 +85,18 @@ pub fn fill_listener(ev: &mut Event, sk: u64) {
     fill_common(ev, sk);
     ev.ack_backlog = read::<u32>(sk, conf!(sk_ack_backlog)).unwrap_or(0);
     ev.max_ack_backlog = read::<u32>(sk, conf!(sk_max_ack_backlog)).unwrap_or(0);
+    fill_inode(ev, sk);
+}
+
+/// `fill_common` plus the socket inode (0 once the app closed it).
+#[inline(always)]
+pub fn fill_socket(ev: &mut Event, sk: u64) {
+    fill_common(ev, sk);
+    fill_inode(ev, sk);
+}
+
+#[inline(always)]
+fn fill_inode(ev: &mut Event, sk: u64) {
     if let Some(socket) = read::<u64>(sk, conf!(sk_socket)) {
         if socket != 0 {
             let at = (socket as i64 + conf!(socket_to_ino) as i64) as u64;

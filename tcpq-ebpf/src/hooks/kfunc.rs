@@ -26,6 +26,10 @@ pub struct Slot {
     qlen: u32,
     /// For the `tcp_check_req` slot: non-zero while inside it.
     inside: u32,
+    /// For the `tcp_conn_request` slot: the netns' `tcp_syncookies` and
+    /// `tcp_max_syn_backlog` at entry.
+    syncookies: u32,
+    max_syn_backlog: u32,
     _pad: u32,
 }
 
@@ -50,7 +54,9 @@ fn slot(i: u32) -> Option<&'static mut Slot> {
 // Every kernel since 4.4 (IPv4 and IPv6). It returns 0 whether it admitted
 // the SYN or dropped it; a drop is `tcp_listendrop()`: `sk_drops` + 1. So:
 // `sk_drops` at entry vs at exit. Queue lengths are taken at entry, which is
-// what the kernel's own checks saw.
+// what the kernel's own checks saw; with them and the netns' syncookies
+// setting the agent tells a full SYN queue from a full accept queue, and an
+// admitted SYN with no new request sock is a syncookie.
 // ---------------------------------------------------------------------------
 
 #[inline(always)]
@@ -64,6 +70,13 @@ fn conn_request_enter(sk: u64) {
     s.backlog = sock::read::<u32>(sk, conf!(sk_ack_backlog)).unwrap_or(0);
     s.max = sock::read::<u32>(sk, conf!(sk_max_ack_backlog)).unwrap_or(0);
     s.qlen = sock::read::<u32>(sk, conf!(icsk_qlen)).unwrap_or(0);
+    (s.syncookies, s.max_syn_backlog) = match sock::read::<u64>(sk, conf!(skc_net)) {
+        Some(net) if net != 0 => (
+            sock::read::<u8>(net, conf!(net_syncookies)).unwrap_or(0) as u32,
+            sock::read::<u32>(net, conf!(net_max_syn_backlog)).unwrap_or(0),
+        ),
+        _ => (0, 0),
+    };
     s.sk = sk;
 }
 
@@ -75,22 +88,31 @@ fn conn_request_exit(source: Source) {
         return;
     }
     s.sk = 0;
-    let now = sock::read::<u32>(sk, conf!(sk_drops)).unwrap_or(0);
-    if now == s.drops {
-        return; // admitted: the healthy path ends here
-    }
     let q = Queues {
         backlog: s.backlog,
         max: s.max,
     };
-    emit_listener(
-        stats::SYN_DROP_SEEN,
-        EventKind::SynDrop,
-        sk,
-        q,
-        s.qlen,
-        source,
-    );
+    let now = sock::read::<u32>(sk, conf!(sk_drops)).unwrap_or(0);
+    let (seen, kind) = if now != s.drops {
+        (stats::SYN_DROP_SEEN, EventKind::SynDrop)
+    } else if s.syncookies == 2 || (s.syncookies == 1 && s.qlen > s.max) {
+        // Admitted without a request sock: the kernel's own condition for
+        // `want_cookie` (`inet_csk_reqsk_queue_is_full()` is `qlen > max`
+        // from 6.1 to 6.18).
+        (stats::SYNCOOKIE_SEEN, EventKind::SyncookieSent)
+    } else {
+        return; // admitted: the healthy path ends here
+    };
+    let (qlen, syncookies, msb) = (s.qlen, s.syncookies, s.max_syn_backlog);
+    emit(seen, kind as u32, |ev| {
+        sock::fill_listener(ev, sk);
+        ev.ack_backlog = q.backlog;
+        ev.max_ack_backlog = q.max;
+        ev.aux = qlen;
+        ev.state = syncookies as u16;
+        ev.detail = msb;
+        ev.source = source as u32;
+    });
 }
 
 /// Accept-queue length and limit as a hook saw them.

@@ -2,6 +2,8 @@
 //! `match try_x(ctx) { .. }`; the logic lives in `sock` and `emit`.
 
 mod accept;
+mod accept_error;
+mod connect;
 mod kfunc;
 mod listen;
 mod reset;

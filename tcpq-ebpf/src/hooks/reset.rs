@@ -90,3 +90,29 @@ fn read_sockaddr(ctx: &TracePointContext, off: usize, ev: &mut Event, local: boo
         ev.raddr = addr;
     }
 }
+
+/// RSTs received: what a client sees as `connection reset by peer` (or
+/// `connection refused` while connecting).
+///
+/// Hook: tracepoint `tcp:tcp_receive_reset`
+///   TP_PROTO(struct sock *sk)
+/// Called from `tcp_reset()` for a full socket in any state; Linux 4.16+,
+/// no fallback needed. Cost: fires only when a RST arrives.
+#[tracepoint]
+pub fn tcpq_receive_reset(ctx: TracePointContext) -> u32 {
+    try_receive_reset(&ctx).unwrap_or(0)
+}
+
+#[inline(always)]
+fn try_receive_reset(ctx: &TracePointContext) -> Option<u32> {
+    let sk: u64 = unsafe { ctx.read_at(conf!(recv_rst_skaddr) as usize) }.ok()?;
+    if sk == 0 || sock::filtered_out_either_port(sk) {
+        return Some(0);
+    }
+    emit(
+        stats::RESET_RECEIVED_SEEN,
+        EventKind::ResetReceived as u32,
+        |ev| sock::fill_socket(ev, sk),
+    );
+    Some(0)
+}

@@ -1,0 +1,146 @@
+//! A network namespace's own view of itself: its TCP counters
+//! (`/proc/net/netstat`, `/proc/net/snmp`), its TIME_WAIT count
+//! (`/proc/net/sockstat`) and the sysctls the kernel applies to its
+//! listeners. All per-netns: read from a thread inside the namespace
+//! (`/proc/thread-self/net`, and `/proc/sys/net`, which follows the reading
+//! thread's namespace).
+
+use std::collections::HashMap;
+
+/// The per-netns settings that decide what happens to a connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sysctls {
+    pub somaxconn: Option<u32>,
+    pub max_syn_backlog: Option<u32>,
+    pub syncookies: Option<u8>,
+    pub abort_on_overflow: Option<u8>,
+    pub synack_retries: Option<u32>,
+    pub port_range: Option<(u16, u16)>,
+    pub tw_reuse: Option<u8>,
+}
+
+/// One reading of a namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetnsState {
+    /// `TcpExt.ListenOverflows`, `Tcp.OutRsts`, ...
+    pub counters: HashMap<String, u64>,
+    /// Sockets in TIME_WAIT (`sockstat` `tw`).
+    pub time_wait: Option<u32>,
+    pub sysctls: Sysctls,
+}
+
+impl NetnsState {
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+}
+
+/// Parses the header/value line pairs of `/proc/net/netstat` or
+/// `/proc/net/snmp` into `Prefix.Name` → value.
+pub fn parse_counters(text: &str, out: &mut HashMap<String, u64>) {
+    let lines: Vec<&str> = text.lines().collect();
+    for pair in lines.chunks(2) {
+        let [h, v] = pair else { continue };
+        let mut prefix = "";
+        for (k, val) in h.split_whitespace().zip(v.split_whitespace()) {
+            if let Some(p) = k.strip_suffix(':') {
+                prefix = p;
+                continue;
+            }
+            if let Ok(n) = val.parse() {
+                out.insert(format!("{prefix}.{k}"), n);
+            }
+        }
+    }
+}
+
+/// `tw` of the `TCP:` line of `/proc/net/sockstat`.
+pub fn parse_sockstat_tw(text: &str) -> Option<u32> {
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut it = line.split_whitespace();
+    while let Some(k) = it.next() {
+        if k == "tw" {
+            return it.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// `ip_local_port_range`: "32768\t60999".
+pub fn parse_range(text: &str) -> Option<(u16, u16)> {
+    let mut it = text.split_whitespace().map(|v| v.parse::<u16>());
+    match (it.next()?, it.next()?) {
+        (Ok(a), Ok(b)) if a <= b => Some((a, b)),
+        _ => None,
+    }
+}
+
+fn sysctl<T: std::str::FromStr>(path: &str) -> Option<T> {
+    std::fs::read_to_string(format!("/proc/sys/net/{path}"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Reads the calling thread's namespace.
+pub fn read_current() -> NetnsState {
+    let mut counters = HashMap::new();
+    for f in ["netstat", "snmp"] {
+        if let Ok(t) = std::fs::read_to_string(format!("/proc/thread-self/net/{f}")) {
+            parse_counters(&t, &mut counters);
+        }
+    }
+    let time_wait = std::fs::read_to_string("/proc/thread-self/net/sockstat")
+        .ok()
+        .and_then(|t| parse_sockstat_tw(&t));
+    let sysctls = Sysctls {
+        somaxconn: sysctl("core/somaxconn"),
+        max_syn_backlog: sysctl("ipv4/tcp_max_syn_backlog"),
+        syncookies: sysctl("ipv4/tcp_syncookies"),
+        abort_on_overflow: sysctl("ipv4/tcp_abort_on_overflow"),
+        synack_retries: sysctl("ipv4/tcp_synack_retries"),
+        port_range: std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|t| parse_range(&t)),
+        tw_reuse: sysctl("ipv4/tcp_tw_reuse"),
+    };
+    NetnsState {
+        counters,
+        time_wait,
+        sysctls,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_counter_pairs() {
+        let t = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 7 9\nIpExt: InNoRoutes\nIpExt: 1\n";
+        let mut m = HashMap::new();
+        parse_counters(t, &mut m);
+        assert_eq!(m["TcpExt.ListenOverflows"], 7);
+        assert_eq!(m["TcpExt.ListenDrops"], 9);
+        assert_eq!(m["IpExt.InNoRoutes"], 1);
+    }
+
+    #[test]
+    fn parses_sockstat_and_range() {
+        let s = "sockets: used 5\nTCP: inuse 3 orphan 0 tw 4 alloc 8 mem 1\nUDP: inuse 0 mem 0\n";
+        assert_eq!(parse_sockstat_tw(s), Some(4));
+        assert_eq!(parse_sockstat_tw("TCP: inuse 3\n"), None);
+        assert_eq!(parse_range("40000\t40003\n"), Some((40000, 40003)));
+        assert_eq!(parse_range("5 1"), None);
+        assert_eq!(parse_range(""), None);
+    }
+
+    #[test]
+    fn reads_our_own_namespace() {
+        let s = read_current();
+        assert!(s.counters.contains_key("TcpExt.ListenOverflows"));
+        assert!(s.sysctls.somaxconn.is_some());
+        assert!(s.sysctls.port_range.is_some());
+    }
+}

@@ -1,0 +1,45 @@
+//! accept() failures per process, counted in the kernel.
+//!
+//! Hooks: tracepoints `syscalls:sys_exit_accept4` and `syscalls:sys_exit_accept`
+//!   (record: `long ret`). Every kernel with syscall tracepoints
+//!   (CONFIG_FTRACE_SYSCALLS); no fallback.
+//! EMFILE (no free fd under RLIMIT_NOFILE) and ENFILE (fs.file-max) happen
+//! before `inet_csk_accept` runs: the connection stays queued, so only the
+//! syscall sees them. An application in an EMFILE loop can fail millions
+//! of times a second, so failures are counted in a map the agent reads,
+//! never sent one by one. Cost on the healthy path: one load, one compare.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::map, macros::tracepoint, maps::LruPerCpuHashMap,
+    programs::TracePointContext,
+};
+
+use crate::conf;
+
+const EAGAIN: i64 = 11;
+
+/// (tgid << 32 | errno) → failures since the entry was created, per CPU
+/// (no cross-CPU races; the agent sums).
+#[map]
+static ACCEPT_ERRORS: LruPerCpuHashMap<u64, u64> = LruPerCpuHashMap::with_max_entries(4096, 0);
+
+#[tracepoint]
+pub fn tcpq_accept_exit(ctx: TracePointContext) -> u32 {
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(conf!(accept_ret) as usize) }) else {
+        return 0;
+    };
+    // Success, or a non-blocking accept with nothing queued.
+    if ret >= 0 || ret == -EAGAIN {
+        return 0;
+    }
+    let tgid = bpf_get_current_pid_tgid() >> 32;
+    let key = tgid << 32 | (-ret) as u64;
+    match ACCEPT_ERRORS.get_ptr_mut(key) {
+        // SAFETY: this CPU's value of a live entry.
+        Some(p) => unsafe { *p += 1 },
+        None => {
+            let _ = ACCEPT_ERRORS.insert(key, 1, 0);
+        }
+    }
+    0
+}

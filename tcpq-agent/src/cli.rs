@@ -23,6 +23,16 @@ pub struct Cli {
 pub enum Command {
     /// Report accept-queue overflows and listener drops as they happen.
     Trace(TraceArgs),
+    /// One-shot table of every TCP listener: queue, limit, drops, SYN
+    /// queue, CLOSE_WAIT, owner, and a verdict.
+    Status {
+        /// Only listeners on this local port.
+        #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
+        /// A table, or one JSON object per listener.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
     /// Show what this kernel offers, the attach plan and why.
     Doctor {
         /// Force a hook kind for the kernel-function hooks.
@@ -100,6 +110,15 @@ pub fn validate(args: &TraceArgs) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("tracing needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN to load eBPF and enter network namespaces): run it with sudo");
+    }
+    Ok(())
+}
+
+/// `status` reads every namespace and every process's fds.
+pub fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("status needs root (to enter network namespaces and read other processes' file descriptors): run it with sudo");
     }
     Ok(())
 }

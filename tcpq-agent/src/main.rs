@@ -12,16 +12,20 @@ mod caps;
 mod cli;
 mod decode;
 mod doctor;
+mod explain;
 mod export;
 mod kernel;
 mod load;
 mod model;
 mod netns;
+mod netstat;
 mod poll;
 mod resolve;
 mod sockdiag;
+mod status;
 mod trace;
 mod tracefs;
+mod verdict;
 
 use std::process::ExitCode;
 
@@ -44,6 +48,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Trace(args) => cli::validate(&args).and_then(|()| trace::run(args)),
         cli::Command::Doctor { attach } => doctor::run(attach),
+        cli::Command::Status { port, output } => {
+            cli::require_root().and_then(|()| status::run(output, port))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,156 @@
+//! A report line → its verdict: the line's own numbers plus the
+//! namespace's settings, handed to `verdict`. Pure.
+
+use crate::{
+    model::{Kind, Next, Pending},
+    netstat::NetnsState,
+    resolve::Owner,
+    status::settings_of,
+    verdict::{self, ListenerEvidence, PortEvidence, Verdict},
+};
+
+fn attr_u64(p: &Pending, key: &str) -> Option<u64> {
+    p.attrs.iter().find(|(k, _)| *k == key)?.1.as_u64()
+}
+
+pub fn line(p: &Pending, owner: Option<&Owner>, st: Option<&NetnsState>) -> Option<Verdict> {
+    let settings = st.map(settings_of).unwrap_or_default();
+    if let Kind::ConnectError { error } = &p.kind {
+        if error != "EADDRNOTAVAIL" {
+            return None;
+        }
+        return verdict::ports(&PortEvidence {
+            addr_not_avail: p.count,
+            time_wait: st.and_then(|s| s.time_wait).unwrap_or(0),
+            connected: 0,
+            tw_reuse: st.and_then(|s| s.sysctls.tw_reuse),
+            settings,
+        });
+    }
+    let mut e = ListenerEvidence {
+        endpoint: match p.info.addr {
+            std::net::IpAddr::V6(a) => format!("[{a}]:{}", p.info.port),
+            a => format!("{a}:{}", p.info.port),
+        },
+        process: owner.map(|o| format!("{} (pid {})", o.name, o.pid)),
+        queue_len: p.info.queue_len,
+        queue_limit: p.info.queue_limit,
+        settings,
+        ..Default::default()
+    };
+    match &p.kind {
+        Kind::ListenOverflow(_, next) => {
+            e.overflows = p.count;
+            if *next == Next::Reset {
+                e.overflow_resets = p.count;
+            }
+        }
+        Kind::SynQueueDrop { .. } => e.syn_queue_drops = p.count,
+        Kind::SyncookiesSent => e.syncookies_sent = p.count,
+        Kind::CloseWait => e.close_wait = p.count as u32,
+        Kind::AcceptError { error } => {
+            e.accept_errors = vec![(error.clone(), p.count)];
+            e.open_fds = attr_u64(p, "process.open_fds").map(|n| n as u32);
+            e.fd_limit = attr_u64(p, "process.fd_limit");
+        }
+        _ => return None,
+    }
+    verdict::listener(&e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::{ListenerInfo, ListenerKey, Source, Stage},
+        netstat::Sysctls,
+    };
+
+    fn pending(kind: Kind, count: u64) -> Pending {
+        Pending {
+            kind,
+            source: Source::SockDiag,
+            key: Some(ListenerKey { netns: 1, inode: 2 }),
+            netns: Some(1),
+            info: ListenerInfo {
+                addr: "0.0.0.0".parse().unwrap(),
+                port: 8080,
+                queue_len: 129,
+                queue_limit: 128,
+            },
+            count,
+            peer: None,
+            pid: None,
+            inode: None,
+            attrs: Vec::new(),
+        }
+    }
+
+    fn ns() -> NetnsState {
+        NetnsState {
+            time_wait: Some(4),
+            sysctls: Sysctls {
+                somaxconn: Some(128),
+                syncookies: Some(0),
+                port_range: Some((40000, 40003)),
+                tw_reuse: Some(0),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn overflow_lines_name_somaxconn() {
+        let p = pending(Kind::ListenOverflow(Stage::Syn, Next::Unknown), 7);
+        let v = line(&p, None, Some(&ns())).unwrap();
+        assert!(v.cause.contains("128"), "{}", v.cause);
+    }
+
+    #[test]
+    fn emfile_lines_use_the_fd_numbers() {
+        let mut p = pending(
+            Kind::AcceptError {
+                error: "EMFILE".into(),
+            },
+            5,
+        );
+        p.attrs = vec![
+            ("process.open_fds", serde_json::json!(9)),
+            ("process.fd_limit", serde_json::json!(9)),
+        ];
+        let v = line(&p, None, Some(&ns())).unwrap();
+        assert!(
+            v.cause.contains("EMFILE") && v.cause.contains('9'),
+            "{}",
+            v.cause
+        );
+    }
+
+    #[test]
+    fn port_exhaustion_uses_the_range() {
+        let mut p = pending(
+            Kind::ConnectError {
+                error: "EADDRNOTAVAIL".into(),
+            },
+            3,
+        );
+        p.key = None;
+        let v = line(&p, None, Some(&ns())).unwrap();
+        assert!(v.cause.contains("40000"), "{}", v.cause);
+        assert!(
+            v.remedy.contains("pool") || v.remedy.contains("Reuse"),
+            "{}",
+            v.remedy
+        );
+        p.kind = Kind::ConnectError {
+            error: "ECONNREFUSED".into(),
+        };
+        assert!(line(&p, None, Some(&ns())).is_none());
+    }
+
+    #[test]
+    fn retransmits_have_no_verdict_of_their_own() {
+        assert!(line(&pending(Kind::SynackRetransmit, 3), None, Some(&ns())).is_none());
+    }
+}

@@ -1,0 +1,370 @@
+//! `tcpq-agent status`: a one-shot picture of every TCP listener on the
+//! host — queue, limit, drops so far, SYN queue, CLOSE_WAIT, owner — with a
+//! verdict built from that and the namespace's real settings. Needs no
+//! kernel programs: sock_diag, /proc and sysctls only.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    io::Write,
+};
+
+use anyhow::{Context, Result};
+use serde_json::{json, Map, Value};
+
+use crate::{
+    export::{self, Format},
+    netns,
+    netstat::NetnsState,
+    poll,
+    resolve::{self, Resolver},
+    sockdiag::{self, DiagSock},
+    verdict::{self, ListenerEvidence, PortEvidence, Settings},
+};
+
+/// One listener's row.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub netns: u32,
+    pub sock: DiagSock,
+    pub owner: Option<resolve::Owner>,
+    pub syn_queue: u32,
+    pub close_wait: u32,
+    pub settings: Settings,
+    pub open_fds: Option<u32>,
+    pub fd_limit: Option<u64>,
+    /// The namespace's TCPReqQFullDrop / TCPReqQFullDoCookies so far.
+    pub reqq_drops: u64,
+    pub reqq_cookies: u64,
+    pub verdict: Option<verdict::Verdict>,
+}
+
+pub fn settings_of(st: &NetnsState) -> Settings {
+    let s = &st.sysctls;
+    Settings {
+        somaxconn: s.somaxconn,
+        max_syn_backlog: s.max_syn_backlog,
+        syncookies: s.syncookies,
+        abort_on_overflow: s.abort_on_overflow,
+        synack_retries: s.synack_retries,
+        port_range: s.port_range,
+    }
+}
+
+/// Builds the rows of one namespace from one dump. Pure, apart from the
+/// owner lookups passed in.
+pub fn rows(
+    netns: u32,
+    listeners: &[DiagSock],
+    others: &[DiagSock],
+    st: &NetnsState,
+    owner: &dyn Fn(u32) -> Option<resolve::Owner>,
+) -> Vec<Row> {
+    let mut syn: HashMap<u16, u32> = HashMap::new();
+    let mut cw: HashMap<u16, u32> = HashMap::new();
+    for o in others {
+        match o.state {
+            sockdiag::STATE_SYN_RECV => *syn.entry(o.lport).or_default() += 1,
+            sockdiag::STATE_CLOSE_WAIT => *cw.entry(o.lport).or_default() += 1,
+            _ => {}
+        }
+    }
+    let settings = settings_of(st);
+    listeners
+        .iter()
+        .map(|l| {
+            let owner = owner(l.inode);
+            let (open_fds, fd_limit) = match &owner {
+                Some(o) => (
+                    resolve::open_fds(o.pid).map(|n| n as u32),
+                    resolve::fd_limit(o.pid),
+                ),
+                None => (None, None),
+            };
+            let mut row = Row {
+                netns,
+                sock: l.clone(),
+                owner,
+                syn_queue: syn.get(&l.lport).copied().unwrap_or(0),
+                close_wait: cw.get(&l.lport).copied().unwrap_or(0),
+                settings: settings.clone(),
+                open_fds,
+                fd_limit,
+                reqq_drops: st.counter("TcpExt.TCPReqQFullDrop"),
+                reqq_cookies: st.counter("TcpExt.TCPReqQFullDoCookies"),
+                verdict: None,
+            };
+            row.verdict = verdict::listener(&evidence(&row));
+            row
+        })
+        .collect()
+}
+
+/// What a one-shot look can say: the queues now, and the drops the
+/// listener has counted since it was created (`sk_drops`).
+fn evidence(r: &Row) -> ListenerEvidence {
+    let full = r.sock.rqueue > r.sock.wqueue;
+    let drops = r.sock.drops.unwrap_or(0) as u64;
+    let syn_full = r.syn_queue > r.sock.wqueue;
+    ListenerEvidence {
+        endpoint: endpoint(&r.sock),
+        process: r
+            .owner
+            .as_ref()
+            .map(|o| format!("{} (pid {})", o.name, o.pid)),
+        queue_len: r.sock.rqueue,
+        queue_limit: r.sock.wqueue,
+        backlog_requested: None,
+        overflows: if full { drops.max(1) } else { 0 },
+        // Per-namespace counters since the namespace was created: only
+        // said of a listener whose SYN queue is over its limit now.
+        syn_queue_drops: if syn_full && !full { r.reqq_drops } else { 0 },
+        syncookies_sent: if syn_full { r.reqq_cookies } else { 0 },
+        syn_queue_len: r.syn_queue,
+        close_wait: r.close_wait,
+        open_fds: r.open_fds,
+        fd_limit: r.fd_limit,
+        settings: r.settings.clone(),
+        ..Default::default()
+    }
+}
+
+fn endpoint(s: &DiagSock) -> String {
+    match s.local {
+        std::net::IpAddr::V6(a) => format!("[{a}]:{}", s.lport),
+        a => format!("{a}:{}", s.lport),
+    }
+}
+
+pub fn json_row(r: &Row) -> Value {
+    let mut m = Map::new();
+    m.insert("event".into(), json!("listener"));
+    m.insert("server.address".into(), json!(r.sock.local.to_string()));
+    m.insert("server.port".into(), json!(r.sock.lport));
+    m.insert("network.netns".into(), json!(r.netns));
+    m.insert("socket.inode".into(), json!(r.sock.inode));
+    if let Some(o) = &r.owner {
+        m.insert("process.pid".into(), json!(o.pid));
+        m.insert("process.executable.name".into(), json!(o.name));
+    }
+    if let Some(n) = r.open_fds {
+        m.insert("process.open_fds".into(), json!(n));
+    }
+    if let Some(n) = r.fd_limit {
+        m.insert("process.fd_limit".into(), json!(n));
+    }
+    m.insert("queue.length".into(), json!(r.sock.rqueue));
+    m.insert("queue.limit".into(), json!(r.sock.wqueue));
+    if let Some(v) = r.settings.somaxconn {
+        m.insert("net.core.somaxconn".into(), json!(v));
+        // The limit is min(backlog, somaxconn): equal means it was capped
+        // (or asked for exactly that).
+        m.insert("queue.limit_is_somaxconn".into(), json!(v == r.sock.wqueue));
+    }
+    if let Some(d) = r.sock.drops {
+        m.insert("drops".into(), json!(d));
+    }
+    m.insert("syn_queue.length".into(), json!(r.syn_queue));
+    m.insert("close_wait.count".into(), json!(r.close_wait));
+    if let Some(v) = &r.verdict {
+        m.insert("verdict.cause".into(), json!(v.cause));
+        m.insert("verdict.remedy".into(), json!(v.remedy));
+    }
+    Value::Object(m)
+}
+
+pub fn text_table(rows: &[Row]) -> String {
+    let mut out = format!(
+        "{:<11} {:<28} {:<24} {:>6} {:>6} {:>9} {:>8} {:>6} {:>10}\n",
+        "NETNS",
+        "LISTENER",
+        "PROCESS",
+        "QUEUE",
+        "LIMIT",
+        "SOMAXCONN",
+        "DROPS",
+        "SYN-Q",
+        "CLOSE-WAIT"
+    );
+    for r in rows {
+        let owner = r
+            .owner
+            .as_ref()
+            .map(|o| format!("{} ({})", o.name, o.pid))
+            .unwrap_or_else(|| "?".into());
+        out += &format!(
+            "{:<11} {:<28} {:<24} {:>6} {:>6} {:>9} {:>8} {:>6} {:>10}\n",
+            r.netns,
+            endpoint(&r.sock),
+            owner,
+            r.sock.rqueue,
+            r.sock.wqueue,
+            r.settings
+                .somaxconn
+                .map_or("?".to_string(), |v| v.to_string()),
+            r.sock.drops.map_or("?".to_string(), |v| v.to_string()),
+            r.syn_queue,
+            r.close_wait
+        );
+        if let Some(v) = &r.verdict {
+            out += &format!("    cause:  {}\n    remedy: {}\n", v.cause, v.remedy);
+        }
+    }
+    out
+}
+
+/// The outgoing-port verdict of a namespace, if it has trouble.
+pub fn ports_verdict(st: &NetnsState) -> Option<verdict::Verdict> {
+    verdict::ports(&PortEvidence {
+        addr_not_avail: 0,
+        time_wait: st.time_wait?,
+        connected: 0,
+        tw_reuse: st.sysctls.tw_reuse,
+        settings: settings_of(st),
+    })
+}
+
+pub fn run(format: Format, port: Option<u16>) -> Result<()> {
+    let home = File::open("/proc/thread-self/ns/net").context("opening our network namespace")?;
+    let home_ino = netns::current()?;
+    let snaps = poll::round(&home, home_ino, true, true, &mut HashMap::new());
+    let mut resolver = Resolver::new(std::time::Duration::ZERO);
+    resolver.learn(
+        snaps
+            .iter()
+            .flat_map(|s| s.listeners.iter().map(|l| l.inode)),
+    );
+    let mut all = Vec::new();
+    let mut ports: BTreeMap<u32, verdict::Verdict> = BTreeMap::new();
+    for s in &snaps {
+        let Some(st) = &s.state else { continue };
+        let listeners: Vec<DiagSock> = s
+            .listeners
+            .iter()
+            .filter(|l| port.is_none_or(|p| p == l.lport))
+            .cloned()
+            .collect();
+        let others = s.others.as_deref().unwrap_or(&[]);
+        all.extend(rows(s.netns, &listeners, others, st, &|i| {
+            resolver.get(i).cloned()
+        }));
+        if let Some(v) = ports_verdict(st) {
+            ports.insert(s.netns, v);
+        }
+    }
+    all.sort_by_key(|r| (r.netns, r.sock.lport, r.sock.inode));
+    let at = std::time::SystemTime::now();
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => {
+            for r in &all {
+                let mut v = json_row(r);
+                v["timestamp"] = json!(export::timestamp(at));
+                writeln!(out, "{v}")?;
+            }
+            for (ns, v) in &ports {
+                let line = json!({
+                    "timestamp": export::timestamp(at),
+                    "event": "local_ports",
+                    "network.netns": ns,
+                    "verdict.cause": v.cause,
+                    "verdict.remedy": v.remedy,
+                });
+                writeln!(out, "{line}")?;
+            }
+        }
+        Format::Text => {
+            write!(out, "{}", text_table(&all))?;
+            for (ns, v) in &ports {
+                writeln!(
+                    out,
+                    "netns {ns} local ports:\n    cause:  {}\n    remedy: {}",
+                    v.cause, v.remedy
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netstat::Sysctls;
+
+    fn sock(state: u8, port: u16, rq: u32, wq: u32, drops: u32) -> DiagSock {
+        DiagSock {
+            family: 2,
+            state,
+            local: "0.0.0.0".parse().unwrap(),
+            lport: port,
+            rqueue: rq,
+            wqueue: wq,
+            uid: 0,
+            inode: 77,
+            cookie: 1,
+            drops: Some(drops),
+        }
+    }
+
+    fn state(somaxconn: u32, syncookies: u8) -> NetnsState {
+        NetnsState {
+            sysctls: Sysctls {
+                somaxconn: Some(somaxconn),
+                syncookies: Some(syncookies),
+                max_syn_backlog: Some(128),
+                abort_on_overflow: Some(0),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_full_queue_capped_by_somaxconn_gets_a_verdict() {
+        let l = [sock(10, 8080, 129, 128, 40)];
+        let owner = |_| {
+            Some(resolve::Owner {
+                pid: 9,
+                name: "nginx".into(),
+            })
+        };
+        let r = rows(5, &l, &[], &state(128, 1), &owner);
+        assert_eq!(r.len(), 1);
+        let v = r[0].verdict.as_ref().expect("a verdict");
+        assert!(v.cause.contains("somaxconn=128"), "{}", v.cause);
+        let j = json_row(&r[0]);
+        assert_eq!(j["queue.length"], 129);
+        assert_eq!(j["queue.limit_is_somaxconn"], true);
+        assert_eq!(j["drops"], 40);
+        assert_eq!(j["process.executable.name"], "nginx");
+        assert!(j["verdict.remedy"].is_string());
+    }
+
+    #[test]
+    fn syn_queue_and_close_wait_are_counted_per_port() {
+        let l = [sock(10, 8080, 0, 16, 0), sock(10, 9090, 0, 16, 0)];
+        let others = [
+            sock(sockdiag::STATE_SYN_RECV, 8080, 0, 0, 0),
+            sock(sockdiag::STATE_SYN_RECV, 8080, 0, 0, 0),
+            sock(sockdiag::STATE_CLOSE_WAIT, 9090, 0, 0, 0),
+        ];
+        let r = rows(5, &l, &others, &state(4096, 1), &|_| None);
+        assert_eq!((r[0].syn_queue, r[0].close_wait), (2, 0));
+        assert_eq!((r[1].syn_queue, r[1].close_wait), (0, 1));
+        assert!(r[0].verdict.is_none());
+        assert!(r[1].verdict.as_ref().unwrap().cause.contains("CLOSE_WAIT"));
+        let t = text_table(&r);
+        assert!(t.lines().next().unwrap().starts_with("NETNS"));
+        assert!(t.contains("0.0.0.0:9090"));
+    }
+
+    #[test]
+    fn a_healthy_listener_has_no_verdict() {
+        let r = rows(5, &[sock(10, 80, 0, 511, 0)], &[], &state(4096, 1), &|_| {
+            None
+        });
+        assert!(r[0].verdict.is_none());
+        assert!(json_row(&r[0]).get("verdict.cause").is_none());
+    }
+}

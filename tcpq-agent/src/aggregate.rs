@@ -133,6 +133,8 @@ struct Slot {
     peer: Option<Endpoint>,
     inode: Option<u32>,
     attrs: Vec<Attr>,
+    /// Timestamp of the latest kernel event counted (0: none).
+    last_ts: u64,
 }
 
 /// One line to add to the pending counts.
@@ -149,14 +151,20 @@ struct Line {
     pid: Option<u32>,
     inode: Option<u32>,
     attrs: Vec<Attr>,
+    ts: u64,
 }
 
 /// What is kept per network namespace between snapshots.
 #[derive(Debug, Default)]
 struct NsState {
     last: Option<NetnsState>,
+    /// When `last` was read (end of its round in that namespace).
+    last_end_ns: u64,
     /// TCPReqQFullDrop not yet matched to a listener's sk_drops.
     reqq_budget: u64,
+    /// TCPDeferAcceptDrop likewise: bare ACKs a TCP_DEFER_ACCEPT listener
+    /// ignores by design (+1 sk_drops each), not lost connections.
+    defer_budget: u64,
     /// CLOSE_WAIT sockets by cookie: (first seen, ns; local port; inode).
     close_wait: HashMap<u64, (u64, u16, u32)>,
     /// CLOSE_WAIT groups: count last reported, and (time, count) history
@@ -231,6 +239,7 @@ impl Aggregator {
             pid: None,
             inode: None,
             attrs: Vec::new(),
+            ts: 0,
         });
     }
 
@@ -244,7 +253,9 @@ impl Aggregator {
                 peer: l.peer,
                 inode: l.inode,
                 attrs: Vec::new(),
+                last_ts: 0,
             });
+        slot.last_ts = slot.last_ts.max(l.ts);
         slot.info = l.info;
         slot.count += l.n;
         if l.peer.is_some() {
@@ -284,6 +295,7 @@ impl Aggregator {
             pid: Some(pid),
             inode: None,
             attrs,
+            ts: 0,
         });
     }
 
@@ -374,6 +386,7 @@ impl Aggregator {
                     pid: None,
                     inode: (ev.inode != 0).then_some(ev.inode),
                     attrs: Vec::new(),
+                    ts: ev.ts_ns,
                 });
             }
             EventKind::ConnectError => {
@@ -399,6 +412,7 @@ impl Aggregator {
                     pid,
                     inode: (pid.is_none() && ev.inode != 0).then_some(ev.inode),
                     attrs: Vec::new(),
+                    ts: ev.ts_ns,
                 });
             }
             EventKind::SynackRetransmit => {
@@ -453,7 +467,7 @@ impl Aggregator {
     }
 
     pub fn on_snapshot(&mut self, snap: &NetnsSnapshot) {
-        let (reqq, cookies) = self.ns_counters(snap);
+        let (reqq, cookies, deferred) = self.ns_counters(snap);
         if let Some(others) = &snap.others {
             self.syn_queues(snap, others);
         }
@@ -462,7 +476,9 @@ impl Aggregator {
             .as_ref()
             .map(|s| s.sysctls.clone())
             .unwrap_or_default();
-        self.ns.entry(snap.netns).or_default().reqq_budget += reqq;
+        let ns = self.ns.entry(snap.netns).or_default();
+        ns.reqq_budget += reqq;
+        ns.defer_budget += deferred;
         for s in &snap.listeners {
             if self.port.is_some_and(|p| p != s.lport) {
                 continue;
@@ -528,6 +544,12 @@ impl Aggregator {
             st.prev_full = full_now;
             let syn_queue = st.syn_queue;
             if left > 0 && stage == Stage::Syn {
+                let ns = self.ns.entry(snap.netns).or_default();
+                let d = left.min(ns.defer_budget);
+                ns.defer_budget -= d;
+                left -= d;
+            }
+            if left > 0 && stage == Stage::Syn {
                 // The kernel checks the SYN queue first: as many drops as
                 // the namespace's TCPReqQFullDrop moved are that.
                 let budget = &mut self.ns.entry(snap.netns).or_default().reqq_budget;
@@ -560,7 +582,9 @@ impl Aggregator {
             }
         }
         // Budget not matched by now belongs to no listener we track.
-        self.ns.entry(snap.netns).or_default().reqq_budget = 0;
+        let ns = self.ns.entry(snap.netns).or_default();
+        ns.reqq_budget = 0;
+        ns.defer_budget = 0;
         if cookies > 0 && !self.hooked.syn {
             self.attribute_cookies(snap, cookies);
         }
@@ -569,12 +593,18 @@ impl Aggregator {
         }
     }
 
-    /// Stores the namespace's reading; returns how much TCPReqQFullDrop
-    /// and TCPReqQFullDoCookies moved since the previous one (nothing on
-    /// the first reading).
-    fn ns_counters(&mut self, snap: &NetnsSnapshot) -> (u64, u64) {
+    /// After a full round: forgets namespaces the round did not see.
+    pub fn end_round(&mut self, round: &[NetnsSnapshot]) {
+        let seen: std::collections::HashSet<u32> = round.iter().map(|s| s.netns).collect();
+        self.ns.retain(|n, _| seen.contains(n));
+    }
+
+    /// Stores the namespace's reading; returns how much TCPReqQFullDrop,
+    /// TCPReqQFullDoCookies and TCPDeferAcceptDrop moved since the
+    /// previous one (nothing on the first reading).
+    fn ns_counters(&mut self, snap: &NetnsSnapshot) -> (u64, u64, u64) {
         let Some(now) = &snap.state else {
-            return (0, 0);
+            return (0, 0, 0);
         };
         let ns = self.ns.entry(snap.netns).or_default();
         let d = |name: &str| match &ns.last {
@@ -584,8 +614,10 @@ impl Aggregator {
         let out = (
             d("TcpExt.TCPReqQFullDrop"),
             d("TcpExt.TCPReqQFullDoCookies"),
+            d("TcpExt.TCPDeferAcceptDrop"),
         );
         ns.last = Some(now.clone());
+        ns.last_end_ns = snap.end_ns;
         out
     }
 
@@ -753,6 +785,7 @@ impl Aggregator {
                     ),
                     ("close_wait.growth_per_minute", json!(growth.round())),
                 ],
+                ts: 0,
             });
         }
     }
@@ -760,7 +793,18 @@ impl Aggregator {
     /// Everything counted since the last call, and forgets listeners that
     /// closed.
     pub fn take(&mut self) -> Vec<Pending> {
-        let out = std::mem::take(&mut self.pending)
+        // Port exhaustion is explained by the TIME_WAIT count: wait for a
+        // reading of the namespace taken after the failure.
+        let (keep, out): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|((_, kind, _, _, _, netns), s)| {
+                kind.error() == Some("EADDRNOTAVAIL")
+                    && netns
+                        .and_then(|n| self.ns.get(&n))
+                        .is_some_and(|ns| ns.last.is_some() && ns.last_end_ns < s.last_ts)
+            });
+        self.pending = keep;
+        let out = out
             .into_iter()
             .map(|((key, kind, source, _, pid, netns), s)| {
                 let mut attrs = s.attrs;

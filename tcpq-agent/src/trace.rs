@@ -287,6 +287,7 @@ impl Session {
         for snap in &round {
             self.agg.on_snapshot(snap);
         }
+        self.agg.end_round(&round);
     }
 
     fn stat(&self, index: u32) -> u64 {

@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read},
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -164,10 +164,14 @@ impl Netns {
             .stdout(Stdio::piped())
             .spawn()
             .expect("start tcpq-scenario");
+        // Byte by byte: what follows `ready` (a result line) stays in the
+        // pipe for whoever reads the rest.
         let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let out = child.stdout.as_mut().unwrap();
+        let mut b = [0u8; 1];
+        while out.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
+            line.push(b[0] as char);
+        }
         let pid = line
             .strip_prefix("ready ")
             .and_then(|p| p.trim().parse().ok());

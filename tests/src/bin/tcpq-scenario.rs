@@ -18,14 +18,54 @@
 //!       300 ms apart while the rest keep overflowing; prints `accepted N`
 //!   tcpq-scenario refused PORT COUNT
 //!       COUNT connects to a closed port (each answered by a RST)
+//!   tcpq-scenario syn-queue PORT BACKLOG CLIENTS HOLD_SECS
+//!       TCP_DEFER_ACCEPT=30 on the listener, listen(BACKLOG), never accept;
+//!       CLIENTS idle non-blocking clients (TCP_SYNCNT=1) 100 ms apart stay in
+//!       the SYN queue until it is full (or the 3/4 rule of
+//!       tcp_max_syn_backlog drops them, syncookies=0); prints
+//!       `syn_queue established=E syn_sent=S other=O` (client states)
+//!   tcpq-scenario accept-emfile PORT CLIENTS ATTEMPTS HOLD_SECS
+//!       listen(16), CLIENTS (at most 17) connects, then RLIMIT_NOFILE
+//!       (soft) lowered to the lowest free fd: ATTEMPTS accept()s 10 ms apart fail with EMFILE while
+//!       the connections stay queued; prints
+//!       `accept_errors EMFILE=N other=M accepted=K`
+//!   tcpq-scenario close-wait PORT CONNS HOLD_SECS
+//!       CONNS accepted connections closed by their clients, never by the
+//!       server: CONNS sockets in CLOSE_WAIT; prints `close_wait N`
+//!   tcpq-scenario port-exhaust PORT ATTEMPTS HOLD_SECS
+//!       (with a small ip_local_port_range) ATTEMPTS blocking connects, every
+//!       successful one kept open, a thread accepting them; prints
+//!       `connect EADDRNOTAVAIL=N ok=K other=M`
+//!   tcpq-scenario tw-exhaust PORT CYCLES ATTEMPTS HOLD_SECS
+//!       CYCLES connect+close with the client closing first (its side goes
+//!       TIME_WAIT; the server closes once the client is in FIN_WAIT2), then
+//!       ATTEMPTS connects (EADDRNOTAVAIL with
+//!       tcp_tw_reuse=0 once TIME_WAIT holds every local port); prints
+//!       `connect EADDRNOTAVAIL=N ok=K other=M time_wait_cycles=C`
+//!   tcpq-scenario connect-timeout PORT HOLD_SECS
+//!       TCP_DEFER_ACCEPT listener, listen(1), two idle clients fill the SYN
+//!       queue (syncookies=0), then a blocking connect with TCP_SYNCNT=1 times
+//!       out after ~3 s (its SYNs are dropped as TCPReqQFullDrop); prints
+//!       `connect ETIMEDOUT=N other=M`
+//!   tcpq-scenario accept-delay PORT CONNS DELAY_MS HOLD_SECS
+//!       listen(64), CONNS (at most 65) connects, DELAY_MS later all are
+//!       accepted; prints `accepted N`
+//!   tcpq-scenario reset-peer PORT CONNS
+//!       CONNS accepted connections closed by the server with SO_LINGER
+//!       {on, 0} (a RST); each client's read() fails; prints `reset N`
+//!       (the ECONNRESET count)
 //!
 //! Loopback over IPv4 (127.0.0.1), or IPv6 (::1) with TCPQ_SCENARIO_V6=1.
 use std::{
     io,
     net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
-    thread::sleep,
-    time::Duration,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    thread::{self, sleep},
+    time::{Duration, Instant},
 };
 
 fn check(rc: i32, what: &str) -> io::Result<i32> {
@@ -137,6 +177,153 @@ fn connect(
     Ok((s, err))
 }
 
+/// Waits up to `ms` for `fd` to become readable (or to have an error/EOF).
+fn readable(fd: RawFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, count 1.
+    unsafe { libc::poll(&raw mut p, 1, ms) > 0 }
+}
+
+/// accept() on `l`; the error keeps its errno (`check` would drop it).
+fn accept(l: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: no peer address is asked for.
+    let fd = unsafe { libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The socket's TCP state (`TCP_ESTABLISHED`, ...) from TCP_INFO.
+fn tcp_state(fd: RawFd) -> Option<u8> {
+    // SAFETY: all-zero is a valid tcp_info.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    (rc == 0).then_some(info.tcpi_state)
+}
+
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_SYN_SENT: u8 = 2;
+const TCP_FIN_WAIT2: u8 = 5;
+const TCP_CLOSE: u8 = 7;
+const TCP_CLOSE_WAIT: u8 = 8;
+
+/// TCP_DEFER_ACCEPT on a listener: bare final ACKs are dropped and the
+/// request stays in the SYN queue until data arrives (or `secs` pass).
+fn defer_accept(l: &OwnedFd, secs: i32) -> io::Result<()> {
+    setopt(
+        l.as_raw_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_DEFER_ACCEPT,
+        secs,
+    )
+}
+
+/// The server half of a close handshake: `go` says when to close an
+/// accepted connection, `closed` reports that it was closed.
+struct CloseOrder {
+    go: mpsc::Receiver<()>,
+    closed: mpsc::Sender<()>,
+}
+
+/// Accepts on `l` in a thread, keeping every connection open, until `stop`
+/// is set, `max` were accepted or 10 minutes passed. With `order`, each
+/// connection is instead read to EOF, closed once `go` says so, and reported
+/// on `closed` (each wait at most 5 s, and cut short by `stop`). Returns the
+/// number accepted.
+fn acceptor(
+    l: OwnedFd,
+    max: usize,
+    stop: Arc<AtomicBool>,
+    order: Option<CloseOrder>,
+) -> thread::JoinHandle<usize> {
+    thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let stopped = || stop.load(Ordering::Relaxed);
+        let mut held = Vec::new();
+        let mut accepted = 0;
+        while accepted < max && !stopped() && Instant::now() < deadline {
+            if !readable(l.as_raw_fd(), 50) {
+                continue;
+            }
+            let Ok(c) = accept(l.as_raw_fd()) else {
+                continue;
+            };
+            accepted += 1;
+            let Some(order) = &order else {
+                held.push(c);
+                continue;
+            };
+            let mut buf = [0u8; 256];
+            for _ in 0..100 {
+                if stopped() || !readable(c.as_raw_fd(), 50) {
+                    continue;
+                }
+                // SAFETY: `buf` is writable for its length.
+                let n = unsafe { libc::read(c.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 {
+                    break;
+                }
+            }
+            for _ in 0..100 {
+                if stopped() || order.go.recv_timeout(Duration::from_millis(50)).is_ok() {
+                    break;
+                }
+            }
+            drop(c);
+            let _ = order.closed.send(());
+        }
+        accepted
+    })
+}
+
+/// Polls the TCP state of `fd` every 10 ms until it is `want` (2 s at most).
+fn wait_state(fd: RawFd, want: u8) -> bool {
+    for _ in 0..200 {
+        if tcp_state(fd) == Some(want) {
+            return true;
+        }
+        sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// Counts connect() results by errno: (EADDRNOTAVAIL, ok, other); keeps the
+/// successful sockets in `held`.
+fn count_connects(
+    port: u16,
+    attempts: usize,
+    held: &mut Vec<OwnedFd>,
+) -> io::Result<(usize, usize, usize)> {
+    let (mut unavail, mut ok, mut other) = (0, 0, 0);
+    for _ in 0..attempts.min(10_000) {
+        match connect(port, Some(2), false, false)? {
+            (s, None) => {
+                ok += 1;
+                held.push(s);
+            }
+            (_, Some(e)) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => unavail += 1,
+            (_, Some(_)) => other += 1,
+        }
+    }
+    Ok((unavail, ok, other))
+}
+
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, name: &str) -> T {
     args.get(i).and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         eprintln!("tcpq-scenario: missing or bad {name}");
@@ -233,8 +420,295 @@ fn main() -> io::Result<()> {
             }
             println!("refused {refused}");
         }
+        "syn-queue" => {
+            let port = arg(&args, 1, "PORT");
+            let backlog: i32 = arg(&args, 2, "BACKLOG");
+            let clients: usize = arg(&args, 3, "CLIENTS");
+            let hold: f64 = arg(&args, 4, "HOLD_SECS");
+            let l = listener(port, backlog)?;
+            defer_accept(&l, 30)?;
+            ready();
+            let mut held = Vec::new();
+            for i in 0..clients.min(1000) {
+                if i > 0 {
+                    sleep(Duration::from_millis(100));
+                }
+                held.push(connect(port, Some(1), true, false)?.0);
+            }
+            sleep(Duration::from_millis(200));
+            let (mut est, mut sent, mut other) = (0, 0, 0);
+            for s in &held {
+                match tcp_state(s.as_raw_fd()) {
+                    Some(TCP_ESTABLISHED) => est += 1,
+                    Some(TCP_SYN_SENT) => sent += 1,
+                    _ => other += 1,
+                }
+            }
+            println!("syn_queue established={est} syn_sent={sent} other={other}");
+            sleep(secs(hold));
+            drop(l);
+        }
+        "accept-emfile" => {
+            let port = arg(&args, 1, "PORT");
+            let clients: usize = arg(&args, 2, "CLIENTS");
+            let attempts: usize = arg(&args, 3, "ATTEMPTS");
+            let hold: f64 = arg(&args, 4, "HOLD_SECS");
+            let l = listener(port, 16)?;
+            ready();
+            let mut held = Vec::new();
+            for _ in 0..clients.min(17) {
+                match connect(port, Some(2), false, false)? {
+                    (s, None) => held.push(s),
+                    (_, Some(e)) => return Err(e),
+                }
+            }
+            // The lowest free descriptor: what the next allocation would get.
+            // SAFETY: F_DUPFD on an open descriptor; the copy is closed below.
+            let lowest = check(
+                unsafe { libc::fcntl(l.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) },
+                "fcntl",
+            )?;
+            // SAFETY: `lowest` was just created here and is owned by nobody else.
+            drop(unsafe { OwnedFd::from_raw_fd(lowest) });
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: `lim` is a valid rlimit to fill.
+            check(
+                unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) },
+                "getrlimit",
+            )?;
+            lim.rlim_cur = lowest as libc::rlim_t;
+            // SAFETY: as above; only the soft limit is lowered.
+            check(
+                unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) },
+                "setrlimit",
+            )?;
+            let (mut emfile, mut other, mut accepted) = (0, 0, 0);
+            for i in 0..attempts.min(10_000) {
+                if i > 0 {
+                    sleep(Duration::from_millis(10));
+                }
+                match accept(l.as_raw_fd()) {
+                    Ok(c) => {
+                        accepted += 1;
+                        held.push(c);
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EMFILE) => emfile += 1,
+                    Err(_) => other += 1,
+                }
+            }
+            println!("accept_errors EMFILE={emfile} other={other} accepted={accepted}");
+            sleep(secs(hold));
+        }
+        "close-wait" => {
+            let port = arg(&args, 1, "PORT");
+            let conns: usize = arg(&args, 2, "CONNS");
+            let hold: f64 = arg(&args, 3, "HOLD_SECS");
+            let l = listener(port, 16)?;
+            ready();
+            let mut server = Vec::new();
+            for _ in 0..conns.min(1000) {
+                let c = match connect(port, Some(2), false, false)? {
+                    (s, None) => s,
+                    (_, Some(e)) => return Err(e),
+                };
+                server.push(accept(l.as_raw_fd())?);
+                // SAFETY: shuts down a socket this loop owns; it is closed next.
+                check(
+                    unsafe { libc::shutdown(c.as_raw_fd(), libc::SHUT_RDWR) },
+                    "shutdown",
+                )?;
+                // Once the server's (delayed) ACK of the FIN is in, the client
+                // is in FIN_WAIT2 and its close makes it a TIME_WAIT entry
+                // (substate FIN_WAIT2) at once: TW counts it before the result.
+                wait_state(c.as_raw_fd(), TCP_FIN_WAIT2);
+                drop(c);
+            }
+            let count = || {
+                server
+                    .iter()
+                    .filter(|s| tcp_state(s.as_raw_fd()) == Some(TCP_CLOSE_WAIT))
+                    .count()
+            };
+            for _ in 0..100 {
+                if count() == server.len() {
+                    break;
+                }
+                sleep(Duration::from_millis(10));
+            }
+            println!("close_wait {}", count());
+            sleep(secs(hold));
+        }
+        "port-exhaust" | "tw-exhaust" => {
+            let port = arg(&args, 1, "PORT");
+            let (cycles, rest): (usize, usize) = if mode == "tw-exhaust" {
+                (arg::<usize>(&args, 2, "CYCLES").min(1000), 3)
+            } else {
+                (0, 2)
+            };
+            let attempts: usize = arg(&args, rest, "ATTEMPTS");
+            let hold: f64 = arg(&args, rest + 1, "HOLD_SECS");
+            let l = listener(port, 64)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let (go, go_rx) = mpsc::channel();
+            let (closed_tx, closed) = mpsc::channel();
+            let order = (mode == "tw-exhaust").then_some(CloseOrder {
+                go: go_rx,
+                closed: closed_tx,
+            });
+            let server = acceptor(l, cycles + attempts.min(10_000), stop.clone(), order);
+            ready();
+            let mut held = Vec::new();
+            // The client closes first (shutdown SHUT_WR, then close) and its
+            // side ends in TIME_WAIT. The server closes only once the client
+            // is in FIN_WAIT2: the server's (delayed) ACK of the client's FIN
+            // then cannot arrive after its FIN. Otherwise, under load, that
+            // stale ACK can reach the client's TIME_WAIT socket, whose answer
+            // finds the server socket gone, the listener sends a RST, and
+            // the RST ends the TIME_WAIT early (tcp_rfc1337=0), freeing a port.
+            // Cycles whose connect fails (more CYCLES than local ports) just
+            // do not count; the result line covers the ATTEMPTS connects.
+            let mut tw_cycles = 0;
+            for _ in 0..cycles {
+                let (s, None) = connect(port, Some(2), false, false)? else {
+                    continue;
+                };
+                // SAFETY: shuts down the write side of a socket owned here.
+                check(
+                    unsafe { libc::shutdown(s.as_raw_fd(), libc::SHUT_WR) },
+                    "shutdown",
+                )?;
+                let fin_wait2 = wait_state(s.as_raw_fd(), TCP_FIN_WAIT2);
+                let _ = go.send(());
+                let server_closed = closed.recv_timeout(Duration::from_secs(6)).is_ok();
+                // After the server's FIN the socket is a TIME_WAIT entry and
+                // the full socket reports TCP_CLOSE.
+                if fin_wait2 && server_closed && wait_state(s.as_raw_fd(), TCP_CLOSE) {
+                    tw_cycles += 1;
+                }
+                drop(s);
+            }
+            let (n, ok, m) = count_connects(port, attempts, &mut held)?;
+            if mode == "tw-exhaust" {
+                println!(
+                    "connect EADDRNOTAVAIL={n} ok={ok} other={m} time_wait_cycles={tw_cycles}"
+                );
+            } else {
+                println!("connect EADDRNOTAVAIL={n} ok={ok} other={m}");
+            }
+            sleep(secs(hold));
+            stop.store(true, Ordering::Relaxed);
+            let _ = server.join();
+        }
+        "connect-timeout" => {
+            let port = arg(&args, 1, "PORT");
+            let hold: f64 = arg(&args, 2, "HOLD_SECS");
+            let l = listener(port, 1)?;
+            defer_accept(&l, 30)?;
+            ready();
+            let mut held = Vec::new();
+            for _ in 0..2 {
+                held.push(connect(port, Some(1), true, false)?.0);
+                sleep(Duration::from_millis(100));
+            }
+            let t0 = Instant::now();
+            let (_s, err) = connect(port, Some(1), false, false)?;
+            let (n, m) = match &err {
+                Some(e) if e.raw_os_error() == Some(libc::ETIMEDOUT) => (1, 0),
+                _ => (0, 1),
+            };
+            eprintln!(
+                "tcpq-scenario: connect returned after {} ms: {err:?}",
+                t0.elapsed().as_millis()
+            );
+            println!("connect ETIMEDOUT={n} other={m}");
+            sleep(secs(hold));
+            drop(l);
+        }
+        "accept-delay" => {
+            let port = arg(&args, 1, "PORT");
+            let conns: usize = arg(&args, 2, "CONNS");
+            let delay: u64 = arg(&args, 3, "DELAY_MS");
+            let hold: f64 = arg(&args, 4, "HOLD_SECS");
+            let l = listener(port, 64)?;
+            ready();
+            let mut held = Vec::new();
+            for _ in 0..conns.min(65) {
+                match connect(port, Some(2), false, false)? {
+                    (s, None) => held.push(s),
+                    (_, Some(e)) => return Err(e),
+                }
+            }
+            sleep(Duration::from_millis(delay.min(120_000)));
+            let mut accepted = 0;
+            for _ in 0..conns.min(65) {
+                if !readable(l.as_raw_fd(), 1000) {
+                    break;
+                }
+                held.push(accept(l.as_raw_fd())?);
+                accepted += 1;
+            }
+            println!("accepted {accepted}");
+            sleep(secs(hold));
+        }
+        "reset-peer" => {
+            let port = arg(&args, 1, "PORT");
+            let conns: usize = arg(&args, 2, "CONNS");
+            let l = listener(port, 16)?;
+            ready();
+            let mut pairs = Vec::new();
+            for _ in 0..conns.min(1000) {
+                let c = match connect(port, Some(2), false, false)? {
+                    (s, None) => s,
+                    (_, Some(e)) => return Err(e),
+                };
+                pairs.push((c, accept(l.as_raw_fd())?));
+            }
+            let mut clients = Vec::new();
+            for (c, s) in pairs {
+                let lin = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                // SAFETY: a valid linger struct of the size passed.
+                check(
+                    unsafe {
+                        libc::setsockopt(
+                            s.as_raw_fd(),
+                            libc::SOL_SOCKET,
+                            libc::SO_LINGER,
+                            (&raw const lin).cast(),
+                            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                        )
+                    },
+                    "setsockopt SO_LINGER",
+                )?;
+                // Closing with a zero linger time sends a RST.
+                drop(s);
+                clients.push(c);
+            }
+            let mut reset = 0;
+            for c in &clients {
+                if !readable(c.as_raw_fd(), 1000) {
+                    continue;
+                }
+                let mut b = [0u8; 1];
+                // SAFETY: `b` is writable for its length.
+                let n = unsafe { libc::read(c.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+                if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECONNRESET) {
+                    reset += 1;
+                }
+            }
+            println!("reset {reset}");
+        }
         _ => {
-            eprintln!("tcpq-scenario: unknown mode `{mode}` (listen, syn-overflow, connect, ack-overflow, refused)");
+            eprintln!(
+                "tcpq-scenario: unknown mode `{mode}` (listen, syn-overflow, connect, \
+                 ack-overflow, slow-accept, refused, syn-queue, accept-emfile, close-wait, \
+                 port-exhaust, tw-exhaust, connect-timeout, accept-delay, reset-peer)"
+            );
             std::process::exit(2);
         }
     }

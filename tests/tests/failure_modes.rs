@@ -1,0 +1,384 @@
+//! Every failure mode of the incident write-ups beyond a full accept queue,
+//! end to end: a scenario in a private network namespace, the agent as a
+//! user runs it, and the namespace's own counters (or sock_diag, through
+//! `ss`, where the kernel keeps no counter) as the judge. Needs root.
+
+use std::{io::Read, process::Child};
+
+use serde_json::Value;
+use tcpq_tests::{delta, root_or_skip, run, Agent, Netns};
+
+/// The rest of a scenario's stdout after its `ready` line, once it exits.
+fn finish(mut child: Child) -> String {
+    let mut s = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut s).unwrap();
+    assert!(child.wait().unwrap().success(), "scenario failed: {s}");
+    s
+}
+
+/// `NAME=N` from a scenario's result line.
+fn field(out: &str, name: &str) -> u64 {
+    out.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= in {out:?}"))
+}
+
+fn lines_of<'a>(lines: &'a [Value], event: &str, netns: u64) -> Vec<&'a Value> {
+    lines
+        .iter()
+        .filter(|l| l["event"] == event && l["network.netns"] == netns)
+        .collect()
+}
+
+fn total(lines: &[&Value]) -> u64 {
+    lines.iter().map(|l| l["count"].as_u64().unwrap()).sum()
+}
+
+/// Sockets in `state` in the namespace, as `ss` (sock_diag) counts them.
+fn ss_count(ns: &Netns, state: &str) -> u64 {
+    run(ns.cmd("ss").args(["-Htan", "state", state]))
+        .lines()
+        .count() as u64
+}
+
+fn syn_queue(
+    syncookies: &str,
+    port: u16,
+) -> (
+    Vec<Value>,
+    Netns,
+    std::collections::HashMap<String, u64>,
+    std::collections::HashMap<String, u64>,
+) {
+    let ns = Netns::new(&format!("synq{port}"));
+    ns.sysctl("net.ipv4.tcp_syncookies", syncookies);
+    let agent = Agent::trace(&["--port", &port.to_string()]);
+    let before = ns.counters();
+    // listen(2) with TCP_DEFER_ACCEPT: idle clients stay half-open; the
+    // SYN queue holds 3, the rest overflow it.
+    let (child, _) = ns.scenario(&["syn-queue", &port.to_string(), "2", "5", "1.5"]);
+    finish(child);
+    let after = ns.counters();
+    (agent.stop(), ns, before, after)
+}
+
+#[test]
+fn syn_queue_drops_match_tcp_req_q_full_drop() {
+    if !root_or_skip() {
+        return;
+    }
+    let (lines, ns, before, after) = syn_queue("0", 9301);
+    let kernel = delta(&before, &after, "TcpExt.TCPReqQFullDrop");
+    assert!(kernel >= 2, "scenario: TCPReqQFullDrop +{kernel}");
+    let mine = lines_of(&lines, "syn_queue_drop", ns.inode());
+    assert!(
+        mine.iter()
+            .all(|l| l["reason"] == "syn_queue_full" && l["server.port"] == 9301),
+        "{mine:#?}"
+    );
+    assert_eq!(
+        total(&mine),
+        kernel,
+        "syn_queue_drop vs TCPReqQFullDrop: {lines:#?}"
+    );
+    assert_eq!(delta(&before, &after, "TcpExt.ListenOverflows"), 0);
+    assert!(lines_of(&lines, "listen_overflow", ns.inode()).is_empty());
+    let v = mine[0]["verdict.cause"].as_str().unwrap_or_default();
+    assert!(
+        v.contains("tcp_syncookies") || v.contains("syncookies"),
+        "verdict: {v}"
+    );
+}
+
+#[test]
+fn syncookies_sent_match_tcp_req_q_full_do_cookies() {
+    if !root_or_skip() {
+        return;
+    }
+    let (lines, ns, before, after) = syn_queue("1", 9302);
+    let kernel = delta(&before, &after, "TcpExt.TCPReqQFullDoCookies");
+    assert!(kernel >= 2, "scenario: TCPReqQFullDoCookies +{kernel}");
+    let mine = lines_of(&lines, "syncookies_sent", ns.inode());
+    assert!(mine.iter().all(|l| l["server.port"] == 9302), "{mine:#?}");
+    assert_eq!(
+        total(&mine),
+        kernel,
+        "syncookies_sent vs TCPReqQFullDoCookies: {lines:#?}"
+    );
+    assert!(lines_of(&lines, "syn_queue_drop", ns.inode()).is_empty());
+}
+
+#[test]
+fn three_quarters_of_max_syn_backlog_is_a_syn_queue_drop() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("msb9303");
+    ns.sysctl("net.ipv4.tcp_syncookies", "0");
+    ns.sysctl("net.ipv4.tcp_max_syn_backlog", "8");
+    let agent = Agent::trace(&["--port", "9303"]);
+    let before = ns.counters();
+    let (child, _) = ns.scenario(&["syn-queue", "9303", "100", "10", "1.5"]);
+    finish(child);
+    let after = ns.counters();
+    let lines = agent.stop();
+    let drops = delta(&before, &after, "TcpExt.ListenDrops");
+    assert!(drops >= 3, "scenario: ListenDrops +{drops}");
+    assert_eq!(delta(&before, &after, "TcpExt.TCPReqQFullDrop"), 0);
+    let mine = lines_of(&lines, "syn_queue_drop", ns.inode());
+    assert!(
+        mine.iter().all(|l| l["reason"] == "max_syn_backlog"),
+        "{mine:#?}"
+    );
+    assert_eq!(
+        total(&mine),
+        drops,
+        "syn_queue_drop vs ListenDrops: {lines:#?}"
+    );
+}
+
+#[test]
+fn accept_emfile_is_counted_per_process_with_its_fds_and_queue() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("emfile9304");
+    let agent = Agent::trace(&[]);
+    let (child, pid) = ns.scenario(&["accept-emfile", "9304", "3", "7", "1.5"]);
+    let out = finish(child);
+    let lines = agent.stop();
+    let failed = field(&out, "EMFILE");
+    assert_eq!(failed, 7, "{out}");
+    let mine: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["event"] == "accept_error" && l["process.pid"] == pid)
+        .collect();
+    assert!(
+        mine.iter().all(|l| l["error.type"] == "EMFILE"),
+        "{mine:#?}"
+    );
+    assert_eq!(
+        total(&mine),
+        failed,
+        "accept_error vs the app's own count: {lines:#?}"
+    );
+    let l = mine[0];
+    assert_eq!(l["server.port"], 9304, "the listener backing up: {l}");
+    assert_eq!(l["queue.length"], 3, "Recv-Q while accept() fails: {l}");
+    assert_eq!(l["network.netns"], ns.inode());
+    assert!(
+        l["process.fd_limit"].as_u64().unwrap() <= l["process.open_fds"].as_u64().unwrap(),
+        "{l}"
+    );
+    assert!(
+        l["verdict.cause"].as_str().unwrap().contains("EMFILE"),
+        "{l}"
+    );
+}
+
+#[test]
+fn close_wait_sockets_are_counted_per_listener_like_ss() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("cw9305");
+    let agent = Agent::trace(&[]);
+    let (mut child, pid) = ns.scenario(&["close-wait", "9305", "4", "3"]);
+    // While the scenario holds them.
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    let ss = ss_count(&ns, "close-wait");
+    let lines = agent.stop();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(ss, 4, "scenario: CLOSE_WAIT sockets per ss");
+    let mine = lines_of(&lines, "close_wait", ns.inode());
+    let last = mine
+        .last()
+        .unwrap_or_else(|| panic!("no close_wait line: {lines:#?}"));
+    assert_eq!(last["count"].as_u64().unwrap(), ss, "{last}");
+    assert_eq!(last["server.port"], 9305, "{last}");
+    assert_eq!(last["process.pid"], pid, "{last}");
+    assert!(last["close_wait.oldest_seconds"].is_number(), "{last}");
+    assert!(
+        last["verdict.cause"]
+            .as_str()
+            .unwrap()
+            .contains("CLOSE_WAIT"),
+        "{last}"
+    );
+}
+
+#[test]
+fn port_exhaustion_is_a_connect_error_with_the_port_range() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("ports9306");
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40003");
+    let agent = Agent::trace(&[]);
+    let (child, pid) = ns.scenario(&["port-exhaust", "9306", "10", "1"]);
+    let out = finish(child);
+    let lines = agent.stop();
+    let failed = field(&out, "EADDRNOTAVAIL");
+    assert_eq!((field(&out, "ok"), failed), (4, 6), "{out}");
+    let mine: Vec<&Value> = lines_of(&lines, "connect_error", ns.inode())
+        .into_iter()
+        .filter(|l| l["error.type"] == "EADDRNOTAVAIL")
+        .collect();
+    assert_eq!(
+        total(&mine),
+        failed,
+        "connect_error vs the app's own count: {lines:#?}"
+    );
+    let l = mine[0];
+    assert_eq!(l["process.pid"], pid, "{l}");
+    assert_eq!(l["server.port"], 9306, "destination: {l}");
+    assert_eq!(l["port_range.size"], 4, "{l}");
+    assert!(l["verdict.remedy"].is_string(), "{l}");
+}
+
+#[test]
+fn time_wait_exhaustion_reports_the_time_wait_count() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("tw9307");
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40003");
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
+    let agent = Agent::trace(&[]);
+    let before = ns.counters();
+    let (child, _) = ns.scenario(&["tw-exhaust", "9307", "4", "3", "1"]);
+    let out = finish(child);
+    let after = ns.counters();
+    let lines = agent.stop();
+    let failed = field(&out, "EADDRNOTAVAIL");
+    assert!(failed >= 1, "{out}");
+    let mine: Vec<&Value> = lines_of(&lines, "connect_error", ns.inode())
+        .into_iter()
+        .filter(|l| l["error.type"] == "EADDRNOTAVAIL")
+        .collect();
+    assert_eq!(total(&mine), failed, "{lines:#?}");
+    let tw = delta(&before, &after, "TcpExt.TW");
+    assert_eq!(tw, 4, "kernel: TIME_WAIT entered");
+    assert_eq!(mine[0]["time_wait.count"], tw, "{}", mine[0]);
+}
+
+#[test]
+fn refused_connects_are_resets_received_and_connect_errors() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("refused9308");
+    let agent = Agent::trace(&[]);
+    let before = ns.counters();
+    let (child, _) = ns.scenario(&["refused", "9308", "6"]);
+    let out = finish(child);
+    let after = ns.counters();
+    let lines = agent.stop();
+    assert_eq!(out.trim(), "refused 6");
+    let fails = delta(&before, &after, "Tcp.AttemptFails");
+    assert_eq!(fails, 6, "kernel: AttemptFails");
+    let rr = lines_of(&lines, "reset_received", ns.inode());
+    assert!(
+        rr.iter()
+            .all(|l| l["tcp.state"] == "SYN_SENT" && l["network.peer.port"] == 9308),
+        "{rr:#?}"
+    );
+    assert_eq!(
+        total(&rr),
+        fails,
+        "reset_received vs AttemptFails: {lines:#?}"
+    );
+    let ce = lines_of(&lines, "connect_error", ns.inode());
+    assert!(
+        ce.iter().all(|l| l["error.type"] == "ECONNREFUSED"),
+        "{ce:#?}"
+    );
+    assert_eq!(total(&ce), fails);
+}
+
+#[test]
+fn resets_from_a_server_are_resets_received_by_its_clients() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("rst9309");
+    let agent = Agent::trace(&[]);
+    let before = ns.counters();
+    let (child, _) = ns.scenario(&["reset-peer", "9309", "5"]);
+    let out = finish(child);
+    let after = ns.counters();
+    let lines = agent.stop();
+    assert_eq!(field(&out.replace("reset ", "reset="), "reset"), 5, "{out}");
+    let sent = delta(&before, &after, "Tcp.OutRsts");
+    assert_eq!(sent, 5, "kernel: OutRsts");
+    let rr = lines_of(&lines, "reset_received", ns.inode());
+    assert!(
+        rr.iter().all(|l| l["tcp.state"] == "ESTABLISHED"),
+        "{rr:#?}"
+    );
+    assert_eq!(total(&rr), sent, "reset_received vs OutRsts: {lines:#?}");
+}
+
+#[test]
+fn connect_timeout_is_a_connect_error() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("cto9310");
+    ns.sysctl("net.ipv4.tcp_syncookies", "0");
+    let agent = Agent::trace(&[]);
+    let (child, pid) = ns.scenario(&["connect-timeout", "9310", "0.5"]);
+    let out = finish(child);
+    let lines = agent.stop();
+    let timed_out = field(&out, "ETIMEDOUT");
+    assert_eq!(timed_out, 1, "{out}");
+    let ce: Vec<&Value> = lines_of(&lines, "connect_error", ns.inode())
+        .into_iter()
+        .filter(|l| l["error.type"] == "ETIMEDOUT")
+        .collect();
+    assert_eq!(total(&ce), timed_out, "{lines:#?}");
+    assert_eq!(ce[0]["process.pid"], pid, "{}", ce[0]);
+}
+
+#[test]
+fn status_agrees_with_ss_and_the_kernel_counters() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("status9311");
+    ns.sysctl("net.core.somaxconn", "128");
+    let before = ns.counters();
+    // listen(0), never accept: one queued, the other clients dropped.
+    let (mut child, pid) = ns.scenario(&["syn-overflow", "9311", "4", "1", "4"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let after = ns.counters();
+    let out = run(std::process::Command::new(tcpq_tests::agent_bin())
+        .args(["status", "--output", "json", "--port", "9311"]));
+    let ss = run(ns.cmd("ss").args(["-Hltn", "sport", "= :9311"]));
+    let _ = child.kill();
+    let _ = child.wait();
+    let rows: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let row = rows
+        .iter()
+        .find(|r| r["network.netns"] == ns.inode() && r["event"] == "listener")
+        .unwrap_or_else(|| panic!("no row for the listener: {out}"));
+    // ss -lnt: State Recv-Q Send-Q Local Peer
+    let f: Vec<&str> = ss.split_whitespace().collect();
+    assert_eq!(row["queue.length"].to_string(), f[1], "{row} vs ss {ss}");
+    assert_eq!(row["queue.limit"].to_string(), f[2], "{row} vs ss {ss}");
+    assert_eq!(row["process.pid"], pid);
+    assert_eq!(row["net.core.somaxconn"], 128);
+    // SYN-time drops only: sk_drops == ListenDrops of the namespace.
+    let drops = delta(&before, &after, "TcpExt.ListenDrops");
+    assert!(drops >= 3, "scenario: ListenDrops +{drops}");
+    assert_eq!(row["drops"], drops, "{row}");
+    assert!(
+        row["verdict.cause"].as_str().unwrap().contains("queue"),
+        "{row}"
+    );
+}

@@ -135,6 +135,8 @@ struct Slot {
     attrs: Vec<Attr>,
     /// Timestamp of the latest kernel event counted (0: none).
     last_ts: u64,
+    /// `take`s this slot was held back for.
+    held: u8,
 }
 
 /// One line to add to the pending counts.
@@ -254,6 +256,7 @@ impl Aggregator {
                 inode: l.inode,
                 attrs: Vec::new(),
                 last_ts: 0,
+                held: 0,
             });
         slot.last_ts = slot.last_ts.max(l.ts);
         slot.info = l.info;
@@ -295,6 +298,38 @@ impl Aggregator {
             pid: Some(pid),
             inode: None,
             attrs,
+            ts: 0,
+        });
+    }
+
+    /// Accepts on a listener port over an interval that waited long.
+    pub fn on_accept_latency(&mut self, s: &crate::latency::Summary) {
+        let found = self
+            .listeners
+            .iter()
+            .filter(|(k, st)| {
+                k.netns == s.netns && st.info.as_ref().is_some_and(|i| i.port == s.port)
+            })
+            .filter_map(|(k, st)| Some((*k, st.info.clone()?)))
+            .min_by_key(|(k, _)| k.inode);
+        let Some((key, info)) = found else { return };
+        let ms = |ns: u64| json!((ns as f64 / 1e5).round() / 10.0);
+        self.add_line(Line {
+            key: Some(key),
+            kind: Kind::AcceptLatency,
+            source: Source::Tracepoint,
+            info,
+            n: s.count,
+            peer: None,
+            group: None,
+            netns: Some(s.netns),
+            pid: None,
+            inode: None,
+            attrs: vec![
+                ("accept_latency.p50_ms", ms(s.p50_ns)),
+                ("accept_latency.p99_ms", ms(s.p99_ns)),
+                ("accept_latency.max_ms", ms(s.max_ns)),
+            ],
             ts: 0,
         });
     }
@@ -581,10 +616,12 @@ impl Aggregator {
                 self.add(Some(key), kind, Source::SockDiag, info, left, None);
             }
         }
-        // Budget not matched by now belongs to no listener we track.
+        // Counters are read after the dump: what they moved for a drop the
+        // dump did not see yet waits one round; older budget belongs to no
+        // listener we track.
         let ns = self.ns.entry(snap.netns).or_default();
-        ns.reqq_budget = 0;
-        ns.defer_budget = 0;
+        ns.reqq_budget = ns.reqq_budget.min(reqq);
+        ns.defer_budget = ns.defer_budget.min(deferred);
         if cookies > 0 && !self.hooked.syn {
             self.attribute_cookies(snap, cookies);
         }
@@ -799,11 +836,15 @@ impl Aggregator {
             .into_iter()
             .partition(|((_, kind, _, _, _, netns), s)| {
                 kind.error() == Some("EADDRNOTAVAIL")
+                    && s.held < 3
                     && netns
                         .and_then(|n| self.ns.get(&n))
-                        .is_some_and(|ns| ns.last.is_some() && ns.last_end_ns < s.last_ts)
+                        .is_none_or(|ns| ns.last.is_none() || ns.last_end_ns < s.last_ts)
             });
         self.pending = keep;
+        for s in self.pending.values_mut() {
+            s.held += 1;
+        }
         let out = out
             .into_iter()
             .map(|((key, kind, source, _, pid, netns), s)| {
@@ -1164,5 +1205,163 @@ mod tests {
             },
             2
         )));
+    }
+
+    fn info(q: u32, lim: u32) -> ListenerInfo {
+        ListenerInfo {
+            addr: "127.0.0.1".parse().unwrap(),
+            port: 8080,
+            queue_len: q,
+            queue_limit: lim,
+        }
+    }
+
+    #[test]
+    fn syn_drops_are_classified_in_the_kernels_order() {
+        let syn_q = |r| Kind::SynQueueDrop { reason: r };
+        // SYN queue over the limit, cookies off: checked before the accept queue.
+        assert_eq!(
+            classify_syn_drop(&info(3, 2), 3, 0, 128),
+            syn_q("syn_queue_full")
+        );
+        // With cookies, the same SYN can only be lost to a full accept queue.
+        assert_eq!(
+            classify_syn_drop(&info(3, 2), 3, 1, 128),
+            Kind::ListenOverflow(Stage::Syn, Next::Unknown)
+        );
+        // 8 - 7 < 8 >> 2: the 3/4 rule.
+        assert_eq!(
+            classify_syn_drop(&info(0, 100), 7, 0, 8),
+            syn_q("max_syn_backlog")
+        );
+        assert_eq!(
+            classify_syn_drop(&info(0, 100), 6, 0, 8),
+            Kind::ListenDrop(Stage::Syn)
+        );
+        assert_eq!(
+            classify_syn_drop(&info(0, 100), 7, 1, 8),
+            Kind::ListenDrop(Stage::Syn)
+        );
+    }
+
+    fn state(reqq: u64, cookies: u64, deferred: u64, syncookies: u8) -> NetnsState {
+        let mut st = NetnsState::default();
+        st.counters.insert("TcpExt.TCPReqQFullDrop".into(), reqq);
+        st.counters
+            .insert("TcpExt.TCPReqQFullDoCookies".into(), cookies);
+        st.counters
+            .insert("TcpExt.TCPDeferAcceptDrop".into(), deferred);
+        st.sysctls.syncookies = Some(syncookies);
+        st.sysctls.max_syn_backlog = Some(8);
+        st
+    }
+
+    #[test]
+    fn sock_diag_drops_are_split_by_the_namespace_counters() {
+        let mut a = Aggregator::default();
+        let mut s0 = snap(vec![sock(1, 10, 0, 2)], 100, true);
+        s0.state = Some(state(5, 0, 3, 0));
+        a.on_snapshot(&s0);
+        assert!(a.take().is_empty());
+        // 6 drops: 2 deferred-accept ACKs (not losses), 3 SYN-queue-full,
+        // 1 other.
+        let mut s1 = snap(vec![sock(1, 16, 0, 2)], 200, false);
+        s1.state = Some(state(8, 0, 5, 0));
+        a.on_snapshot(&s1);
+        let c: Vec<_> = a.take().iter().map(|p| (p.kind.clone(), p.count)).collect();
+        assert_eq!(
+            c,
+            vec![
+                (Kind::ListenDrop(Stage::Syn), 1),
+                (
+                    Kind::SynQueueDrop {
+                        reason: "syn_queue_full"
+                    },
+                    3
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn syncookies_go_to_the_listener_with_the_deepest_syn_queue() {
+        let mut a = Aggregator::default();
+        let mut l2 = sock(2, 0, 0, 2);
+        l2.lport = 9090;
+        let mut s0 = snap(vec![sock(1, 0, 0, 2), l2.clone()], 100, true);
+        s0.state = Some(state(0, 10, 0, 1));
+        a.on_snapshot(&s0);
+        let mut s1 = snap(vec![sock(1, 0, 0, 2), l2], 200, false);
+        s1.state = Some(state(0, 14, 0, 1));
+        let mut req = sock(0, 0, 0, 0);
+        req.state = sockdiag::STATE_SYN_RECV;
+        req.lport = 9090;
+        s1.others = Some(vec![req.clone(), req]);
+        a.on_snapshot(&s1);
+        let p = a.take();
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            (&p[0].kind, p[0].count, p[0].info.port),
+            (&Kind::SyncookiesSent, 4, 9090)
+        );
+    }
+
+    #[test]
+    fn close_wait_is_reported_when_it_changes_with_its_listener() {
+        let mut a = Aggregator::default();
+        let cw = |cookie| {
+            let mut s = sock(50 + cookie as u32, 0, 0, 0);
+            s.state = sockdiag::STATE_CLOSE_WAIT;
+            s.cookie = cookie;
+            s
+        };
+        let mut s0 = snap(vec![sock(1, 0, 0, 16)], 1_000_000_000, true);
+        s0.others = Some(vec![cw(1), cw(2)]);
+        a.on_snapshot(&s0);
+        let p = a.take();
+        assert_eq!((&p[0].kind, p[0].count), (&Kind::CloseWait, 2));
+        assert_eq!(p[0].key.unwrap().inode, 1, "the listener on the same port");
+        // Unchanged: no line. One more 30 s later: a line, growth 2/min.
+        let mut s1 = snap(vec![sock(1, 0, 0, 16)], 2_000_000_000, false);
+        s1.others = Some(vec![cw(1), cw(2)]);
+        a.on_snapshot(&s1);
+        assert!(a.take().is_empty());
+        let mut s2 = snap(vec![sock(1, 0, 0, 16)], 31_000_000_000, false);
+        s2.others = Some(vec![cw(1), cw(2), cw(3)]);
+        a.on_snapshot(&s2);
+        let p = a.take();
+        assert_eq!(p[0].count, 3);
+        let attr = |k| p[0].attrs.iter().find(|(n, _)| *n == k).unwrap().1.clone();
+        assert_eq!(attr("close_wait.oldest_seconds"), json!(30.0));
+        assert_eq!(attr("close_wait.growth_per_minute"), json!(2.0));
+    }
+
+    #[test]
+    fn port_exhaustion_waits_for_a_fresh_reading_of_its_namespace() {
+        let mut a = Aggregator::default();
+        let mut s0 = snap(vec![], 100, true);
+        let mut st = state(0, 0, 0, 1);
+        st.time_wait = Some(0);
+        s0.state = Some(st.clone());
+        a.on_snapshot(&s0);
+        let mut e = raw(EventKind::ConnectError);
+        e.ts_ns = 500;
+        e.detail = libc::EADDRNOTAVAIL as u32;
+        e.aux = 42;
+        e.netns = NS;
+        a.on_event(&decode_event(&e).unwrap());
+        assert!(
+            a.take().is_empty(),
+            "held until the namespace is read again"
+        );
+        st.time_wait = Some(4);
+        st.sysctls.port_range = Some((40000, 40003));
+        let mut s1 = snap(vec![], 1000, false);
+        s1.state = Some(st);
+        a.on_snapshot(&s1);
+        let p = a.take();
+        assert_eq!((p[0].count, p[0].pid), (1, Some(42)));
+        assert!(p[0].attrs.contains(&("time_wait.count", json!(4))));
+        assert!(p[0].attrs.contains(&("port_range.size", json!(4))));
     }
 }

@@ -73,6 +73,10 @@ pub struct TraceArgs {
     /// lifetime only) and print runs and ns/run per program on exit.
     #[arg(long)]
     pub bpf_stats: bool,
+    /// Report a listener's accept latency (handshake done → accept()) for
+    /// an interval whose p99 reaches this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10.0, value_parser = millis)]
+    pub accept_latency_ms: f64,
 }
 
 fn ring_bytes(s: &str) -> Result<u32, String> {
@@ -85,6 +89,13 @@ fn ring_bytes(s: &str) -> Result<u32, String> {
         ));
     }
     Ok(v)
+}
+
+fn millis(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a number of milliseconds")),
+    }
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {

@@ -48,6 +48,13 @@ pub fn line(p: &Pending, owner: Option<&Owner>, st: Option<&NetnsState>) -> Opti
         Kind::SynQueueDrop { .. } => e.syn_queue_drops = p.count,
         Kind::SyncookiesSent => e.syncookies_sent = p.count,
         Kind::CloseWait => e.close_wait = p.count as u32,
+        Kind::AcceptLatency => {
+            e.accept_latency_p99_ms = p
+                .attrs
+                .iter()
+                .find(|(k, _)| *k == "accept_latency.p99_ms")
+                .and_then(|(_, v)| v.as_f64());
+        }
         Kind::AcceptError { error } => {
             e.accept_errors = vec![(error.clone(), p.count)];
             e.open_fds = attr_u64(p, "process.open_fds").map(|n| n as u32);

@@ -133,6 +133,12 @@ pub fn plan(
         net_syncookies: btf.offset("net", &["ipv4", "sysctl_tcp_syncookies"])?,
         net_max_syn_backlog: btf.offset("net", &["ipv4", "sysctl_max_syn_backlog"])?,
         sk_err: btf.offset("sock", &["sk_err"])?,
+        task_files: btf.offset("task_struct", &["files"])?,
+        files_fdt: btf.offset("files_struct", &["fdt"])?,
+        fdt_fd: btf.offset("fdtable", &["fd"])?,
+        fdt_max_fds: btf.offset("fdtable", &["max_fds"])?,
+        file_private_data: btf.offset("file", &["private_data"])?,
+        socket_sk: btf.offset("socket", &["sk"])?,
         filter_lport: filter_lport as u32,
         filter_netns,
         ..Config::default()

@@ -15,6 +15,7 @@ mod doctor;
 mod explain;
 mod export;
 mod kernel;
+mod latency;
 mod load;
 mod model;
 mod netns;

@@ -133,6 +133,8 @@ pub enum Kind {
     },
     /// Sockets sitting in CLOSE_WAIT (a gauge: `count` is how many now).
     CloseWait,
+    /// Time from handshake completion to accept(): `count` accepts.
+    AcceptLatency,
 }
 
 impl Kind {
@@ -148,6 +150,7 @@ impl Kind {
             Kind::ConnectError { .. } => "connect_error",
             Kind::AcceptError { .. } => "accept_error",
             Kind::CloseWait => "close_wait",
+            Kind::AcceptLatency => "accept_latency",
         }
     }
 

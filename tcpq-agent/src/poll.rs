@@ -62,10 +62,12 @@ pub fn round(
         let start_ns = monotonic_ns();
         let prev = last.get(&ino).copied();
         let read = || {
-            let state = netstat::read_current();
-            let moved = prev.is_some_and(|p| p != drop_counters(&state));
+            // Counters before the dump say whether the SYN queues are
+            // worth dumping; after it, they cover every drop the dump saw
+            // (a drop between the two is matched one round later).
+            let moved = prev.is_some_and(|p| p != drop_counters(&netstat::read_current()));
             let socks = read_ns(slow || moved)?;
-            Ok((socks, state))
+            Ok((socks, netstat::read_current()))
         };
         let dumped = if ino == home_ino {
             read()

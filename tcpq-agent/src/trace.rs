@@ -10,7 +10,7 @@ use std::{
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use std::collections::HashMap;
-use tcpq_common::{stats, AcceptStats};
+use tcpq_common::{latency::LatencyHist, stats, AcceptStats};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
@@ -22,7 +22,9 @@ use crate::{
     aggregate::{Aggregator, Hooked, NetnsSnapshot},
     caps,
     cli::TraceArgs,
-    decode, export, kernel, load,
+    decode, export, kernel,
+    latency::{self, LatencyTracker},
+    load,
     model::ListenerKey,
     netns, poll,
     resolve::{self, Owner, Resolver},
@@ -39,6 +41,7 @@ pub fn run(args: TraceArgs) -> Result<()> {
 
 /// (tgid << 32 | errno) → failures, per CPU (`ACCEPT_ERRORS`).
 type AcceptErrorMap = PerCpuHashMap<MapData, u64, u64>;
+type LatencyMap = PerCpuHashMap<MapData, u64, LatencyHist>;
 
 struct Session {
     args: TraceArgs,
@@ -51,6 +54,9 @@ struct Session {
     /// accept() failures per (tgid, errno), counted in the kernel, and what
     /// was already reported.
     accept_errors: Option<(AcceptErrorMap, HashMap<u64, u64>)>,
+    /// Accept-latency histograms per (netns, port), with the tracker that
+    /// turns them into per-interval summaries.
+    latency: Option<(LatencyMap, LatencyTracker)>,
     received: u64,
     undecodable: u64,
     lost_reported: u64,
@@ -134,6 +140,21 @@ async fn trace(args: TraceArgs) -> Result<()> {
             .map(|m| (m, HashMap::new())),
         false => None,
     };
+    // Needs both ends: the handshake (inet_sock_set_state) and the accept.
+    let latency = match loaded
+        .attached
+        .iter()
+        .any(|t| t == "sock:inet_sock_set_state")
+        && loaded.attached.iter().any(|t| t.starts_with("syscalls:"))
+    {
+        true => loaded
+            .ebpf
+            .take_map("ACCEPT_LATENCY")
+            .map(PerCpuHashMap::try_from)
+            .transpose()?
+            .map(|m| (m, LatencyTracker::default())),
+        false => None,
+    };
     let (tx, mut rx) = mpsc::channel::<Vec<NetnsSnapshot>>(4);
     let (wake, wake_rx) = std_mpsc::channel();
     let _poller = poll::spawn(args.poll_interval, tx, wake_rx)?;
@@ -152,6 +173,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         resolver: Resolver::new(Duration::from_millis(100)),
         stats,
         accept_errors,
+        latency,
         received: 0,
         undecodable: 0,
         lost_reported: 0,
@@ -311,6 +333,9 @@ impl Session {
             self.lost_reported = lost;
         }
         let accepts = self.read_accepts();
+        self.read_latency();
+        // Lines added just now (latency) want their owners too.
+        self.learn_owners();
         let pending = self.agg.take();
         if pending.is_empty() {
             return out.flush();
@@ -406,6 +431,25 @@ impl Session {
                 attrs.push(("process.fd_limit", serde_json::json!(n)));
             }
             self.agg.on_accept_errors(pid, errno, n, listener, attrs);
+        }
+    }
+
+    /// Accept latency since the last flush: a line for listeners whose
+    /// p99 reached `--accept-latency-ms`.
+    fn read_latency(&mut self) {
+        let Some((map, tracker)) = self.latency.as_mut() else {
+            return;
+        };
+        let now: Vec<(u64, LatencyHist)> = map
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, per_cpu)| (k, latency::sum_cpus(per_cpu.iter())))
+            .collect();
+        let threshold = (self.args.accept_latency_ms * 1e6) as u64;
+        for s in tracker.update(now) {
+            if s.p99_ns >= threshold {
+                self.agg.on_accept_latency(&s);
+            }
         }
     }
 

@@ -524,7 +524,7 @@ fn close_wait(e: &ListenerEvidence) -> Verdict {
 }
 
 fn slow_accept(e: &ListenerEvidence) -> bool {
-    e.queue_len > 0 && e.accept_latency_p99_ms.is_some_and(|p| p >= SLOW_ACCEPT_MS)
+    e.accept_latency_p99_ms.is_some_and(|p| p >= SLOW_ACCEPT_MS)
 }
 
 /// Rule 6: the application is slow to accept; nothing dropped yet.
@@ -538,7 +538,11 @@ fn slow(e: &ListenerEvidence) -> Verdict {
             "{} is slow to accept: connections waited {} (p99) before accept() and {} queued now (limit {}); nothing has been dropped yet.",
             e.endpoint,
             millis(e.accept_latency_p99_ms.unwrap_or_default()),
-            count_verb(e.queue_len, "is", "are"),
+            if e.queue_len == 0 {
+                "none is".to_string()
+            } else {
+                count_verb(e.queue_len, "is", "are")
+            },
             e.queue_limit
         ),
         remedy: format!(
@@ -642,12 +646,15 @@ mod tests {
     #[test]
     fn healthy_listener_has_no_verdict() {
         assert_eq!(listener(&healthy()), None);
-        // Slow p99 but nothing queued now: not worth a warning.
+        // A slow p99 is a warning even when the queue has drained since.
         let e = ListenerEvidence {
             accept_latency_p99_ms: Some(900.0),
             ..healthy()
         };
-        assert_eq!(listener(&e), None);
+        assert!(listener(&e)
+            .unwrap()
+            .cause
+            .contains("waited 900 ms (p99) before accept() and none is queued now"));
         // Queued, but accepted quickly.
         let e = ListenerEvidence {
             queue_len: 30,

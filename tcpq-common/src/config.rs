@@ -69,6 +69,14 @@ pub struct Config {
     pub net_max_syn_backlog: u32,
     /// `sock.sk_err` (int): the error a failed connect() reports.
     pub sk_err: u32,
+    /// fd → socket: `task_struct.files`, `files_struct.fdt`, `fdtable.fd`,
+    /// `fdtable.max_fds`, `file.private_data`, `socket.sk`.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_fd: u32,
+    pub fdt_max_fds: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
     /// Offset from a `struct socket *` to its inode's `i_ino`:
     /// `socket_alloc.vfs_inode - socket_alloc.socket + inode.i_ino`.
     pub socket_to_ino: i32,

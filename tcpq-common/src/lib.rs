@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod event;
+pub mod latency;
 pub mod stats;
 
 pub use config::Config;

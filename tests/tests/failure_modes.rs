@@ -6,7 +6,20 @@
 use std::{io::Read, process::Child};
 
 use serde_json::Value;
-use tcpq_tests::{delta, root_or_skip, run, Agent, Netns};
+use tcpq_tests::{delta, expected_sources, root_or_skip, run, source_matches, Agent, Netns};
+
+/// SYN-stage lines come from the hook this run demands (`TCPQ_EXPECT_HOOK`:
+/// `tcp_conn_request` in the VM, sock_diag + counters on the host).
+fn assert_syn_source(lines: &[&Value]) {
+    let want = expected_sources().0;
+    for l in lines {
+        let got = l["source"].as_str().unwrap_or("");
+        assert!(
+            source_matches(got, &want),
+            "seen by {got}, expected {want}: {l}"
+        );
+    }
+}
 
 /// The rest of a scenario's stdout after its `ready` line, once it exits.
 fn finish(mut child: Child) -> String {
@@ -82,6 +95,7 @@ fn syn_queue_drops_match_tcp_req_q_full_drop() {
         kernel,
         "syn_queue_drop vs TCPReqQFullDrop: {lines:#?}"
     );
+    assert_syn_source(&mine);
     assert_eq!(delta(&before, &after, "TcpExt.ListenOverflows"), 0);
     assert!(lines_of(&lines, "listen_overflow", ns.inode()).is_empty());
     let v = mine[0]["verdict.cause"].as_str().unwrap_or_default();
@@ -106,6 +120,7 @@ fn syncookies_sent_match_tcp_req_q_full_do_cookies() {
         kernel,
         "syncookies_sent vs TCPReqQFullDoCookies: {lines:#?}"
     );
+    assert_syn_source(&mine);
     assert!(lines_of(&lines, "syn_queue_drop", ns.inode()).is_empty());
 }
 
@@ -136,6 +151,7 @@ fn three_quarters_of_max_syn_backlog_is_a_syn_queue_drop() {
         drops,
         "syn_queue_drop vs ListenDrops: {lines:#?}"
     );
+    assert_syn_source(&mine);
 }
 
 #[test]
@@ -380,5 +396,41 @@ fn status_agrees_with_ss_and_the_kernel_counters() {
     assert!(
         row["verdict.cause"].as_str().unwrap().contains("queue"),
         "{row}"
+    );
+}
+
+#[test]
+fn accept_latency_is_the_time_connections_waited_for_accept() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("lat9312");
+    let agent = Agent::trace(&["--accept-latency-ms", "100"]);
+    // 5 connections, accepted 500 ms after the last one connected.
+    let (child, pid) = ns.scenario(&["accept-delay", "9312", "5", "500", "1"]);
+    let out = finish(child);
+    let lines = agent.stop();
+    assert_eq!(out.trim(), "accepted 5");
+    let mine = lines_of(&lines, "accept_latency", ns.inode());
+    assert_eq!(total(&mine), 5, "accepts measured: {lines:#?}");
+    let l = mine[0];
+    assert_eq!(l["server.port"], 9312, "{l}");
+    assert_eq!(l["process.pid"], pid, "{l}");
+    let ms = |k: &str| l[k].as_f64().unwrap();
+    // Buckets are at most 25 % wide; the scheduler adds a little.
+    assert!(
+        (500.0..=700.0).contains(&ms("accept_latency.p50_ms")),
+        "{l}"
+    );
+    assert!(
+        ms("accept_latency.max_ms") >= ms("accept_latency.p99_ms"),
+        "{l}"
+    );
+    assert!(
+        l["verdict.cause"]
+            .as_str()
+            .unwrap()
+            .contains("slow to accept"),
+        "{l}"
     );
 }

@@ -28,8 +28,12 @@ pub fn tcpq_accept_exit(ctx: TracePointContext) -> u32 {
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(conf!(accept_ret) as usize) }) else {
         return 0;
     };
-    // Success, or a non-blocking accept with nothing queued.
-    if ret >= 0 || ret == -EAGAIN {
+    if ret >= 0 {
+        crate::hooks::latency::accepted(ret);
+        return 0;
+    }
+    // A non-blocking accept with nothing queued.
+    if ret == -EAGAIN {
         return 0;
     }
     let tgid = bpf_get_current_pid_tgid() >> 32;

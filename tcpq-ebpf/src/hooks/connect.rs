@@ -10,8 +10,13 @@
 //! current task is the caller), or later from softirq/timer context with
 //! `sk_err` set (ECONNREFUSED on a RST, ETIMEDOUT after the SYN retries).
 //!
+//! The same tracepoint marks when a server-side connection completed its
+//! handshake (SYN_RECV → ESTABLISHED, right after the child joined the
+//! accept queue): the start of its accept latency (see `latency`).
+//!
 //! Cost on the healthy path: this fires on every TCP state change; it reads
-//! two ints and compares them.
+//! two ints and compares them, and once per accepted connection stores a
+//! timestamp.
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
@@ -32,6 +37,11 @@ pub fn tcpq_sock_state(ctx: TracePointContext) -> u32 {
 fn try_sock_state(ctx: &TracePointContext) -> Option<u32> {
     let old: i32 = unsafe { ctx.read_at(conf!(state_old) as usize) }.ok()?;
     let new: i32 = unsafe { ctx.read_at(conf!(state_new) as usize) }.ok()?;
+    if old == tcp_state::SYN_RECV as i32 && new == tcp_state::ESTABLISHED as i32 {
+        let sk: u64 = unsafe { ctx.read_at(conf!(state_skaddr) as usize) }.ok()?;
+        crate::hooks::latency::established(sk);
+        return Some(0);
+    }
     if old != tcp_state::SYN_SENT as i32 || new != tcp_state::CLOSE as i32 {
         return Some(0);
     }

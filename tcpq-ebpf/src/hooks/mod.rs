@@ -5,6 +5,7 @@ mod accept;
 mod accept_error;
 mod connect;
 mod kfunc;
+pub mod latency;
 mod listen;
 mod reset;
 mod synack;

@@ -1,0 +1,90 @@
+//! Accept latency: how long a connection waited in the accept queue.
+//!
+//! Start: `sock:inet_sock_set_state` SYN_RECV → ESTABLISHED on the child
+//! (`tcp_rcv_state_process`, right after `inet_csk_complete_hashdance` put
+//! it in the accept queue), Linux 4.16+. End: `syscalls:sys_exit_accept{,4}`
+//! returning an fd, followed to its socket through the task's fd table
+//! (offsets from BTF). Both are tracepoints, so this works on kernels
+//! without kprobes or fentry; accepts through io_uring are not seen.
+//! Aggregated in the kernel: a histogram per (netns, port), read by the
+//! agent; the per-connection start time lives in an LRU map, so
+//! connections that are never accepted cost nothing lasting.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_ktime_get_ns},
+    macros::map,
+    maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray},
+};
+use tcpq_common::latency::{bucket, LatencyHist, LAT_BUCKETS};
+
+use crate::{conf, sock};
+
+/// Child socket → when it completed its handshake.
+#[map]
+static ESTABLISHED_AT: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// (netns << 16 | port) → histogram, per CPU.
+#[map]
+static ACCEPT_LATENCY: LruPerCpuHashMap<u64, LatencyHist> =
+    LruPerCpuHashMap::with_max_entries(4096, 0);
+
+/// A zeroed histogram to insert from (too big for the BPF stack).
+#[map]
+static ZERO: PerCpuArray<LatencyHist> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn established(sk: u64) {
+    if sk == 0 || sock::filtered_out(sk) {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = ESTABLISHED_AT.insert(sk, now, 0);
+}
+
+/// The `struct sock` behind fd `fd` of the current task.
+#[inline(always)]
+fn sock_of_fd(fd: i64) -> Option<u64> {
+    let task = unsafe { bpf_get_current_task() };
+    let files = sock::read::<u64>(task, conf!(task_files))?;
+    let fdt = sock::read::<u64>(files, conf!(files_fdt))?;
+    let max = sock::read::<u32>(fdt, conf!(fdt_max_fds))?;
+    if fd as u64 >= max as u64 {
+        return None;
+    }
+    let array = sock::read::<u64>(fdt, conf!(fdt_fd))?;
+    let file = sock::read::<u64>(array + fd as u64 * 8, 0)?;
+    let socket = sock::read::<u64>(file, conf!(file_private_data))?;
+    sock::read::<u64>(socket, conf!(socket_sk))
+}
+
+#[inline(always)]
+pub fn accepted(fd: i64) {
+    let Some(sk) = sock_of_fd(fd) else { return };
+    let Some(&start) = (unsafe { ESTABLISHED_AT.get(sk) }) else {
+        return;
+    };
+    let _ = ESTABLISHED_AT.remove(sk);
+    let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(start);
+    let key = (sock::netns(sk) as u64) << 16 | sock::lport(sk) as u64;
+    let h = match ACCEPT_LATENCY.get_ptr_mut(key) {
+        Some(h) => h,
+        None => {
+            let Some(zero) = ZERO.get(0) else { return };
+            let _ = ACCEPT_LATENCY.insert(key, zero, 0);
+            match ACCEPT_LATENCY.get_ptr_mut(key) {
+                Some(h) => h,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: this CPU's value of a live entry.
+    let h = unsafe { &mut *h };
+    h.count += 1;
+    if ns > h.max_ns {
+        h.max_ns = ns;
+    }
+    let i = bucket(ns);
+    if i < LAT_BUCKETS {
+        h.buckets[i] += 1;
+    }
+}

@@ -347,6 +347,13 @@ impl Aggregator {
             .max_by_key(|(k, i)| (i.queue_len, std::cmp::Reverse(k.inode)))
     }
 
+    /// Every tracked listener with its latest queue state.
+    pub fn listener_infos(&self) -> impl Iterator<Item = (ListenerKey, &ListenerInfo)> {
+        self.listeners
+            .iter()
+            .filter_map(|(k, st)| Some((*k, st.info.as_ref()?)))
+    }
+
     /// The last reading of a namespace's counters and settings.
     pub fn netns_state(&self, netns: u32) -> Option<&NetnsState> {
         self.ns.get(&netns)?.last.as_ref()

@@ -41,6 +41,14 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyscallHooks {
+    Auto,
+    Always,
+    OnDemand,
+    Never,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct TraceArgs {
     /// Only listeners owned by this process (it holds their file descriptor).
@@ -73,6 +81,13 @@ pub struct TraceArgs {
     /// lifetime only) and print runs and ns/run per program on exit.
     #[arg(long)]
     pub bpf_stats: bool,
+    /// accept() syscall hooks (accept errors, accept latency). Enabling any
+    /// syscall tracepoint slows every syscall on the host a little, so by
+    /// default (`auto`) they are attached only while some listener's accept
+    /// queue is a quarter full (and a minute after) — or always with
+    /// --pid/--port.
+    #[arg(long, value_enum, default_value_t = SyscallHooks::Auto)]
+    pub syscall_hooks: SyscallHooks,
     /// Report a listener's accept latency (handshake done → accept()) for
     /// an interval whose p99 reaches this many milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 10.0, value_parser = millis)]

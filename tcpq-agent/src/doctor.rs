@@ -20,7 +20,7 @@ pub fn run(mode: AttachMode) -> Result<()> {
         println!("\n(not root: this is the plan; run as root to see what attaches)");
         return Ok(());
     }
-    let loaded = load::load(&plan, &choices, 1 << 20)?;
+    let loaded = load::load(&plan, &choices, 1 << 20, false)?;
     println!("\nattached (tried in plan order):");
     for k in &loaded.kfuncs {
         let got = k.kind.map(|k| k.as_str()).unwrap_or("none");

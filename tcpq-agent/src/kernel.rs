@@ -18,43 +18,52 @@ pub struct Hook {
     pub program: &'static str,
     pub category: &'static str,
     pub name: &'static str,
+    /// A raw tracepoint (arguments, no record): `name` only.
+    pub raw: bool,
 }
 
 pub const KFREE_SKB: Hook = Hook {
     program: "tcpq_kfree_skb",
     category: "skb",
     name: "kfree_skb",
+    raw: false,
 };
 pub const RETRANSMIT_SYNACK: Hook = Hook {
     program: "tcpq_retransmit_synack",
     category: "tcp",
     name: "tcp_retransmit_synack",
+    raw: false,
 };
 pub const SEND_RESET: Hook = Hook {
     program: "tcpq_send_reset",
     category: "tcp",
     name: "tcp_send_reset",
+    raw: false,
 };
 
 pub const RECEIVE_RESET: Hook = Hook {
     program: "tcpq_receive_reset",
     category: "tcp",
     name: "tcp_receive_reset",
+    raw: false,
 };
 pub const SOCK_STATE: Hook = Hook {
     program: "tcpq_sock_state",
     category: "sock",
     name: "inet_sock_set_state",
+    raw: true,
 };
 pub const ACCEPT4_EXIT: Hook = Hook {
     program: "tcpq_accept_exit",
     category: "syscalls",
     name: "sys_exit_accept4",
+    raw: false,
 };
 pub const ACCEPT_EXIT: Hook = Hook {
     program: "tcpq_accept_exit",
     category: "syscalls",
     name: "sys_exit_accept",
+    raw: false,
 };
 
 #[derive(Debug)]
@@ -76,6 +85,7 @@ pub struct Formats {
     pub retransmit_synack: Option<Format>,
     pub send_reset: Option<Format>,
     pub receive_reset: Option<Format>,
+    /// Only whether it exists: attached raw.
     pub sock_state: Option<Format>,
     pub accept4_exit: Option<Format>,
     pub accept_exit: Option<Format>,
@@ -133,6 +143,8 @@ pub fn plan(
         net_syncookies: btf.offset("net", &["ipv4", "sysctl_tcp_syncookies"])?,
         net_max_syn_backlog: btf.offset("net", &["ipv4", "sysctl_max_syn_backlog"])?,
         sk_err: btf.offset("sock", &["sk_err"])?,
+        sk_protocol: btf.offset("sock", &["sk_protocol"])?,
+        inet_sport: btf.offset("inet_sock", &["inet_sport"])?,
         task_files: btf.offset("task_struct", &["files"])?,
         files_fdt: btf.offset("files_struct", &["fdt"])?,
         fdt_fd: btf.offset("fdtable", &["fd"])?,
@@ -216,24 +228,10 @@ pub fn plan(
         None => skipped.push((RECEIVE_RESET, "no such tracepoint or no skaddr".into())),
     }
 
-    match formats.sock_state.as_ref().map(|f| {
-        (
-            f.offset("skaddr", 8),
-            f.offset("oldstate", 4),
-            f.offset("newstate", 4),
-            f.offset("sport", 2),
-            f.offset("protocol", 2),
-        )
-    }) {
-        Some((Some(sk), Some(old), Some(new), Some(sport), Some(proto))) => {
-            config.state_skaddr = sk;
-            config.state_old = old;
-            config.state_new = new;
-            config.state_sport = sport;
-            config.state_protocol = proto;
-            hooks.push(SOCK_STATE);
-        }
-        Some(_) => skipped.push((SOCK_STATE, "record layout not recognised".into())),
+    // Raw: the arguments (sk, oldstate, newstate) are the same on every
+    // kernel since 4.16; the classic record is not needed.
+    match formats.sock_state {
+        Some(_) => hooks.push(SOCK_STATE),
         None => skipped.push((SOCK_STATE, "no such tracepoint".into())),
     }
 
@@ -377,23 +375,14 @@ mod tests {
         let f = Formats {
             accept4_exit: Some(Format::parse(exit)),
             accept_exit: Some(Format::parse(exit)),
-            sock_state: Some(Format::parse(
-                "field:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;\nfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;\nfield:int newstate;\toffset:20;\tsize:4;\tsigned:1;\nfield:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;\nfield:__u16 protocol;\toffset:30;\tsize:2;\tsigned:0;",
-            )),
+            sock_state: Some(Format::parse("")),
             ..Formats::default()
         };
         let p = plan(&btf, &f, 0, 0).unwrap();
         assert_eq!(p.config.accept_ret, 16);
         assert!(p.hooks.contains(&ACCEPT4_EXIT) && p.hooks.contains(&ACCEPT_EXIT));
-        assert_eq!(
-            (
-                p.config.state_old,
-                p.config.state_new,
-                p.config.state_sport,
-                p.config.state_protocol
-            ),
-            (16, 20, 24, 30)
-        );
+        assert!(p.hooks.contains(&SOCK_STATE) && SOCK_STATE.raw);
+        assert!(p.config.sk_protocol > 0);
         assert!(p.skipped.iter().any(|(h, _)| *h == RECEIVE_RESET));
     }
 }

@@ -31,6 +31,22 @@ pub fn sum_cpus<'a>(per_cpu: impl Iterator<Item = &'a LatencyHist>) -> LatencyHi
     out
 }
 
+/// How long a listener stays measured after its queue was last seen
+/// filling.
+pub const KEEP_MEASURING: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether a listener's accept latency is worth measuring now: its queue is
+/// a quarter full (the warning before it fills) — or it is the `--port`
+/// the user asked about.
+pub fn worth_measuring(queue_len: u32, queue_limit: u32, port: u16, wanted: Option<u16>) -> bool {
+    wanted == Some(port) || (queue_len > 0 && queue_len as u64 * 4 >= queue_limit as u64)
+}
+
+/// The key the kernel uses for a listener port.
+pub fn key(netns: u32, port: u16) -> u64 {
+    (netns as u64) << 16 | port as u64
+}
+
 #[derive(Default)]
 pub struct LatencyTracker {
     prev: HashMap<u64, LatencyHist>,
@@ -115,6 +131,17 @@ mod tests {
         assert_eq!(s[0].count, 10);
         assert!(s[0].p50_ns >= 500_000_000 && s[0].p50_ns <= 625_000_000);
         assert_eq!(s[0].max_ns, 500_000_000, "capped by the true max");
+    }
+
+    #[test]
+    fn measures_filling_queues_and_the_asked_port() {
+        assert!(!worth_measuring(0, 4096, 80, None));
+        assert!(!worth_measuring(100, 4096, 80, None));
+        assert!(worth_measuring(1024, 4096, 80, None));
+        assert!(worth_measuring(1, 1, 80, None));
+        assert!(worth_measuring(0, 4096, 80, Some(80)));
+        assert!(!worth_measuring(0, 4096, 81, Some(80)));
+        assert_eq!(key(7, 8080), 7 << 16 | 8080);
     }
 
     #[test]

@@ -6,8 +6,8 @@
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     programs::{
-        fentry::FEntryLinkId, fexit::FExitLinkId, kprobe::KProbeLinkId, FEntry, FExit, KProbe,
-        Program, TracePoint,
+        fentry::FEntryLinkId, fexit::FExitLinkId, kprobe::KProbeLinkId,
+        trace_point::TracePointLinkId, FEntry, FExit, KProbe, Program, RawTracePoint, TracePoint,
     },
     Btf, Ebpf, EbpfLoader,
 };
@@ -36,6 +36,8 @@ pub struct Loaded {
     pub attached: Vec<String>,
     /// Tracepoints not attached, and why.
     pub skipped: Vec<(String, String)>,
+    /// Syscall tracepoints loaded but left detached, for `attach_deferred`.
+    pub deferred: Vec<kernel::Hook>,
 }
 
 impl Loaded {
@@ -47,6 +49,40 @@ impl Loaded {
             .and_then(|k| k.kind)
     }
 
+    /// Attaches the deferred syscall tracepoints; returns their links.
+    pub fn attach_deferred(&mut self) -> Result<Vec<TracePointLinkId>> {
+        let mut links = Vec::new();
+        for hook in &self.deferred {
+            let prog: &mut TracePoint = self
+                .ebpf
+                .program_mut(hook.program)
+                .with_context(|| format!("program {} missing", hook.program))?
+                .try_into()?;
+            links.push(prog.attach(hook.category, hook.name)?);
+        }
+        Ok(links)
+    }
+
+    /// Detaches what `attach_deferred` attached.
+    pub fn detach_deferred(&mut self, links: Vec<TracePointLinkId>) {
+        if let Some(hook) = self.deferred.first() {
+            if let Some(Ok(prog)) = self
+                .ebpf
+                .program_mut(hook.program)
+                .map(<&mut TracePoint>::try_from)
+            {
+                for l in links {
+                    let _ = prog.detach(l);
+                }
+            }
+        }
+    }
+
+    /// Whether the accept() syscall hooks are attached or can be.
+    pub fn has_syscall_hooks(&self) -> bool {
+        !self.deferred.is_empty() || self.attached.iter().any(|t| t.starts_with("syscalls:"))
+    }
+
     /// One line per attached hook, for the start-up message.
     pub fn summary(&self) -> Vec<String> {
         let mut out: Vec<String> = self
@@ -55,11 +91,24 @@ impl Loaded {
             .filter_map(|k| Some(format!("{} {}", k.kind?.as_str(), k.function)))
             .collect();
         out.extend(self.attached.iter().map(|t| format!("tracepoint {t}")));
+        out.extend(
+            self.deferred
+                .iter()
+                .map(|h| format!("{}:{} when a queue backs up", h.category, h.name)),
+        );
         out
     }
 }
 
-pub fn load(plan: &Plan, choices: &[Choice], ring_buffer_bytes: u32) -> Result<Loaded> {
+/// `defer_syscalls`: load the syscall tracepoint programs but leave them
+/// detached (enabling any syscall tracepoint sends every syscall of every
+/// task through the tracing slow path).
+pub fn load(
+    plan: &Plan,
+    choices: &[Choice],
+    ring_buffer_bytes: u32,
+    defer_syscalls: bool,
+) -> Result<Loaded> {
     if OBJECT.is_empty() {
         bail!("this tcpq-agent was built with AYA_BUILD_SKIP=1 and carries no kernel programs; rebuild without it");
     }
@@ -107,6 +156,7 @@ pub fn load(plan: &Plan, choices: &[Choice], ring_buffer_bytes: u32) -> Result<L
         .map(|(h, why)| (format!("{}:{}", h.category, h.name), why.clone()))
         .collect();
     let mut loaded_programs = std::collections::HashSet::new();
+    let mut deferred = Vec::new();
     for hook in &plan.hooks {
         let what = format!("{}:{}", hook.category, hook.name);
         if *hook == kernel::KFREE_SKB && ack_hooked {
@@ -117,18 +167,32 @@ pub fn load(plan: &Plan, choices: &[Choice], ring_buffer_bytes: u32) -> Result<L
             continue;
         }
         let r = (|| -> Result<()> {
-            let prog: &mut TracePoint = ebpf
+            let prog = ebpf
                 .program_mut(hook.program)
-                .with_context(|| format!("program {} missing from the object", hook.program))?
-                .try_into()?;
-            // One program may serve several tracepoints.
-            if loaded_programs.insert(hook.program) {
-                prog.load()?;
+                .with_context(|| format!("program {} missing from the object", hook.program))?;
+            let first = loaded_programs.insert(hook.program);
+            if hook.raw {
+                let prog: &mut RawTracePoint = prog.try_into()?;
+                if first {
+                    prog.load()?;
+                }
+                prog.attach(hook.name)?;
+            } else {
+                let prog: &mut TracePoint = prog.try_into()?;
+                // One program may serve several tracepoints.
+                if first {
+                    prog.load()?;
+                }
+                if defer_syscalls && hook.category == "syscalls" {
+                    deferred.push(hook.clone());
+                    return Ok(());
+                }
+                prog.attach(hook.category, hook.name)?;
             }
-            prog.attach(hook.category, hook.name)?;
             Ok(())
         })();
         match r {
+            Ok(()) if deferred.last() == Some(hook) => {}
             Ok(()) => attached.push(what),
             Err(e) => skipped.push((what, one_line(&format!("{e:#}")))),
         }
@@ -142,6 +206,7 @@ pub fn load(plan: &Plan, choices: &[Choice], ring_buffer_bytes: u32) -> Result<L
         kfuncs,
         attached,
         skipped,
+        deferred,
     })
 }
 

@@ -75,6 +75,12 @@ pub fn parse_range(text: &str) -> Option<(u16, u16)> {
     }
 }
 
+fn read_tw() -> Option<u32> {
+    std::fs::read_to_string("/proc/thread-self/net/sockstat")
+        .ok()
+        .and_then(|t| parse_sockstat_tw(&t))
+}
+
 fn sysctl<T: std::str::FromStr>(path: &str) -> Option<T> {
     std::fs::read_to_string(format!("/proc/sys/net/{path}"))
         .ok()?
@@ -83,17 +89,32 @@ fn sysctl<T: std::str::FromStr>(path: &str) -> Option<T> {
         .ok()
 }
 
-/// Reads the calling thread's namespace.
-pub fn read_current() -> NetnsState {
+/// The counters tcpq uses (TcpExt, from `/proc/net/netstat`).
+pub const WANTED: &[&str] = &[
+    "TcpExt.ListenOverflows",
+    "TcpExt.ListenDrops",
+    "TcpExt.TCPReqQFullDrop",
+    "TcpExt.TCPReqQFullDoCookies",
+    "TcpExt.TCPDeferAcceptDrop",
+    "TcpExt.TW",
+];
+
+/// Reads the calling thread's namespace: its counters, TIME_WAIT count
+/// and, with `sysctls`, its settings (else left unknown).
+pub fn read_current(sysctls: bool) -> NetnsState {
     let mut counters = HashMap::new();
-    for f in ["netstat", "snmp"] {
-        if let Ok(t) = std::fs::read_to_string(format!("/proc/thread-self/net/{f}")) {
-            parse_counters(&t, &mut counters);
-        }
+    if let Ok(t) = std::fs::read_to_string("/proc/thread-self/net/netstat") {
+        parse_counters(&t, &mut counters);
+        counters.retain(|k, _| WANTED.contains(&k.as_str()));
     }
-    let time_wait = std::fs::read_to_string("/proc/thread-self/net/sockstat")
-        .ok()
-        .and_then(|t| parse_sockstat_tw(&t));
+    if !sysctls {
+        return NetnsState {
+            counters,
+            time_wait: read_tw(),
+            sysctls: Sysctls::default(),
+        };
+    }
+    let time_wait = read_tw();
     let sysctls = Sysctls {
         somaxconn: sysctl("core/somaxconn"),
         max_syn_backlog: sysctl("ipv4/tcp_max_syn_backlog"),
@@ -138,7 +159,7 @@ mod tests {
 
     #[test]
     fn reads_our_own_namespace() {
-        let s = read_current();
+        let s = read_current(true);
         assert!(s.counters.contains_key("TcpExt.ListenOverflows"));
         assert!(s.sysctls.somaxconn.is_some());
         assert!(s.sysctls.port_range.is_some());

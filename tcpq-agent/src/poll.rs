@@ -8,10 +8,10 @@ use tokio::sync::mpsc;
 
 use crate::{aggregate::NetnsSnapshot, netns, netstat, sockdiag};
 
-/// Every this many rounds, also the sockets that need a walk of the whole
+/// Every this many rounds (4 s at the default pace), also the sockets that need a walk of the whole
 /// connection table (CLOSE_WAIT, SYN_RECV): costlier on a busy host, and
 /// slow-moving anyway.
-pub const SLOW_EVERY: u32 = 4;
+pub const SLOW_EVERY: u32 = 16;
 
 /// One namespace, read from inside it.
 fn read_ns(
@@ -47,17 +47,19 @@ fn drop_counters(s: &netstat::NetnsState) -> u64 {
 /// One round over every namespace: its listeners, its counters and
 /// settings, and on `slow` rounds (or when its drop counters moved) its
 /// CLOSE_WAIT and SYN_RECV sockets. `last` keeps each namespace's drop
-/// counters between rounds.
+/// counters between rounds, `settings` its sysctls (re-read on slow rounds).
 pub fn round(
     home: &File,
     home_ino: u32,
     baseline: bool,
     slow: bool,
     last: &mut std::collections::HashMap<u32, u64>,
+    settings: &mut std::collections::HashMap<u32, netstat::Sysctls>,
 ) -> Vec<NetnsSnapshot> {
     let mut out = Vec::new();
     let listed = netns::list();
     last.retain(|ino, _| listed.contains_key(ino));
+    settings.retain(|ino, _| listed.contains_key(ino));
     for (ino, path) in listed {
         let start_ns = monotonic_ns();
         let prev = last.get(&ino).copied();
@@ -65,9 +67,13 @@ pub fn round(
             // Counters before the dump say whether the SYN queues are
             // worth dumping; after it, they cover every drop the dump saw
             // (a drop between the two is matched one round later).
-            let moved = prev.is_some_and(|p| p != drop_counters(&netstat::read_current()));
+            let moved = prev.is_some_and(|p| p != drop_counters(&netstat::read_current(false)));
             let socks = read_ns(slow || moved)?;
-            Ok((socks, netstat::read_current()))
+            // Settings change rarely: read on slow rounds, else reused.
+            Ok((
+                socks,
+                netstat::read_current(slow || !settings.contains_key(&ino)),
+            ))
         };
         let dumped = if ino == home_ino {
             read()
@@ -76,8 +82,16 @@ pub fn round(
         };
         let end_ns = monotonic_ns();
         // A namespace can vanish between listing and entering it.
-        if let Ok(((listeners, others), state)) = dumped {
+        if let Ok(((listeners, others), mut state)) = dumped {
             last.insert(ino, drop_counters(&state));
+            match settings.get(&ino) {
+                Some(s) if state.sysctls == netstat::Sysctls::default() => {
+                    state.sysctls = s.clone()
+                }
+                _ => {
+                    settings.insert(ino, state.sysctls.clone());
+                }
+            }
             out.push(NetnsSnapshot {
                 netns: ino,
                 listeners,
@@ -107,6 +121,7 @@ pub fn spawn(
             let mut baseline = true;
             let mut n = 0u32;
             let mut last = std::collections::HashMap::new();
+            let mut settings = std::collections::HashMap::new();
             loop {
                 let snaps = round(
                     &home,
@@ -114,6 +129,7 @@ pub fn spawn(
                     baseline,
                     n.is_multiple_of(SLOW_EVERY),
                     &mut last,
+                    &mut settings,
                 );
                 baseline = false;
                 n = n.wrapping_add(1);

@@ -227,7 +227,14 @@ pub fn ports_verdict(st: &NetnsState) -> Option<verdict::Verdict> {
 pub fn run(format: Format, port: Option<u16>) -> Result<()> {
     let home = File::open("/proc/thread-self/ns/net").context("opening our network namespace")?;
     let home_ino = netns::current()?;
-    let snaps = poll::round(&home, home_ino, true, true, &mut HashMap::new());
+    let snaps = poll::round(
+        &home,
+        home_ino,
+        true,
+        true,
+        &mut HashMap::new(),
+        &mut HashMap::new(),
+    );
     let mut resolver = Resolver::new(std::time::Duration::ZERO);
     resolver.learn(
         snaps

@@ -21,7 +21,7 @@ use crate::{
     accepts::{self, AcceptCounter, Accepts},
     aggregate::{Aggregator, Hooked, NetnsSnapshot},
     caps,
-    cli::TraceArgs,
+    cli::{SyscallHooks, TraceArgs},
     decode, export, kernel,
     latency::{self, LatencyTracker},
     load,
@@ -43,6 +43,25 @@ pub fn run(args: TraceArgs) -> Result<()> {
 type AcceptErrorMap = PerCpuHashMap<MapData, u64, u64>;
 type LatencyMap = PerCpuHashMap<MapData, u64, LatencyHist>;
 
+/// The deferred syscall hooks' state.
+#[derive(Default)]
+struct Demand {
+    /// Links while attached.
+    links: Option<Vec<aya::programs::trace_point::TracePointLinkId>>,
+    /// Last time a listener needed them.
+    last_need: Option<std::time::Instant>,
+}
+
+/// How long on-demand syscall hooks stay attached after the last listener
+/// that needed them recovered.
+const DEMAND_LINGER: Duration = Duration::from_secs(60);
+
+struct LatencyPorts {
+    ports: aya::maps::HashMap<MapData, u64, u8>,
+    on: aya::maps::Array<MapData, u32>,
+    until: HashMap<u64, std::time::Instant>,
+}
+
 struct Session {
     args: TraceArgs,
     /// The kernel's per-listener accept counts, when `inet_csk_accept` is hooked.
@@ -57,6 +76,10 @@ struct Session {
     /// Accept-latency histograms per (netns, port), with the tracker that
     /// turns them into per-interval summaries.
     latency: Option<(LatencyMap, LatencyTracker)>,
+    /// Which listener ports the kernel measures, and until when.
+    latency_ports: Option<LatencyPorts>,
+    /// On-demand syscall hooks: attached while a queue is filling.
+    demand: Demand,
     received: u64,
     undecodable: u64,
     lost_reported: u64,
@@ -81,7 +104,21 @@ async fn trace(args: TraceArgs) -> Result<()> {
     } else {
         None
     };
-    let mut loaded = load::load(&plan, &choices, args.ring_buffer_bytes)?;
+    let syscall_mode = match args.syscall_hooks {
+        SyscallHooks::Auto if args.pid.is_some() || args.port.is_some() => SyscallHooks::Always,
+        SyscallHooks::Auto => SyscallHooks::OnDemand,
+        m => m,
+    };
+    let mut plan = plan;
+    if syscall_mode == SyscallHooks::Never {
+        plan.hooks.retain(|h| h.category != "syscalls");
+    }
+    let mut loaded = load::load(
+        &plan,
+        &choices,
+        args.ring_buffer_bytes,
+        syscall_mode == SyscallHooks::OnDemand,
+    )?;
     // Functions that could not be hooked, grouped by the reason (on a
     // kernel without fentry/kprobes they all fail alike: say it once).
     let mut unhooked: Vec<(String, Vec<&str>)> = Vec::new();
@@ -131,7 +168,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         }
         None => None,
     };
-    let accept_errors = match loaded.attached.iter().any(|t| t.starts_with("syscalls:")) {
+    let accept_errors = match loaded.has_syscall_hooks() {
         true => loaded
             .ebpf
             .take_map("ACCEPT_ERRORS")
@@ -155,6 +192,24 @@ async fn trace(args: TraceArgs) -> Result<()> {
             .map(|m| (m, LatencyTracker::default())),
         false => None,
     };
+    let latency_ports = match latency.is_some() {
+        true => Some(LatencyPorts {
+            ports: aya::maps::HashMap::try_from(
+                loaded
+                    .ebpf
+                    .take_map("LATENCY_PORTS")
+                    .ok_or_else(|| anyhow!("LATENCY_PORTS map missing"))?,
+            )?,
+            on: aya::maps::Array::try_from(
+                loaded
+                    .ebpf
+                    .take_map("LATENCY_ON")
+                    .ok_or_else(|| anyhow!("LATENCY_ON map missing"))?,
+            )?,
+            until: HashMap::new(),
+        }),
+        false => None,
+    };
     let (tx, mut rx) = mpsc::channel::<Vec<NetnsSnapshot>>(4);
     let (wake, wake_rx) = std_mpsc::channel();
     let _poller = poll::spawn(args.poll_interval, tx, wake_rx)?;
@@ -174,6 +229,8 @@ async fn trace(args: TraceArgs) -> Result<()> {
         stats,
         accept_errors,
         latency,
+        latency_ports,
+        demand: Demand::default(),
         received: 0,
         undecodable: 0,
         lost_reported: 0,
@@ -241,6 +298,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         s.drain(ring.get_mut());
         if let Some(r) = round {
             s.apply(r);
+            s.syscall_demand(&mut loaded);
             s.read_accept_errors();
         }
         s.learn_owners();
@@ -310,6 +368,7 @@ impl Session {
             self.agg.on_snapshot(snap);
         }
         self.agg.end_round(&round);
+        self.choose_latency_ports();
     }
 
     fn stat(&self, index: u32) -> u64 {
@@ -432,6 +491,86 @@ impl Session {
             }
             self.agg.on_accept_errors(pid, errno, n, listener, attrs);
         }
+    }
+
+    /// On-demand syscall hooks: attached when a listener's accept queue is
+    /// a quarter full (connections wait: the app is slow, stuck, or its
+    /// accept() fails), detached a while after all drained.
+    fn syscall_demand(&mut self, loaded: &mut load::Loaded) {
+        if loaded.deferred.is_empty() {
+            return;
+        }
+        let port = self.args.port;
+        let need = self.agg.listener_infos().any(|(_, i)| {
+            port.is_none_or(|p| p == i.port)
+                && latency::worth_measuring(i.queue_len, i.queue_limit, i.port, None)
+        });
+        let d = &mut self.demand;
+        if need {
+            d.last_need = Some(std::time::Instant::now());
+        }
+        let needed = d.last_need.is_some_and(|t| t.elapsed() < DEMAND_LINGER);
+        match (&d.links, needed) {
+            (None, true) => {
+                match loaded.attach_deferred() {
+                    Ok(links) => {
+                        eprintln!("tcpq: accept queues are backing up: attached the accept() syscall hooks");
+                        d.links = Some(links);
+                    }
+                    Err(e) => {
+                        eprintln!("tcpq: could not attach the accept() syscall hooks: {e:#}");
+                        loaded.deferred.clear();
+                    }
+                }
+            }
+            (Some(_), false) => {
+                if let Some(links) = d.links.take() {
+                    loaded.detach_deferred(links);
+                    eprintln!("tcpq: accept queues drained: detached the accept() syscall hooks");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Turns accept-latency measurement on in the kernel for listeners whose
+    /// queue is filling (for a while after) and the `--port` asked about;
+    /// off for the rest, so a healthy server pays nothing for it.
+    fn choose_latency_ports(&mut self) {
+        let Some(lp) = self.latency_ports.as_mut() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        if let Some(port) = self.args.port {
+            // Any namespace, from the first connection on.
+            lp.until
+                .insert(latency::key(0, port), now + latency::KEEP_MEASURING);
+        }
+        for (k, info) in self.agg.listener_infos() {
+            if latency::worth_measuring(info.queue_len, info.queue_limit, info.port, self.args.port)
+            {
+                lp.until.insert(
+                    latency::key(k.netns, info.port),
+                    now + latency::KEEP_MEASURING,
+                );
+            }
+        }
+        let expired: Vec<u64> = lp
+            .until
+            .iter()
+            .filter(|(_, &t)| t <= now)
+            .map(|(&k, _)| k)
+            .collect();
+        for k in expired {
+            lp.until.remove(&k);
+            let _ = lp.ports.remove(&k);
+        }
+        for &k in lp.until.keys() {
+            if lp.ports.get(&k, 0).is_err() {
+                let _ = lp.ports.insert(k, 1, 0);
+            }
+        }
+        let _ = lp.on.set(0, (!lp.until.is_empty()) as u32, 0);
     }
 
     /// Accept latency since the last flush: a line for listeners whose

@@ -24,13 +24,6 @@ pub struct Config {
     pub rst_daddr: u32,
     /// tcp:tcp_receive_reset `skaddr`; 0 = no such tracepoint.
     pub recv_rst_skaddr: u32,
-    /// sock:inet_sock_set_state `skaddr`, `oldstate`, `newstate`, `sport`,
-    /// `protocol`; `state_skaddr` 0 = no such tracepoint.
-    pub state_skaddr: u32,
-    pub state_old: u32,
-    pub state_new: u32,
-    pub state_sport: u32,
-    pub state_protocol: u32,
     /// syscalls:sys_exit_accept{,4} `ret`.
     pub accept_ret: u32,
 
@@ -69,6 +62,11 @@ pub struct Config {
     pub net_max_syn_backlog: u32,
     /// `sock.sk_err` (int): the error a failed connect() reports.
     pub sk_err: u32,
+    /// `sock.sk_protocol` (u16).
+    pub sk_protocol: u32,
+    /// `inet_sock.inet_sport` (be16): kept when the port is released.
+    pub inet_sport: u32,
+    pub _pad: u32,
     /// fd → socket: `task_struct.files`, `files_struct.fdt`, `fdtable.fd`,
     /// `fdtable.max_fds`, `file.private_data`, `socket.sk`.
     pub task_files: u32,

@@ -30,11 +30,6 @@ static CONFIG: Config = Config {
     rst_saddr: 0,
     rst_daddr: 0,
     recv_rst_skaddr: 0,
-    state_skaddr: 0,
-    state_old: 0,
-    state_new: 0,
-    state_sport: 0,
-    state_protocol: 0,
     accept_ret: 0,
     drop_reason_listen_overflow: 0,
     skc_family: 0,
@@ -66,6 +61,9 @@ static CONFIG: Config = Config {
     net_syncookies: 0,
     net_max_syn_backlog: 0,
     sk_err: 0,
+    sk_protocol: 0,
+    inet_sport: 0,
+    _pad: 0,
 };
 
 /// Reads one field of [`CONFIG`] so the compiler cannot fold the zero

@@ -160,7 +160,9 @@ fn accept_emfile_is_counted_per_process_with_its_fds_and_queue() {
         return;
     }
     let ns = Netns::new("emfile9304");
-    let agent = Agent::trace(&[]);
+    // --port: the accept() syscall hooks are on from the start (host-wide
+    // they are attached on demand: see the next test).
+    let agent = Agent::trace(&["--port", "9304"]);
     let (child, pid) = ns.scenario(&["accept-emfile", "9304", "3", "7", "1.5"]);
     let out = finish(child);
     let lines = agent.stop();
@@ -194,15 +196,50 @@ fn accept_emfile_is_counted_per_process_with_its_fds_and_queue() {
 }
 
 #[test]
+fn accept_hooks_attach_on_demand_when_a_queue_backs_up() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("emfile9313");
+    // Host-wide: no syscall hook until a queue is a quarter full; accept()
+    // keeps failing for 3 s meanwhile (300 attempts 10 ms apart).
+    let agent = Agent::trace(&[]);
+    assert!(
+        !agent.ready_line.contains("tracepoint syscalls:")
+            && agent
+                .ready_line
+                .contains("sys_exit_accept4 when a queue backs up"),
+        "syscall hooks must start detached: {}",
+        agent.ready_line
+    );
+    // 5 connections wait in a queue of 16+1: a quarter full.
+    let (child, pid) = ns.scenario(&["accept-emfile", "9313", "5", "300", "0.5"]);
+    let out = finish(child);
+    let lines = agent.stop();
+    let failed = field(&out, "EMFILE");
+    let seen: u64 = lines
+        .iter()
+        .filter(|l| l["event"] == "accept_error" && l["process.pid"] == pid)
+        .map(|l| l["count"].as_u64().unwrap())
+        .sum();
+    // Attached within about two polls: most failures are seen, never more
+    // than happened.
+    assert!(
+        seen > failed / 2 && seen <= failed,
+        "seen {seen} of {failed}: {lines:#?}"
+    );
+}
+
+#[test]
 fn close_wait_sockets_are_counted_per_listener_like_ss() {
     if !root_or_skip() {
         return;
     }
     let ns = Netns::new("cw9305");
     let agent = Agent::trace(&[]);
-    let (mut child, pid) = ns.scenario(&["close-wait", "9305", "4", "3"]);
-    // While the scenario holds them.
-    std::thread::sleep(std::time::Duration::from_millis(2000));
+    let (mut child, pid) = ns.scenario(&["close-wait", "9305", "4", "8"]);
+    // While the scenario holds them: CLOSE_WAIT is read every 4 s.
+    std::thread::sleep(std::time::Duration::from_millis(5000));
     let ss = ss_count(&ns, "close-wait");
     let lines = agent.stop();
     let _ = child.kill();
@@ -405,7 +442,9 @@ fn accept_latency_is_the_time_connections_waited_for_accept() {
         return;
     }
     let ns = Netns::new("lat9312");
-    let agent = Agent::trace(&["--accept-latency-ms", "100"]);
+    // --port: measured from the first connection (host-wide, only
+    // listeners whose queue is seen a quarter full are measured).
+    let agent = Agent::trace(&["--accept-latency-ms", "100", "--port", "9312"]);
     // 5 connections, accepted 500 ms after the last one connected.
     let (child, pid) = ns.scenario(&["accept-delay", "9312", "5", "500", "1"]);
     let out = finish(child);

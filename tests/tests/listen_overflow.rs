@@ -332,10 +332,22 @@ fn ring_buffer_loss_is_counted_not_silent() {
     let lines = agent.stop();
     let kernel = delta(&before, &after, "Tcp.OutRsts");
     assert_eq!(kernel, 400, "each refused connect is one RST");
+    // Each refused connect is three kernel events: the RST sent
+    // (reset_sent), the RST received in SYN_SENT (reset_received) and the
+    // failed connect (connect_error) — one ring for all of them.
+    let failed = delta(&before, &after, "Tcp.AttemptFails");
+    assert_eq!(failed, 400, "each refused connect is one failed attempt");
     let delivered: u64 = lines
         .iter()
-        .filter(|l| l["event"] == "reset_sent" && l["server.port"] == port)
-        .inspect(|l| assert_eq!(l["reason"], "no_listener", "{l}"))
+        .filter(|l| {
+            let e = &l["event"];
+            e == "reset_sent" || e == "reset_received" || e == "connect_error"
+        })
+        .inspect(|l| {
+            if l["event"] == "reset_sent" {
+                assert_eq!(l["reason"], "no_listener", "{l}")
+            }
+        })
         .map(|l| l["count"].as_u64().unwrap())
         .sum();
     let lost: u64 = lines
@@ -349,8 +361,8 @@ fn ring_buffer_loss_is_counted_not_silent() {
     );
     assert_eq!(
         delivered + lost,
-        kernel,
-        "every RST is either reported or counted as lost"
+        kernel + 2 * failed,
+        "every kernel event is either reported or counted as lost"
     );
 }
 

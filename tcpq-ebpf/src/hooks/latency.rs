@@ -1,6 +1,6 @@
 //! Accept latency: how long a connection waited in the accept queue.
 //!
-//! Start: `sock:inet_sock_set_state` SYN_RECV → ESTABLISHED on the child
+//! Start: raw tracepoint `inet_sock_set_state` SYN_RECV → ESTABLISHED on the child
 //! (`tcp_rcv_state_process`, right after `inet_csk_complete_hashdance` put
 //! it in the accept queue), Linux 4.16+. End: `syscalls:sys_exit_accept{,4}`
 //! returning an fd, followed to its socket through the task's fd table
@@ -9,24 +9,47 @@
 //! Aggregated in the kernel: a histogram per (netns, port), read by the
 //! agent; the per-connection start time lives in an LRU map, so
 //! connections that are never accepted cost nothing lasting.
+//!
+//! Measured only for the listener ports the agent turns on in
+//! `LATENCY_PORTS` (those whose accept queue it sees filling, or the one
+//! `--port` names): on a healthy server both ends cost one array load.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_ktime_get_ns},
     macros::map,
-    maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
 use tcpq_common::latency::{bucket, LatencyHist, LAT_BUCKETS};
 
 use crate::{conf, sock};
 
 /// Child socket → when it completed its handshake.
+/// BPF_F_NO_COMMON_LRU: per-CPU LRU lists, no global lock on insert.
 #[map]
-static ESTABLISHED_AT: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+static ESTABLISHED_AT: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 2);
 
 /// (netns << 16 | port) → histogram, per CPU.
 #[map]
 static ACCEPT_LATENCY: LruPerCpuHashMap<u64, LatencyHist> =
     LruPerCpuHashMap::with_max_entries(4096, 0);
+
+/// (netns << 16 | port) of the listeners to measure.
+#[map]
+static LATENCY_PORTS: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
+
+/// [0] non-zero while `LATENCY_PORTS` has any entry.
+#[map]
+static LATENCY_ON: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn on() -> bool {
+    LATENCY_ON.get(0).is_some_and(|v| *v != 0)
+}
+
+#[inline(always)]
+fn key_of(sk: u64) -> u64 {
+    (sock::netns(sk) as u64) << 16 | sock::lport(sk) as u64
+}
 
 /// A zeroed histogram to insert from (too big for the BPF stack).
 #[map]
@@ -34,7 +57,14 @@ static ZERO: PerCpuArray<LatencyHist> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn established(sk: u64) {
-    if sk == 0 || sock::filtered_out(sk) {
+    if !on() || sk == 0 || sock::filtered_out(sk) {
+        return;
+    }
+    // An exact (netns, port), or the port in any netns (netns 0).
+    let key = key_of(sk);
+    if unsafe { LATENCY_PORTS.get(&key) }.is_none()
+        && unsafe { LATENCY_PORTS.get(&(key & 0xffff)) }.is_none()
+    {
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
@@ -59,13 +89,21 @@ fn sock_of_fd(fd: i64) -> Option<u64> {
 
 #[inline(always)]
 pub fn accepted(fd: i64) {
+    if !on() {
+        return;
+    }
     let Some(sk) = sock_of_fd(fd) else { return };
-    let Some(&start) = (unsafe { ESTABLISHED_AT.get(sk) }) else {
+    let Some(at) = ESTABLISHED_AT.get_ptr_mut(sk) else {
         return;
     };
-    let _ = ESTABLISHED_AT.remove(sk);
+    // SAFETY: a live entry; 0 marks it used (cheaper than a delete; the
+    // LRU recycles it).
+    let start = unsafe { core::mem::replace(&mut *at, 0) };
+    if start == 0 {
+        return;
+    }
     let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(start);
-    let key = (sock::netns(sk) as u64) << 16 | sock::lport(sk) as u64;
+    let key = key_of(sk);
     let h = match ACCEPT_LATENCY.get_ptr_mut(key) {
         Some(h) => h,
         None => {

@@ -62,8 +62,8 @@ pub fn established(sk: u64) {
     }
     // An exact (netns, port), or the port in any netns (netns 0).
     let key = key_of(sk);
-    if unsafe { LATENCY_PORTS.get(&key) }.is_none()
-        && unsafe { LATENCY_PORTS.get(&(key & 0xffff)) }.is_none()
+    if unsafe { LATENCY_PORTS.get(key) }.is_none()
+        && unsafe { LATENCY_PORTS.get(key & 0xffff) }.is_none()
     {
         return;
     }

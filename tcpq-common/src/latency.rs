@@ -59,20 +59,21 @@ pub fn log2(mut v: u64) -> u32 {
     r
 }
 
-/// The bucket of a latency in ns.
+/// Latencies from this many ns up share the last bucket (about 37 min).
+const CAP_NS: u64 = (1 << 41) - 1;
+
+/// The bucket of a latency in ns: always below [`LAT_BUCKETS`] (at most
+/// 124), by construction rather than by a final clamp, so that the BPF
+/// verifier (6.1's included) can follow it.
 #[inline(always)]
 pub fn bucket(ns: u64) -> usize {
     if ns < 1 << FIRST_OCTAVE {
         return 0;
     }
+    let ns = if ns > CAP_NS { CAP_NS } else { ns };
     let msb = log2(ns);
     let sub = ((ns >> (msb - 2)) & 3) as usize;
-    let i = ((msb - FIRST_OCTAVE) as usize) * 4 + sub + 1;
-    if i >= LAT_BUCKETS {
-        LAT_BUCKETS - 1
-    } else {
-        i
-    }
+    ((msb - FIRST_OCTAVE) as usize) * 4 + sub + 1
 }
 
 /// The upper bound (exclusive) of bucket `i`, in ns.
@@ -108,7 +109,8 @@ mod tests {
             assert!(bucket_upper_ns(b) as f64 <= ns as f64 * 1.25 + 1.0, "{ns}");
         }
         assert_eq!(bucket(5), 0);
-        assert_eq!(bucket(u64::MAX), LAT_BUCKETS - 1);
+        assert_eq!(bucket(u64::MAX), bucket(CAP_NS));
+        assert!(bucket(u64::MAX) < LAT_BUCKETS);
         assert_eq!(log2(1), 0);
         assert_eq!(log2(1 << 40), 40);
     }

@@ -39,9 +39,15 @@ pub fn line(p: &Pending, owner: Option<&Owner>, st: Option<&NetnsState>) -> Opti
         ..Default::default()
     };
     match &p.kind {
-        Kind::ListenOverflow(_, next) => {
+        Kind::ListenOverflow(stage, next) => {
             e.overflows = p.count;
-            if *next == Next::Reset {
+            // At the ACK stage the kernel answers with a RST exactly when
+            // tcp_abort_on_overflow=1 (seen by the hook, or the setting).
+            let reset = *next == Next::Reset
+                || (*stage == crate::model::Stage::Ack
+                    && *next == Next::Unknown
+                    && e.settings.abort_on_overflow == Some(1));
+            if reset {
                 e.overflow_resets = p.count;
             }
         }
@@ -154,6 +160,15 @@ mod tests {
             error: "ECONNREFUSED".into(),
         };
         assert!(line(&p, None, Some(&ns())).is_none());
+    }
+
+    #[test]
+    fn ack_overflows_under_abort_on_overflow_are_resets() {
+        let mut st = ns();
+        st.sysctls.abort_on_overflow = Some(1);
+        let p = pending(Kind::ListenOverflow(Stage::Ack, Next::Unknown), 2);
+        let v = line(&p, None, Some(&st)).unwrap();
+        assert!(v.cause.contains("reset"), "{}", v.cause);
     }
 
     #[test]

@@ -62,6 +62,10 @@ fn try_sock_state(ctx: &RawTracePointContext) -> Option<()> {
     } else {
         (sock::read::<i32>(sk, conf!(sk_err)).unwrap_or(0) as u32, 0)
     };
+    // No error: the application closed a socket that was still connecting.
+    if errno == 0 {
+        return Some(());
+    }
     emit(
         stats::CONNECT_ERROR_SEEN,
         EventKind::ConnectError as u32,

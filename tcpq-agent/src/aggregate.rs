@@ -347,6 +347,37 @@ impl Aggregator {
             .max_by_key(|(k, i)| (i.queue_len, std::cmp::Reverse(k.inode)))
     }
 
+    /// SO_REUSEPORT groups (several listeners on one netns, address and
+    /// port): each member's line also carries the group's size and its
+    /// total of that kind over the interval.
+    fn group_totals(&self, lines: &mut [Pending]) {
+        type G = (u32, std::net::IpAddr, u16);
+        let mut size: HashMap<G, u32> = HashMap::new();
+        for (k, st) in &self.listeners {
+            if let Some(i) = &st.info {
+                *size.entry((k.netns, i.addr, i.port)).or_default() += 1;
+            }
+        }
+        let group = |p: &Pending| p.key.map(|k| (k.netns, p.info.addr, p.info.port));
+        let mut totals: HashMap<(G, &'static str, Option<Stage>), u64> = HashMap::new();
+        for p in lines.iter() {
+            if let Some(g) = group(p) {
+                *totals
+                    .entry((g, p.kind.event_name(), p.kind.stage()))
+                    .or_default() += p.count;
+            }
+        }
+        for p in lines.iter_mut() {
+            let Some(g) = group(p) else { continue };
+            let n = size.get(&g).copied().unwrap_or(0);
+            if n > 1 && p.kind != Kind::CloseWait {
+                let t = totals[&(g, p.kind.event_name(), p.kind.stage())];
+                p.attrs.push(("reuseport.group_size", json!(n)));
+                p.attrs.push(("reuseport.group_count", json!(t)));
+            }
+        }
+    }
+
     /// Every tracked listener with its latest queue state.
     pub fn listener_infos(&self) -> impl Iterator<Item = (ListenerKey, &ListenerInfo)> {
         self.listeners
@@ -852,7 +883,7 @@ impl Aggregator {
         for s in self.pending.values_mut() {
             s.held += 1;
         }
-        let out = out
+        let out: Vec<Pending> = out
             .into_iter()
             .map(|((key, kind, source, _, pid, netns), s)| {
                 let mut attrs = s.attrs;
@@ -875,6 +906,8 @@ impl Aggregator {
                 }
             })
             .collect();
+        let mut out = out;
+        self.group_totals(&mut out);
         for st in self.listeners.values_mut() {
             st.unseen = if st.present {
                 0
@@ -1288,6 +1321,28 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn reuseport_members_carry_the_group_total() {
+        let mut a = Aggregator::default();
+        a.on_snapshot(&snap(vec![sock(1, 0, 0, 1), sock(2, 0, 0, 1)], 100, true));
+        a.on_snapshot(&snap(vec![sock(1, 3, 2, 1), sock(2, 5, 2, 1)], 200, false));
+        let p = a.take();
+        assert_eq!(p.len(), 2);
+        for l in &p {
+            assert!(
+                l.attrs.contains(&("reuseport.group_size", json!(2))),
+                "{l:?}"
+            );
+            assert!(
+                l.attrs.contains(&("reuseport.group_count", json!(8))),
+                "{l:?}"
+            );
+        }
+        let mut counts: Vec<u64> = p.iter().map(|l| l.count).collect();
+        counts.sort();
+        assert_eq!(counts, vec![3, 5], "each member on its own");
     }
 
     #[test]

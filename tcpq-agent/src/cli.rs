@@ -57,6 +57,21 @@ pub struct TraceArgs {
     /// Only listeners on this local port.
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
+    /// Only this network namespace: its inode number (as tcpq prints it) or
+    /// a path that opens it (/run/netns/NAME, /proc/PID/ns/net).
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Option<String>,
+    /// Only sockets a process with this name (comm) holds.
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+    /// Only sockets of processes in this cgroup (or below it), e.g.
+    /// /system.slice/nginx.service.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+    /// Only sockets of processes in this container (id or its prefix, at
+    /// least 4 characters).
+    #[arg(long, value_name = "ID")]
+    pub container: Option<String>,
     /// Kernel-function hooks: fentry where possible, else kprobe, else
     /// tracepoints and sock_diag (`auto`), or force one kind.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
@@ -130,6 +145,16 @@ pub fn validate(args: &TraceArgs) -> Result<()> {
             bail!("--pid {pid}: no such process");
         }
     }
+    if let Some(c) = &args.container {
+        if c.len() < 4 || !c.chars().all(|ch| ch.is_ascii_hexdigit()) {
+            bail!("--container {c}: expected a container id or a prefix of at least 4 hex digits");
+        }
+    }
+    if let Some(c) = &args.cgroup {
+        if !c.starts_with('/') {
+            bail!("--cgroup {c}: expected a cgroup path such as /system.slice/nginx.service");
+        }
+    }
     if args.interval < Duration::from_millis(10) || args.poll_interval < Duration::from_millis(10) {
         bail!("--interval and --poll-interval must be at least 0.01 s");
     }
@@ -138,6 +163,18 @@ pub fn validate(args: &TraceArgs) -> Result<()> {
         bail!("tracing needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN to load eBPF and enter network namespaces): run it with sudo");
     }
     Ok(())
+}
+
+/// The inode of the namespace `--netns` names: a number, or a path.
+pub fn netns_inode(spec: &str) -> Result<u32> {
+    if let Ok(n) = spec.parse::<u32>() {
+        if n == 0 {
+            bail!("--netns 0: not a namespace inode");
+        }
+        return Ok(n);
+    }
+    crate::netns::inode_of(std::path::Path::new(spec))
+        .map_err(|_| anyhow::anyhow!("--netns {spec}: no such namespace (give an inode number, /run/netns/NAME or /proc/PID/ns/net)"))
 }
 
 /// `status` reads every namespace and every process's fds.

@@ -59,8 +59,7 @@ pub fn json(r: &Report) -> Value {
         m.insert("queue.limit".into(), json!(p.info.queue_limit));
     }
     if let Some(o) = r.owner {
-        m.insert("process.pid".into(), json!(o.pid));
-        m.insert("process.executable.name".into(), json!(o.name));
+        owner_json(o, &mut m);
     }
     if let Some(reason) = p.kind.reason() {
         m.insert("reason".into(), json!(reason));
@@ -99,6 +98,60 @@ pub fn json(r: &Report) -> Value {
     }
     m.insert("source".into(), json!(p.source.as_str()));
     Value::Object(m)
+}
+
+/// The owner's keys: OpenTelemetry `process.*`, `container.*`,
+/// `k8s.pod.uid`, plus `cgroup.path`, `systemd.unit` and, when several
+/// processes hold the socket (forked workers), `process.holders`.
+pub fn owner_json(o: &Owner, m: &mut Map<String, Value>) {
+    m.insert("process.pid".into(), json!(o.pid));
+    m.insert("process.executable.name".into(), json!(o.name));
+    if let Some(v) = &o.exe {
+        m.insert("process.executable.path".into(), json!(v));
+    }
+    if let Some(v) = &o.cmdline {
+        m.insert("process.command_line".into(), json!(v));
+    }
+    if let Some(v) = &o.user {
+        m.insert("process.owner".into(), json!(v));
+    }
+    if o.holders.len() > 1 {
+        m.insert("process.holders".into(), json!(o.holders));
+    }
+    if let Some(pl) = &o.placement {
+        if !pl.cgroup.is_empty() {
+            m.insert("cgroup.path".into(), json!(pl.cgroup));
+        }
+        if let Some(v) = &pl.container_id {
+            m.insert("container.id".into(), json!(v));
+        }
+        if let Some(v) = pl.container_runtime {
+            m.insert("container.runtime".into(), json!(v));
+        }
+        if let Some(v) = &pl.systemd_unit {
+            m.insert("systemd.unit".into(), json!(v));
+        }
+        if let Some(v) = &pl.k8s_pod_uid {
+            m.insert("k8s.pod.uid".into(), json!(v));
+        }
+    }
+}
+
+/// The owner in a text line: pid (name), and where it runs.
+fn owner_text(o: &Owner) -> String {
+    let mut s = format!(" pid={} ({})", o.pid, o.name);
+    if o.holders.len() > 1 {
+        let h: Vec<String> = o.holders.iter().map(|p| p.to_string()).collect();
+        s += &format!(" holders={}", h.join(","));
+    }
+    if let Some(pl) = &o.placement {
+        if let Some(id) = &pl.container_id {
+            s += &format!(" container={}", &id[..id.len().min(12)]);
+        } else if let Some(u) = &pl.systemd_unit {
+            s += &format!(" unit={u}");
+        }
+    }
+    s
 }
 
 pub fn text(r: &Report) -> String {
@@ -144,7 +197,7 @@ pub fn text(r: &Report) -> String {
         s += &format!(" netns={ns}");
     }
     match r.owner {
-        Some(o) => s += &format!(" pid={} ({})", o.pid, o.name),
+        Some(o) => s += &owner_text(o),
         None if p.key.is_some() => s += " pid=?",
         None => {}
     }
@@ -231,6 +284,15 @@ mod tests {
         let owner = Owner {
             pid: 42,
             name: "redis-server".into(),
+            exe: Some("/usr/bin/redis-check-rdb".into()),
+            cmdline: Some("redis-server *:6379".into()),
+            user: Some("redis".into()),
+            placement: Some(crate::cgroup::Placement {
+                cgroup: "/system.slice/redis-server.service".into(),
+                systemd_unit: Some("redis-server.service".into()),
+                ..Default::default()
+            }),
+            holders: vec![42, 43],
         };
         let at = UNIX_EPOCH + Duration::from_millis(1_763_688_000_123);
         let v = json(&Report {
@@ -249,6 +311,13 @@ mod tests {
         assert_eq!(v["network.netns"], 4026532000u32);
         assert_eq!(v["process.pid"], 42);
         assert_eq!(v["process.executable.name"], "redis-server");
+        assert_eq!(v["process.executable.path"], "/usr/bin/redis-check-rdb");
+        assert_eq!(v["process.command_line"], "redis-server *:6379");
+        assert_eq!(v["process.owner"], "redis");
+        assert_eq!(v["process.holders"], json!([42, 43]));
+        assert_eq!(v["cgroup.path"], "/system.slice/redis-server.service");
+        assert_eq!(v["systemd.unit"], "redis-server.service");
+        assert!(v.get("container.id").is_none());
         assert_eq!(v["queue.length"], 3);
         assert_eq!(v["queue.limit"], 2);
         assert_eq!(v["source"], "sock_diag");

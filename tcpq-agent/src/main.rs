@@ -9,6 +9,7 @@ mod accepts;
 mod aggregate;
 mod btf;
 mod caps;
+mod cgroup;
 mod cli;
 mod decode;
 mod doctor;

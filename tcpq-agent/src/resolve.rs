@@ -7,11 +7,90 @@ use std::{
     time::{Duration, Instant},
 };
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The process that owns a socket, and every process holding it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Owner {
+    /// The lowest pid holding the socket (usually the parent of forked
+    /// workers).
     pub pid: u32,
     /// `comm`: see [`process_name`].
     pub name: String,
+    /// `/proc/PID/exe`.
+    pub exe: Option<String>,
+    /// `/proc/PID/cmdline`, arguments joined by spaces.
+    pub cmdline: Option<String>,
+    /// The real user's name (uid when /etc/passwd has none).
+    pub user: Option<String>,
+    /// cgroup, container, systemd unit, pod.
+    pub placement: Option<crate::cgroup::Placement>,
+    /// Every process holding the socket, ascending (the owner first).
+    pub holders: Vec<u32>,
+}
+
+impl Owner {
+    /// Everything /proc says about `pid`.
+    pub fn of(pid: u32) -> Owner {
+        Owner {
+            pid,
+            name: process_name(pid).unwrap_or_else(|| "?".into()),
+            exe: std::fs::read_link(format!("/proc/{pid}/exe"))
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned()),
+            cmdline: std::fs::read(format!("/proc/{pid}/cmdline"))
+                .ok()
+                .map(|b| cmdline(&b))
+                .filter(|c| !c.is_empty()),
+            user: uid_of(pid).map(user_name),
+            placement: crate::cgroup::of_pid(pid),
+            holders: vec![pid],
+        }
+    }
+
+    /// Whether any holder has this `comm`.
+    pub fn has_comm(&self, comm: &str) -> bool {
+        self.name == comm
+            || self
+                .holders
+                .iter()
+                .any(|&p| p != self.pid && process_name(p).as_deref() == Some(comm))
+    }
+}
+
+/// `/proc/PID/cmdline` (NUL-separated) as one line.
+pub fn cmdline(raw: &[u8]) -> String {
+    raw.split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The real uid (`Uid:` of /proc/PID/status).
+fn uid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The user name of `uid` from /etc/passwd, else the number.
+pub fn user_name(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| passwd_name(&p, uid))
+        .unwrap_or_else(|| uid.to_string())
+}
+
+pub fn passwd_name(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+    })
 }
 
 /// Process ids on the host (thread-group leaders).
@@ -77,14 +156,18 @@ pub fn process_name(pid: u32) -> Option<String> {
         .map(|s| s.trim_end().to_string())
 }
 
-/// Caches inode → owner. An owner is looked up as soon as its listener is
-/// first seen (the process may be gone by the time the report is printed)
-/// and kept until the listener is forgotten; `/proc` is rescanned for
-/// unknown inodes at most once per `min_rescan`.
+/// Caches inode → owner. An owner is looked up as soon as its socket is
+/// first seen (the process may be gone by the time the report is printed);
+/// `/proc` is rescanned for unknown inodes at most once per `min_rescan`,
+/// and every `reconcile` for the known ones, so holders that fork or exit
+/// are followed: an owner that exited is replaced by a remaining holder,
+/// and forgotten with its socket (`retain`).
 pub struct Resolver {
     owners: HashMap<u32, Owner>,
     last_scan: Option<Instant>,
     min_rescan: Duration,
+    last_reconcile: Instant,
+    reconcile: Duration,
 }
 
 impl Resolver {
@@ -93,11 +176,13 @@ impl Resolver {
             owners: HashMap::new(),
             last_scan: None,
             min_rescan,
+            last_reconcile: Instant::now(),
+            reconcile: Duration::from_secs(5),
         }
     }
 
     /// Makes sure owners of `wanted` are known, scanning `/proc` if some are
-    /// not and a scan is due.
+    /// not and a scan is due; re-checks the known ones every few seconds.
     pub fn learn(&mut self, wanted: impl IntoIterator<Item = u32>) {
         let missing: HashSet<u32> = wanted
             .into_iter()
@@ -106,8 +191,14 @@ impl Resolver {
         let due = self
             .last_scan
             .is_none_or(|t| t.elapsed() >= self.min_rescan);
-        if !missing.is_empty() && due {
-            self.scan(&missing);
+        let reconcile = !self.owners.is_empty() && self.last_reconcile.elapsed() >= self.reconcile;
+        if (!missing.is_empty() && due) || reconcile {
+            let mut all = missing;
+            if reconcile {
+                all.extend(self.owners.keys().copied());
+                self.last_reconcile = Instant::now();
+            }
+            self.scan(&all);
         }
     }
 
@@ -120,15 +211,44 @@ impl Resolver {
         self.owners.retain(|ino, _| keep(*ino));
     }
 
+    /// How many sockets' owners are cached.
+    pub fn len(&self) -> usize {
+        self.owners.len()
+    }
+
     fn scan(&mut self, wanted: &HashSet<u32>) {
         self.last_scan = Some(Instant::now());
+        let mut holders: HashMap<u32, Vec<u32>> = HashMap::new();
         let mut pids: Vec<u32> = pids().collect();
-        pids.sort_unstable(); // the lowest pid holding the socket: usually the parent
+        pids.sort_unstable();
         for pid in pids {
             for ino in sockets_of(pid) {
-                if wanted.contains(&ino) && !self.owners.contains_key(&ino) {
-                    let name = process_name(pid).unwrap_or_default();
-                    self.owners.insert(ino, Owner { pid, name });
+                if wanted.contains(&ino) {
+                    holders.entry(ino).or_default().push(pid);
+                }
+            }
+        }
+        for ino in wanted {
+            match holders.remove(ino) {
+                Some(h) => {
+                    // Keep what is known of a still-present owner; look up
+                    // a new one (the old owner exited, or first sighting).
+                    let same = self.owners.get(ino).is_some_and(|o| o.pid == h[0]);
+                    if !same {
+                        self.owners.insert(*ino, Owner::of(h[0]));
+                    }
+                    if let Some(o) = self.owners.get_mut(ino) {
+                        o.holders = h;
+                    }
+                }
+                // Nobody holds it any more: keep the last owner for the
+                // lines still to be printed; `retain` drops it with the
+                // socket.
+                None => {
+                    if let Some(o) = self.owners.get_mut(ino) {
+                        o.holders
+                            .retain(|&p| std::path::Path::new(&format!("/proc/{p}")).exists());
+                    }
                 }
             }
         }
@@ -155,6 +275,18 @@ mod tests {
     }
 
     #[test]
+    fn parses_cmdline_and_passwd() {
+        assert_eq!(
+            cmdline(b"nginx: master process\0-g\0daemon off;\0"),
+            "nginx: master process -g daemon off;"
+        );
+        let pw = "root:x:0:0:root:/root:/bin/bash\nwww-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\n";
+        assert_eq!(passwd_name(pw, 33).as_deref(), Some("www-data"));
+        assert_eq!(passwd_name(pw, 7), None);
+        assert_eq!(user_name(0), "root");
+    }
+
+    #[test]
     fn parses_socket_links_only() {
         assert_eq!(socket_inode("socket:[4026]"), Some(4026));
         assert_eq!(socket_inode("pipe:[4026]"), None);
@@ -171,8 +303,11 @@ mod tests {
         assert!(sockets_of(me).contains(&ino));
         let mut r = Resolver::new(Duration::ZERO);
         r.learn([ino]);
-        assert_eq!(r.get(ino).unwrap().pid, me);
-        assert!(!r.get(ino).unwrap().name.is_empty());
+        let o = r.get(ino).unwrap();
+        assert_eq!((o.pid, &o.holders), (me, &vec![me]));
+        assert!(!o.name.is_empty());
+        assert!(o.exe.as_deref().is_some_and(|e| e.starts_with('/')));
+        assert!(o.cmdline.is_some() && o.user.is_some());
         r.retain(|_| false);
         assert!(r.get(ino).is_none());
     }

@@ -144,8 +144,7 @@ pub fn json_row(r: &Row) -> Value {
     m.insert("network.netns".into(), json!(r.netns));
     m.insert("socket.inode".into(), json!(r.sock.inode));
     if let Some(o) = &r.owner {
-        m.insert("process.pid".into(), json!(o.pid));
-        m.insert("process.executable.name".into(), json!(o.name));
+        export::owner_json(o, &mut m);
     }
     if let Some(n) = r.open_fds {
         m.insert("process.open_fds".into(), json!(n));
@@ -334,6 +333,7 @@ mod tests {
             Some(resolve::Owner {
                 pid: 9,
                 name: "nginx".into(),
+                ..Default::default()
             })
         };
         let r = rows(5, &l, &[], &state(128, 1), &owner);

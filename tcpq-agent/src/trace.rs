@@ -63,6 +63,8 @@ struct LatencyPorts {
 }
 
 struct Session {
+    /// `--netns` (or the `--pid`'s namespace): 0 = all.
+    filter_netns: u32,
     args: TraceArgs,
     /// The kernel's per-listener accept counts, when `inet_csk_accept` is hooked.
     accepts: Option<(PerCpuHashMap<MapData, u64, AcceptStats>, AcceptCounter)>,
@@ -88,10 +90,24 @@ struct Session {
 
 async fn trace(args: TraceArgs) -> Result<()> {
     let tracefs = tracefs::ensure_mounted()?;
-    let filter_netns = match args.pid {
-        Some(pid) => netns::inode_of(std::path::Path::new(&format!("/proc/{pid}/ns/net")))
-            .with_context(|| format!("--pid {pid}: cannot read its network namespace"))?,
-        None => 0,
+    let pid_netns = match args.pid {
+        Some(pid) => Some(
+            netns::inode_of(std::path::Path::new(&format!("/proc/{pid}/ns/net")))
+                .with_context(|| format!("--pid {pid}: cannot read its network namespace"))?,
+        ),
+        None => None,
+    };
+    let asked_netns = args
+        .netns
+        .as_deref()
+        .map(crate::cli::netns_inode)
+        .transpose()?;
+    let filter_netns = match (pid_netns, asked_netns) {
+        (Some(a), Some(b)) if a != b => anyhow::bail!(
+            "--pid {} lives in network namespace {a}, not in --netns {b}",
+            args.pid.unwrap_or(0)
+        ),
+        (a, b) => a.or(b).unwrap_or(0),
     };
     let (plan, facts) = kernel::discover(&tracefs, args.port.unwrap_or(0), filter_netns)?;
     let choices = caps::plan(&facts, args.attach);
@@ -215,6 +231,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
     let _poller = poll::spawn(args.poll_interval, tx, wake_rx)?;
 
     let mut s = Session {
+        filter_netns,
         accepts,
         agg: Aggregator::new(
             plan.rst_reasons.clone(),
@@ -239,10 +256,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
             .checked_sub(args.interval)
             .unwrap_or_else(std::time::Instant::now),
         pid_filter: args.pid.map(|pid| PidFilter {
-            owner: Owner {
-                pid,
-                name: resolve::process_name(pid).unwrap_or_default(),
-            },
+            owner: Owner::of(pid),
             sockets: resolve::sockets_of(pid),
         }),
         args,
@@ -332,10 +346,11 @@ async fn trace(args: TraceArgs) -> Result<()> {
     let _ = s.flush(&mut out);
     let lost = s.stat(stats::RINGBUF_FULL);
     eprintln!(
-        "tcpq: done: {} kernel events received, {lost} lost (ring buffer full), {} undecodable, {} kernel read errors",
+        "tcpq: done: {} kernel events received, {lost} lost (ring buffer full), {} undecodable, {} kernel read errors; {} socket owners cached",
         s.received,
         s.undecodable,
-        s.stat(stats::READ_ERRORS)
+        s.stat(stats::READ_ERRORS),
+        s.resolver.len()
     );
     if s.args.bpf_stats {
         for (name, prog) in loaded.ebpf.programs() {
@@ -363,7 +378,10 @@ impl Session {
         }
     }
 
-    fn apply(&mut self, round: Vec<NetnsSnapshot>) {
+    fn apply(&mut self, mut round: Vec<NetnsSnapshot>) {
+        if self.filter_netns != 0 {
+            round.retain(|s| s.netns == self.filter_netns);
+        }
         for snap in &round {
             self.agg.on_snapshot(snap);
         }
@@ -402,10 +420,7 @@ impl Session {
         for p in &pending {
             // The process the kernel named, else the holder of the
             // listener, else the holder of the socket the line is about.
-            let named = p.pid.map(|pid| Owner {
-                pid,
-                name: resolve::process_name(pid).unwrap_or_else(|| "?".into()),
-            });
+            let named = p.pid.map(Owner::of);
             let owner = match &named {
                 Some(o) => Some(o),
                 None => p
@@ -414,6 +429,16 @@ impl Session {
                     .or(p.inode)
                     .and_then(|i| self.resolver.get(i)),
             };
+            if self.filter_netns != 0
+                && p.netns
+                    .or(p.key.map(|k| k.netns))
+                    .is_some_and(|n| n != self.filter_netns)
+            {
+                continue;
+            }
+            if !self.owner_wanted(owner) {
+                continue;
+            }
             if let Some(f) = &self.pid_filter {
                 let mine = match (p.pid, p.key) {
                     (Some(pid), _) => pid == f.owner.pid,
@@ -592,6 +617,29 @@ impl Session {
         }
     }
 
+    /// `--comm`, `--cgroup`, `--container`: whether a line's owner passes
+    /// (a line without a known owner does not, when any is set).
+    fn owner_wanted(&self, owner: Option<&Owner>) -> bool {
+        let a = &self.args;
+        if a.comm.is_none() && a.cgroup.is_none() && a.container.is_none() {
+            return true;
+        }
+        let Some(o) = owner else { return false };
+        if a.comm.as_deref().is_some_and(|c| !o.has_comm(c)) {
+            return false;
+        }
+        let pl = o.placement.clone().unwrap_or_default();
+        if a.cgroup
+            .as_deref()
+            .is_some_and(|c| !crate::cgroup::cgroup_matches(&pl, c))
+        {
+            return false;
+        }
+        a.container
+            .as_deref()
+            .is_none_or(|c| crate::cgroup::container_matches(&pl, c))
+    }
+
     /// Accepts per listener since the last flush; None without the hook.
     fn read_accepts(&mut self) -> Option<HashMap<ListenerKey, Accepts>> {
         let (map, counter) = self.accepts.as_mut()?;
@@ -607,10 +655,10 @@ impl Session {
     /// processes are still there to ask.
     fn learn_owners(&mut self) {
         let inodes: Vec<u32> = self.agg.pending_inodes().collect();
-        match &mut self.pid_filter {
-            Some(f) => f.sockets.extend(resolve::sockets_of(f.owner.pid)),
-            None => self.resolver.learn(inodes),
+        if let Some(f) = &mut self.pid_filter {
+            f.sockets.extend(resolve::sockets_of(f.owner.pid));
         }
+        self.resolver.learn(inodes);
     }
 }
 

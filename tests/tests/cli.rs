@@ -76,3 +76,28 @@ fn help_is_not_an_error() {
     let (rc, _) = agent(&["trace", "--help"], false);
     assert_eq!(rc, 0);
 }
+
+#[test]
+fn bad_owner_filters() {
+    if !tcpq_tests::root_or_skip() {
+        return;
+    }
+    assert_one_line_error(
+        &["trace", "--container", "xyz"],
+        false,
+        1,
+        "--container xyz",
+    );
+    assert_one_line_error(
+        &["trace", "--cgroup", "system.slice"],
+        false,
+        1,
+        "--cgroup system.slice",
+    );
+    assert_one_line_error(
+        &["trace", "--netns", "/nonexistent/ns"],
+        false,
+        1,
+        "--netns /nonexistent/ns",
+    );
+}

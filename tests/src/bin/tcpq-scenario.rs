@@ -55,6 +55,15 @@
 //!       {on, 0} (a RST); each client's read() fails; prints `reset N`
 //!       (the ECONNRESET count)
 //!
+//!   tcpq-scenario reuseport PORT BACKLOG HOLD_SECS
+//!       two processes (parent and a forked child), each with its own
+//!       SO_REUSEPORT listener on PORT, never accepting; prints `ready
+//!       PARENT` then `member CHILD`
+//!   tcpq-scenario fork-listen PORT BACKLOG HOLD_SECS PARENT_SECS
+//!       a listener inherited by a forked child; the parent exits after
+//!       PARENT_SECS, the child holds it until HOLD_SECS; prints `ready
+//!       PARENT` then `child CHILD`
+//!
 //! Loopback over IPv4 (127.0.0.1), or IPv6 (::1) with TCPQ_SCENARIO_V6=1.
 use std::{
     io,
@@ -143,6 +152,25 @@ fn listener(port: u16, backlog: i32) -> io::Result<OwnedFd> {
     )?;
     check(unsafe { libc::listen(s.as_raw_fd(), backlog) }, "listen")?;
     Ok(s)
+}
+
+/// A listener with SO_REUSEPORT (a member of a group on `port`).
+fn reuseport_listener(port: u16, backlog: i32) -> io::Result<OwnedFd> {
+    let s = tcp_socket()?;
+    setopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    let (a, len) = sockaddr(port);
+    check(
+        unsafe { libc::bind(s.as_raw_fd(), (&raw const a).cast(), len) },
+        "bind",
+    )?;
+    check(unsafe { libc::listen(s.as_raw_fd(), backlog) }, "listen")?;
+    Ok(s)
+}
+
+/// fork(2); the child gets 0. Only called while single-threaded.
+fn fork() -> io::Result<i32> {
+    // SAFETY: the scenario has no other threads at this point.
+    check(unsafe { libc::fork() }, "fork")
 }
 
 /// Starts a connect; returns the socket and the error if it failed at once.
@@ -329,6 +357,23 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, name: &str) -> T {
         eprintln!("tcpq-scenario: missing or bad {name}");
         std::process::exit(2)
     })
+}
+
+/// A pipe (read end, write end).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    check(unsafe { libc::pipe(fds.as_mut_ptr()) }, "pipe")?;
+    // SAFETY: fresh descriptors nobody else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The pid of the last forked child, found as our only child in /proc.
+fn child_pid() -> u32 {
+    let me = std::process::id();
+    std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn ready() {
@@ -653,6 +698,46 @@ fn main() -> io::Result<()> {
             println!("accepted {accepted}");
             sleep(secs(hold));
         }
+        "reuseport" => {
+            // Two processes, one SO_REUSEPORT listener each, never accepting.
+            let port = arg(&args, 1, "PORT");
+            let backlog: i32 = arg(&args, 2, "BACKLOG");
+            let hold = secs(arg(&args, 3, "HOLD_SECS"));
+            let (tx, rx) = pipe()?;
+            if fork()? == 0 {
+                let _l = reuseport_listener(port, backlog)?;
+                // SAFETY: valid fd and buffer.
+                unsafe { libc::write(tx.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+                sleep(hold);
+                std::process::exit(0);
+            }
+            let mut b = [0u8; 1];
+            // SAFETY: valid fd and buffer; waits for the child's listener.
+            unsafe { libc::read(rx.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+            let _l = reuseport_listener(port, backlog)?;
+            ready();
+            println!("member {}", child_pid());
+            sleep(hold);
+            // SAFETY: reaps the child.
+            unsafe { libc::wait(std::ptr::null_mut()) };
+        }
+        "fork-listen" => {
+            // The parent listens and forks a child that inherits the
+            // listener; the parent exits after PARENT_SECS.
+            let port = arg(&args, 1, "PORT");
+            let backlog: i32 = arg(&args, 2, "BACKLOG");
+            let hold = secs(arg(&args, 3, "HOLD_SECS"));
+            let parent_secs = secs(arg(&args, 4, "PARENT_SECS"));
+            let _l = listener(port, backlog)?;
+            let child = fork()?;
+            if child == 0 {
+                sleep(hold);
+                std::process::exit(0);
+            }
+            ready();
+            println!("child {child}");
+            sleep(parent_secs);
+        }
         "reset-peer" => {
             let port = arg(&args, 1, "PORT");
             let conns: usize = arg(&args, 2, "CONNS");
@@ -707,7 +792,8 @@ fn main() -> io::Result<()> {
             eprintln!(
                 "tcpq-scenario: unknown mode `{mode}` (listen, syn-overflow, connect, \
                  ack-overflow, slow-accept, refused, syn-queue, accept-emfile, close-wait, \
-                 port-exhaust, tw-exhaust, connect-timeout, accept-delay, reset-peer)"
+                 port-exhaust, tw-exhaust, connect-timeout, accept-delay, reset-peer, \
+                 reuseport, fork-listen)"
             );
             std::process::exit(2);
         }

@@ -1,0 +1,192 @@
+//! Owners: every socket resolved to the processes holding it — with
+//! executable, command line, user and cgroup — through SO_REUSEPORT groups,
+//! forks and exits; and the filters that mean "sockets owned by this".
+//! Needs root.
+
+use std::{
+    io::Read,
+    process::Child,
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tcpq_tests::{delta, root_or_skip, Agent, Netns};
+
+const OVERFLOWS: &str = "TcpExt.ListenOverflows";
+
+/// The next line a running scenario prints (after `ready`), read byte by
+/// byte so nothing after it is consumed.
+fn next_line(child: &mut Child) -> String {
+    let out = child.stdout.as_mut().unwrap();
+    let mut line = String::new();
+    let mut b = [0u8; 1];
+    while out.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
+        line.push(b[0] as char);
+    }
+    line
+}
+
+fn pid_after(line: &str, word: &str) -> u32 {
+    line.strip_prefix(word)
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("expected `{word} PID`, got {line:?}"))
+}
+
+fn overflow_lines(lines: &[Value], port: u16) -> Vec<&Value> {
+    lines
+        .iter()
+        .filter(|l| l["event"] == "listen_overflow" && l["server.port"] == port)
+        .collect()
+}
+
+fn total(lines: &[&Value]) -> u64 {
+    lines.iter().map(|l| l["count"].as_u64().unwrap()).sum()
+}
+
+fn stop(mut child: Child) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+}
+
+#[test]
+fn reuseport_members_are_reported_on_their_own_and_pid_shows_one_member() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("rp9501");
+    // Two processes, one SO_REUSEPORT listener each, listen(0).
+    let (mut srv, a) = ns.scenario(&["reuseport", "9501", "0", "60"]);
+    let b = pid_after(&next_line(&mut srv), "member ");
+    let all = Agent::trace(&["--port", "9501"]);
+    let only_a = Agent::trace(&["--pid", &a.to_string()]);
+    let only_b = Agent::trace(&["--pid", &b.to_string()]);
+    let before = ns.counters();
+    // 16 clients spread over the members by the kernel's hash.
+    let (mut cl, _) = ns.scenario(&["connect", "9501", "16", "1", "3.5"]);
+    cl.wait().unwrap();
+    let after = ns.counters();
+    let (all, only_a, only_b) = (all.stop(), only_a.stop(), only_b.stop());
+    stop(srv);
+    let kernel = delta(&before, &after, OVERFLOWS);
+    assert!(kernel >= 4, "scenario: ListenOverflows +{kernel}");
+    let lines = overflow_lines(&all, 9501);
+    assert_eq!(total(&lines), kernel, "{all:#?}");
+    for pid in [a, b] {
+        assert!(
+            lines.iter().any(|l| l["process.pid"] == pid),
+            "member {pid} reported on its own: {lines:#?}"
+        );
+    }
+    for l in &lines {
+        assert_eq!(l["reuseport.group_size"], 2, "{l}");
+        assert!(l["reuseport.group_count"].as_u64().unwrap() >= l["count"].as_u64().unwrap());
+    }
+    // --pid: only that member's socket; the two add up to the kernel's.
+    let (la, lb) = (overflow_lines(&only_a, 9501), overflow_lines(&only_b, 9501));
+    assert!(la.iter().all(|l| l["process.pid"] == a), "{la:#?}");
+    assert!(lb.iter().all(|l| l["process.pid"] == b), "{lb:#?}");
+    assert!(!la.is_empty() && !lb.is_empty());
+    assert_eq!(
+        total(&la) + total(&lb),
+        kernel,
+        "--pid shares vs ListenOverflows"
+    );
+}
+
+#[test]
+fn a_listener_inherited_by_a_child_lists_both_then_only_the_survivor() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("fork9502");
+    let agent = Agent::trace(&["--port", "9502"]);
+    let before = ns.counters();
+    // Parent listens (listen(0)), forks; the parent exits after 3 s.
+    let (mut srv, parent) = ns.scenario(&["fork-listen", "9502", "0", "40", "3"]);
+    let child = pid_after(&next_line(&mut srv), "child ");
+    let (mut c1, _) = ns.scenario(&["connect", "9502", "4", "1", "1.5"]);
+    c1.wait().unwrap();
+    // Parent gone; the agent re-reads holders every 5 s.
+    sleep(Duration::from_secs(8));
+    let marker = Instant::now();
+    let (mut c2, _) = ns.scenario(&["connect", "9502", "4", "1", "1.5"]);
+    c2.wait().unwrap();
+    let after = ns.counters();
+    let lines = agent.stop_timed();
+    stop(srv);
+    let kernel = delta(&before, &after, OVERFLOWS);
+    let all: Vec<Value> = lines.iter().map(|(_, v)| v.clone()).collect();
+    assert_eq!(total(&overflow_lines(&all, 9502)), kernel, "{all:#?}");
+    let (early, late): (Vec<_>, Vec<_>) = lines
+        .iter()
+        .filter(|(_, v)| v["event"] == "listen_overflow")
+        .partition(|(t, _)| *t < marker);
+    assert!(!early.is_empty() && !late.is_empty(), "{lines:#?}");
+    for (_, l) in &early {
+        assert_eq!(l["process.pid"], parent, "{l}");
+        assert_eq!(
+            l["process.holders"],
+            serde_json::json!([parent, child]),
+            "{l}"
+        );
+    }
+    for (_, l) in &late {
+        assert_eq!(
+            l["process.pid"], child,
+            "no stale owner after the parent exited: {l}"
+        );
+        assert!(l.get("process.holders").is_none(), "{l}");
+    }
+}
+
+#[test]
+fn owner_details_and_filters_by_netns_comm_and_cgroup() {
+    if !root_or_skip() {
+        return;
+    }
+    let (ns1, ns2) = (Netns::new("own9503"), Netns::new("own9504"));
+    let by_netns = Agent::trace(&["--netns", &format!("/run/netns/{}", ns1.name)]);
+    let by_comm = Agent::trace(&["--comm", "no-such-process"]);
+    let (mut s1, p1) = ns1.scenario(&["syn-overflow", "9503", "4", "1", "3"]);
+    let cgroup = std::fs::read_to_string(format!("/proc/{p1}/cgroup")).unwrap();
+    let cgroup = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("/")
+        .to_string();
+    let by_cgroup = Agent::trace(&["--cgroup", &cgroup, "--port", "9504"]);
+    let (mut s2, _) = ns2.scenario(&["syn-overflow", "9504", "4", "1", "3"]);
+    s1.wait().unwrap();
+    s2.wait().unwrap();
+    let (by_netns, by_comm, by_cgroup) = (by_netns.stop(), by_comm.stop(), by_cgroup.stop());
+    // --netns: only ns1's listener, with its owner's details.
+    let l1 = overflow_lines(&by_netns, 9503);
+    assert!(!l1.is_empty(), "{by_netns:#?}");
+    assert!(overflow_lines(&by_netns, 9504).is_empty(), "{by_netns:#?}");
+    let l = l1[0];
+    assert_eq!(l["process.pid"], p1);
+    assert!(
+        l["process.executable.path"]
+            .as_str()
+            .unwrap()
+            .ends_with("/tcpq-scenario"),
+        "{l}"
+    );
+    assert!(
+        l["process.command_line"]
+            .as_str()
+            .unwrap()
+            .contains("syn-overflow 9503"),
+        "{l}"
+    );
+    assert_eq!(l["process.owner"], "root", "{l}");
+    assert_eq!(l["cgroup.path"], cgroup.as_str(), "{l}");
+    // --comm that matches nobody: no lines about these listeners.
+    assert!(overflow_lines(&by_comm, 9503).is_empty() && overflow_lines(&by_comm, 9504).is_empty());
+    // --cgroup of the scenarios: ns2's listener is in it.
+    assert!(
+        !overflow_lines(&by_cgroup, 9504).is_empty(),
+        "{by_cgroup:#?}"
+    );
+}

@@ -462,6 +462,18 @@ impl Aggregator {
                     ts: ev.ts_ns,
                 });
             }
+            // Owners are the resolver's business; a closed listener is
+            // forgotten at the next report instead of after a few polls.
+            EventKind::ListenerUp => {}
+            EventKind::ListenerDown => {
+                if let Some(st) = self.listeners.get_mut(&ListenerKey {
+                    netns: ev.netns,
+                    inode: ev.inode,
+                }) {
+                    st.unseen = FORGET_AFTER;
+                    st.present = false;
+                }
+            }
             EventKind::ConnectError => {
                 // The destination is the line's server.
                 let info = ListenerInfo {

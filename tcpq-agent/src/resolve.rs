@@ -164,6 +164,9 @@ pub fn process_name(pid: u32) -> Option<String> {
 /// and forgotten with its socket (`retain`).
 pub struct Resolver {
     owners: HashMap<u32, Owner>,
+    /// Seeded from listen() but not yet checked against /proc (a fork
+    /// right after listen() adds holders).
+    provisional: HashSet<u32>,
     last_scan: Option<Instant>,
     min_rescan: Duration,
     last_reconcile: Instant,
@@ -174,6 +177,7 @@ impl Resolver {
     pub fn new(min_rescan: Duration) -> Self {
         Self {
             owners: HashMap::new(),
+            provisional: HashSet::new(),
             last_scan: None,
             min_rescan,
             last_reconcile: Instant::now(),
@@ -186,7 +190,7 @@ impl Resolver {
     pub fn learn(&mut self, wanted: impl IntoIterator<Item = u32>) {
         let missing: HashSet<u32> = wanted
             .into_iter()
-            .filter(|i| !self.owners.contains_key(i))
+            .filter(|i| !self.owners.contains_key(i) || self.provisional.contains(i))
             .collect();
         let due = self
             .last_scan
@@ -202,6 +206,16 @@ impl Resolver {
         }
     }
 
+    /// The kernel saw `pid` call listen() on socket `inode`: its owner,
+    /// known even if the process is gone before a /proc scan; checked
+    /// against /proc (forked holders) when a report first needs it.
+    pub fn seed(&mut self, inode: u32, pid: u32) {
+        if inode != 0 && pid != 0 && !self.owners.contains_key(&inode) {
+            self.owners.insert(inode, Owner::of(pid));
+            self.provisional.insert(inode);
+        }
+    }
+
     pub fn get(&self, inode: u32) -> Option<&Owner> {
         self.owners.get(&inode)
     }
@@ -209,6 +223,7 @@ impl Resolver {
     /// Forgets owners of inodes for which `keep` is false.
     pub fn retain(&mut self, keep: impl Fn(u32) -> bool) {
         self.owners.retain(|ino, _| keep(*ino));
+        self.provisional.retain(|ino| keep(*ino));
     }
 
     /// How many sockets' owners are cached.
@@ -229,6 +244,7 @@ impl Resolver {
             }
         }
         for ino in wanted {
+            self.provisional.remove(ino);
             match holders.remove(ino) {
                 Some(h) => {
                     // Keep what is known of a still-present owner; look up
@@ -310,5 +326,11 @@ mod tests {
         assert!(o.cmdline.is_some() && o.user.is_some());
         r.retain(|_| false);
         assert!(r.get(ino).is_none());
+        // Seeded from listen(): used at once, checked against /proc when
+        // first wanted.
+        r.seed(ino, 1);
+        assert_eq!(r.get(ino).unwrap().pid, 1);
+        r.learn([ino]);
+        assert_eq!(r.get(ino).unwrap().holders, vec![me]);
     }
 }

@@ -371,6 +371,9 @@ impl Session {
             match decode::decode(&item) {
                 Ok(ev) => {
                     self.received += 1;
+                    if ev.kind == tcpq_common::EventKind::ListenerUp {
+                        self.resolver.seed(ev.inode, ev.aux);
+                    }
                     self.agg.on_event(&ev);
                 }
                 Err(_) => self.undecodable += 1,

@@ -28,6 +28,12 @@ pub enum EventKind {
     /// when the failure happened inside connect() itself (no local port
     /// left: EADDRNOTAVAIL), else 0 (timeout, refused: softirq context).
     ConnectError = 7,
+    /// A socket started listening (CLOSE → LISTEN, in listen() itself):
+    /// `aux` holds the caller's thread-group id — the owner, known without
+    /// a /proc scan.
+    ListenerUp = 8,
+    /// A listener closed (LISTEN → CLOSE): its owner can be forgotten.
+    ListenerDown = 9,
 }
 
 impl EventKind {
@@ -40,6 +46,8 @@ impl EventKind {
             5 => Some(Self::SyncookieSent),
             6 => Some(Self::ResetReceived),
             7 => Some(Self::ConnectError),
+            8 => Some(Self::ListenerUp),
+            9 => Some(Self::ListenerDown),
             _ => None,
         }
     }

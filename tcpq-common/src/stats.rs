@@ -24,4 +24,7 @@ pub const RESET_RECEIVED_SEEN: u32 = 7;
 /// A connect() that failed (SYN_SENT → CLOSE).
 pub const CONNECT_ERROR_SEEN: u32 = 8;
 
-pub const COUNT: u32 = 9;
+/// A listener opened or closed.
+pub const LISTENER_SEEN: u32 = 9;
+
+pub const COUNT: u32 = 10;

@@ -305,17 +305,26 @@ impl Agent {
 
     /// Stops the agent with `signal` (SIGINT or SIGTERM: both must flush
     /// what is pending and exit 0); returns the lines with arrival times.
-    pub fn stop_with(mut self, signal: i32) -> Vec<(Instant, Value)> {
+    pub fn stop_with(self, signal: i32) -> Vec<(Instant, Value)> {
+        self.stop_with_stderr(signal).0
+    }
+
+    /// Like `stop_with`, also returning what the agent said on stderr after
+    /// it was ready (e.g. its exit summary).
+    pub fn stop_with_stderr(mut self, signal: i32) -> (Vec<(Instant, Value)>, Vec<String>) {
         unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = self.child.wait().unwrap();
         assert!(status.success(), "agent exited with {status}");
-        while self.stderr_lines.try_recv().is_ok() {}
+        let mut err = Vec::new();
+        while let Ok(l) = self.stderr_lines.recv_timeout(Duration::from_secs(2)) {
+            err.push(l);
+        }
         let mut out = Vec::new();
         while let Ok((at, l)) = self.stdout_lines.recv_timeout(Duration::from_secs(5)) {
             let v = serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
             out.push((at, v));
         }
-        out
+        (out, err)
     }
 
     pub fn pid(&self) -> u32 {

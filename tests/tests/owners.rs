@@ -190,3 +190,36 @@ fn owner_details_and_filters_by_netns_comm_and_cgroup() {
         "{by_cgroup:#?}"
     );
 }
+
+#[test]
+fn a_listener_born_and_gone_while_tracing_is_owned_then_forgotten() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("gone9505");
+    let agent = Agent::trace(&["--port", "9505"]);
+    let before = ns.counters();
+    // Born after the agent (its owner comes from the kernel's listen()),
+    // overflowing, then gone with its process.
+    let (mut s, pid) = ns.scenario(&["syn-overflow", "9505", "4", "1", "2.5"]);
+    s.wait().unwrap();
+    let after = ns.counters();
+    sleep(Duration::from_secs(3));
+    let (lines, stderr) = agent.stop_with_stderr(libc::SIGINT);
+    let lines: Vec<Value> = lines.into_iter().map(|(_, v)| v).collect();
+    let mine = overflow_lines(&lines, 9505);
+    assert_eq!(
+        total(&mine),
+        delta(&before, &after, OVERFLOWS),
+        "{lines:#?}"
+    );
+    assert!(mine.iter().all(|l| l["process.pid"] == pid), "{mine:#?}");
+    let done = stderr
+        .iter()
+        .find(|l| l.starts_with("tcpq: done:"))
+        .unwrap_or_else(|| panic!("no exit summary: {stderr:#?}"));
+    assert!(
+        done.ends_with("; 0 socket owners cached"),
+        "owners of closed sockets must not pile up: {done}"
+    );
+}

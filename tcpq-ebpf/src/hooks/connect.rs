@@ -12,6 +12,10 @@
 //! current task is the caller), or later from softirq/timer context with
 //! `sk_err` set (ECONNREFUSED on a RST, ETIMEDOUT after the SYN retries).
 //!
+//! It also sees listeners open (CLOSE → LISTEN inside listen(): the current
+//! task is the owner) and close, so owners of listeners born while tcpq
+//! runs need no /proc scan, and closed ones are forgotten at once.
+//!
 //! The same tracepoint marks when a server-side connection completed its
 //! handshake (SYN_RECV → ESTABLISHED, right after the child joined the
 //! accept queue): the start of its accept latency (see `latency`).
@@ -30,6 +34,27 @@ use crate::{conf, emit::emit, sock};
 const IPPROTO_TCP: u16 = 6;
 const EADDRNOTAVAIL: u32 = 99;
 
+/// A listener opened (in listen(): the caller is its owner) or closed.
+#[inline(always)]
+fn listener(sk: u64, up: bool) {
+    if sk == 0 || sock::filtered_out(sk) {
+        return;
+    }
+    if sock::read::<u16>(sk, conf!(sk_protocol)) != Some(IPPROTO_TCP) {
+        return;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let kind = if up {
+        EventKind::ListenerUp
+    } else {
+        EventKind::ListenerDown
+    };
+    emit(stats::LISTENER_SEEN, kind as u32, |ev| {
+        sock::fill_listener(ev, sk);
+        ev.aux = if up { tgid } else { 0 };
+    });
+}
+
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn tcpq_sock_state(ctx: RawTracePointContext) -> i32 {
     try_sock_state(&ctx);
@@ -42,6 +67,10 @@ fn try_sock_state(ctx: &RawTracePointContext) -> Option<()> {
     let new = ctx.arg::<u64>(2) as i32;
     if old == tcp_state::SYN_RECV as i32 && new == tcp_state::ESTABLISHED as i32 {
         crate::hooks::latency::established(ctx.arg::<u64>(0));
+        return Some(());
+    }
+    if new == tcp_state::LISTEN as i32 || old == tcp_state::LISTEN as i32 {
+        listener(ctx.arg::<u64>(0), new == tcp_state::LISTEN as i32);
         return Some(());
     }
     if old != tcp_state::SYN_SENT as i32 || new != tcp_state::CLOSE as i32 {

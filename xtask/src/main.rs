@@ -100,7 +100,7 @@ fn run() -> Result<()> {
             let in_vm = host.as_ref().ok().map(|_| {
                 vm::run(vm::Opts {
                     kernel: None,
-                    timeout: Duration::from_secs(900),
+                    timeout: Duration::from_secs(1800),
                     attach: vec!["auto".into(), "kprobe".into()],
                     args: vec![],
                 })

@@ -417,10 +417,27 @@ impl Session {
         // Lines added just now (latency) want their owners too.
         self.learn_owners();
         let pending = self.agg.take();
-        if pending.is_empty() {
-            return out.flush();
+        let written = self.write_lines(&pending, accepts, at, out);
+        // Owners of sockets no longer tracked go, whether or not anything
+        // was printed.
+        let agg = &self.agg;
+        self.resolver.retain(|ino| agg.tracks_inode(ino));
+        if let Some(f) = &mut self.pid_filter {
+            f.sockets.retain(|ino| agg.tracks_inode(*ino));
         }
-        for p in &pending {
+        written?;
+        out.flush()
+    }
+
+    fn write_lines(
+        &self,
+        pending: &[crate::model::Pending],
+        accepts: Option<HashMap<ListenerKey, Accepts>>,
+        at: SystemTime,
+        out: &mut impl Write,
+    ) -> io::Result<()> {
+        let format = self.args.output;
+        for p in pending {
             // The process the kernel named, else the holder of the
             // listener, else the holder of the socket the line is about.
             let named = p.pid.map(Owner::of);
@@ -479,12 +496,7 @@ impl Session {
                 )
             )?;
         }
-        let agg = &self.agg;
-        self.resolver.retain(|ino| agg.tracks_inode(ino));
-        if let Some(f) = &mut self.pid_filter {
-            f.sockets.retain(|ino| agg.tracks_inode(*ino));
-        }
-        out.flush()
+        Ok(())
     }
 
     /// accept() failures since the last call, per process and errno, with

@@ -48,7 +48,7 @@ enum Task {
         #[arg(long)]
         kernel: Option<PathBuf>,
         /// Kill the VM and fail after SECS.
-        #[arg(long, default_value_t = 900)]
+        #[arg(long, default_value_t = 1800)]
         timeout: u64,
         /// Run every test executable once per mode: the agent's `--attach`
         /// and the hook the tests then expect.

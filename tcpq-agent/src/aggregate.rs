@@ -33,6 +33,18 @@ pub const SK_DROPS_PER_ACK_DROP: u64 = 2;
 /// Intervals without a sighting after which a listener is forgotten.
 const FORGET_AFTER: u8 = 2;
 
+impl ListenerInfo {
+    /// A listener as a sock_diag dump reports it.
+    fn of(s: &DiagSock) -> ListenerInfo {
+        ListenerInfo {
+            addr: s.local,
+            port: s.lport,
+            queue_len: s.rqueue,
+            queue_limit: s.wqueue,
+        }
+    }
+}
+
 /// What dropped a SYN, in the order `tcp_conn_request` checks (6.1–6.18):
 /// a full SYN queue without syncookies (TCPReqQFullDrop), a full accept
 /// queue (ListenOverflows), then, with syncookies off, 3/4 of
@@ -573,12 +585,7 @@ impl Aggregator {
                 netns: snap.netns,
                 inode: s.inode,
             };
-            let info = ListenerInfo {
-                addr: s.local,
-                port: s.lport,
-                queue_len: s.rqueue,
-                queue_limit: s.wqueue,
-            };
+            let info = ListenerInfo::of(s);
             let full_now = info.queue_full();
             let st = self.listeners.entry(key).or_default();
             st.present = true;
@@ -745,12 +752,7 @@ impl Aggregator {
             })
             .max_by_key(|(q, key, _)| (*q, std::cmp::Reverse(key.inode)));
         if let Some((_, key, l)) = best {
-            let info = ListenerInfo {
-                addr: l.local,
-                port: l.lport,
-                queue_len: l.rqueue,
-                queue_limit: l.wqueue,
-            };
+            let info = ListenerInfo::of(l);
             self.add(
                 Some(key),
                 Kind::SyncookiesSent,

@@ -28,10 +28,7 @@ pub fn line(p: &Pending, owner: Option<&Owner>, st: Option<&NetnsState>) -> Opti
         });
     }
     let mut e = ListenerEvidence {
-        endpoint: match p.info.addr {
-            std::net::IpAddr::V6(a) => format!("[{a}]:{}", p.info.port),
-            a => format!("{a}:{}", p.info.port),
-        },
+        endpoint: crate::export::endpoint(p.info.addr, p.info.port),
         process: owner.map(|o| format!("{} (pid {})", o.name, o.pid)),
         queue_len: p.info.queue_len,
         queue_limit: p.info.queue_limit,

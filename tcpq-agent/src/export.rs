@@ -217,7 +217,8 @@ pub fn text(r: &Report) -> String {
     s
 }
 
-fn endpoint(addr: std::net::IpAddr, port: u16) -> String {
+/// `addr:port`, IPv6 in brackets.
+pub fn endpoint(addr: std::net::IpAddr, port: u16) -> String {
     match addr {
         std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
         a => format!("{a}:{port}"),

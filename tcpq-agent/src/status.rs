@@ -130,10 +130,7 @@ fn evidence(r: &Row) -> ListenerEvidence {
 }
 
 fn endpoint(s: &DiagSock) -> String {
-    match s.local {
-        std::net::IpAddr::V6(a) => format!("[{a}]:{}", s.lport),
-        a => format!("{a}:{}", s.lport),
-    }
+    export::endpoint(s.local, s.lport)
 }
 
 pub fn json_row(r: &Row) -> Value {

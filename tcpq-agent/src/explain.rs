@@ -5,7 +5,6 @@ use crate::{
     model::{Kind, Next, Pending},
     netstat::NetnsState,
     resolve::Owner,
-    status::settings_of,
     verdict::{self, ListenerEvidence, PortEvidence, Verdict},
 };
 
@@ -14,7 +13,7 @@ fn attr_u64(p: &Pending, key: &str) -> Option<u64> {
 }
 
 pub fn line(p: &Pending, owner: Option<&Owner>, st: Option<&NetnsState>) -> Option<Verdict> {
-    let settings = st.map(settings_of).unwrap_or_default();
+    let settings = st.map(|s| s.sysctls.clone()).unwrap_or_default();
     if let Kind::ConnectError { error } = &p.kind {
         if error != "EADDRNOTAVAIL" {
             return None;

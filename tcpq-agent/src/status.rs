@@ -39,18 +39,6 @@ pub struct Row {
     pub verdict: Option<verdict::Verdict>,
 }
 
-pub fn settings_of(st: &NetnsState) -> Settings {
-    let s = &st.sysctls;
-    Settings {
-        somaxconn: s.somaxconn,
-        max_syn_backlog: s.max_syn_backlog,
-        syncookies: s.syncookies,
-        abort_on_overflow: s.abort_on_overflow,
-        synack_retries: s.synack_retries,
-        port_range: s.port_range,
-    }
-}
-
 /// Builds the rows of one namespace from one dump. Pure, apart from the
 /// owner lookups passed in.
 pub fn rows(
@@ -69,7 +57,7 @@ pub fn rows(
             _ => {}
         }
     }
-    let settings = settings_of(st);
+    let settings = st.sysctls.clone();
     listeners
         .iter()
         .map(|l| {
@@ -216,7 +204,7 @@ pub fn ports_verdict(st: &NetnsState) -> Option<verdict::Verdict> {
         time_wait: st.time_wait?,
         connected: 0,
         tw_reuse: st.sysctls.tw_reuse,
-        settings: settings_of(st),
+        settings: st.sysctls.clone(),
     })
 }
 

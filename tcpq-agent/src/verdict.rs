@@ -27,16 +27,9 @@
 //!   be shared by connections to different destinations, so "left" is exact
 //!   only when most connections go to one destination.
 
-/// The per-netns settings the kernel applied (None = unknown).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Settings {
-    pub somaxconn: Option<u32>,
-    pub max_syn_backlog: Option<u32>,
-    pub syncookies: Option<u8>,        // 0,1,2
-    pub abort_on_overflow: Option<u8>, // 0,1
-    pub synack_retries: Option<u32>,
-    pub port_range: Option<(u16, u16)>, // ip_local_port_range, inclusive
-}
+/// The per-netns settings the kernel applied (None = unknown): what the
+/// agent reads from each namespace.
+pub use crate::netstat::Sysctls as Settings;
 
 /// What is known about one listener over the reporting window (counts are
 /// over the window; queue values are now).
@@ -604,6 +597,7 @@ mod tests {
             abort_on_overflow: Some(0),
             synack_retries: Some(5),
             port_range: Some((32768, 60999)),
+            tw_reuse: None,
         }
     }
 

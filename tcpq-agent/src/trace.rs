@@ -581,36 +581,36 @@ impl Session {
             return;
         };
         let now = std::time::Instant::now();
+        let until = now + latency::KEEP_MEASURING;
+        let was_on = !lp.until.is_empty();
+        let mut wanted = Vec::new();
         if let Some(port) = self.args.port {
             // Any namespace, from the first connection on.
-            lp.until
-                .insert(latency::key(0, port), now + latency::KEEP_MEASURING);
+            wanted.push(latency::key(0, port));
         }
         for (k, info) in self.agg.listener_infos() {
             if latency::worth_measuring(info.queue_len, info.queue_limit, info.port, self.args.port)
             {
-                lp.until.insert(
-                    latency::key(k.netns, info.port),
-                    now + latency::KEEP_MEASURING,
-                );
+                wanted.push(latency::key(k.netns, info.port));
             }
         }
-        let expired: Vec<u64> = lp
-            .until
-            .iter()
-            .filter(|(_, &t)| t <= now)
-            .map(|(&k, _)| k)
-            .collect();
-        for k in expired {
-            lp.until.remove(&k);
-            let _ = lp.ports.remove(&k);
-        }
-        for &k in lp.until.keys() {
-            if lp.ports.get(&k, 0).is_err() {
+        // Only changes reach the kernel's maps.
+        for k in wanted {
+            if lp.until.insert(k, until).is_none() {
                 let _ = lp.ports.insert(k, 1, 0);
             }
         }
-        let _ = lp.on.set(0, (!lp.until.is_empty()) as u32, 0);
+        lp.until.retain(|k, t| {
+            let keep = *t > now;
+            if !keep {
+                let _ = lp.ports.remove(k);
+            }
+            keep
+        });
+        let on = !lp.until.is_empty();
+        if on != was_on {
+            let _ = lp.on.set(0, on as u32, 0);
+        }
     }
 
     /// Accept latency since the last flush: a line for listeners whose

@@ -33,6 +33,10 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         output: Format,
     },
+    /// Run unattended (per-host sidecar): the detection of `trace`, as
+    /// JSON lines to stdout or a file, Prometheus /metrics and syslog.
+    /// SIGHUP reopens the output file and reloads the config.
+    Run(RunArgs),
     /// Show what this kernel offers, the attach plan and why.
     Doctor {
         /// Force a hook kind for the kernel-function hooks.
@@ -109,6 +113,66 @@ pub struct TraceArgs {
     pub accept_latency_ms: f64,
 }
 
+/// `run`: a config file, and flags that override it (unset flags leave the
+/// file's value, or the default, alone).
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// TOML config file (see packaging/tcpq.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Only listeners on this local port.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// Only this network namespace (inode number or path).
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Option<String>,
+    /// Only sockets a process with this name holds.
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+    /// Only sockets of processes in this cgroup (or below it).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+    /// Only sockets of processes in this container (id prefix).
+    #[arg(long, value_name = "ID")]
+    pub container: Option<String>,
+    /// Kernel-function hooks (as for `trace`).
+    #[arg(long, value_enum)]
+    pub attach: Option<AttachMode>,
+    /// accept() syscall hooks (as for `trace`).
+    #[arg(long, value_enum)]
+    pub syscall_hooks: Option<SyscallHooks>,
+    /// Accept-latency threshold for accept_latency lines, in ms.
+    #[arg(long, value_name = "MS", value_parser = millis)]
+    pub accept_latency_ms: Option<f64>,
+    /// Seconds between reports.
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    pub interval: Option<Duration>,
+    /// Seconds between sock_diag reads.
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    pub poll_interval: Option<Duration>,
+    /// JSON lines to this file ("-" = stdout); reopened on SIGHUP.
+    #[arg(long, value_name = "PATH")]
+    pub output_file: Option<std::path::PathBuf>,
+    /// Seconds between listener_snapshot/agent_health lines (0 = off).
+    #[arg(long, value_name = "SECS", value_parser = millis)]
+    pub snapshot_interval: Option<f64>,
+    /// Prometheus /metrics on HOST:PORT ("" or "off" = none).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_address: Option<String>,
+    /// Most label sets per metric family; more go to an "overflow" series.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_series: Option<u32>,
+    /// RFC 5424 syslog target: unix:///dev/log, udp://HOST:PORT, tcp://HOST:PORT ("off" = none).
+    #[arg(long, value_name = "URL")]
+    pub syslog: Option<String>,
+    /// syslog facility (daemon, local0 … local7, user).
+    #[arg(long, value_name = "NAME")]
+    pub syslog_facility: Option<String>,
+    /// Stop after this many seconds (tests; default: until SIGTERM).
+    #[arg(long, value_name = "SECS", value_parser = seconds, hide = true)]
+    pub duration: Option<Duration>,
+}
+
 fn ring_bytes(s: &str) -> Result<u32, String> {
     let v: u32 = s
         .parse()
@@ -145,6 +209,16 @@ pub fn validate(args: &TraceArgs) -> Result<()> {
             bail!("--pid {pid}: no such process");
         }
     }
+    check_filters(args)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("tracing needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN to load eBPF and enter network namespaces): run it with sudo");
+    }
+    Ok(())
+}
+
+/// The checks of values that need no system access (also for config files).
+pub fn check_filters(args: &TraceArgs) -> Result<()> {
     if let Some(c) = &args.container {
         if c.len() < 4 || !c.chars().all(|ch| ch.is_ascii_hexdigit()) {
             bail!("--container {c}: expected a container id or a prefix of at least 4 hex digits");
@@ -157,10 +231,6 @@ pub fn validate(args: &TraceArgs) -> Result<()> {
     }
     if args.interval < Duration::from_millis(10) || args.poll_interval < Duration::from_millis(10) {
         bail!("--interval and --poll-interval must be at least 0.01 s");
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("tracing needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN to load eBPF and enter network namespaces): run it with sudo");
     }
     Ok(())
 }

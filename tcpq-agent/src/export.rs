@@ -7,6 +7,10 @@ use serde_json::{json, Map, Value};
 
 use crate::{model::Pending, resolve::Owner};
 
+/// The JSON lines schema (docs/events.md). Bumped only when a key is
+/// removed or changes meaning; new keys and events keep the version.
+pub const SCHEMA_VERSION: &str = "1";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Text,
@@ -38,6 +42,7 @@ pub fn json(r: &Report) -> Value {
     let p = r.pending;
     let mut m = Map::new();
     m.insert("timestamp".into(), json!(timestamp(r.at)));
+    m.insert("schema.version".into(), json!(SCHEMA_VERSION));
     m.insert("event".into(), json!(p.kind.event_name()));
     if let Some(stage) = p.kind.stage() {
         m.insert("stage".into(), json!(stage.as_str()));
@@ -238,6 +243,7 @@ pub fn lost(format: Format, at: SystemTime, count: u64) -> String {
     match format {
         Format::Json => json!({
             "timestamp": timestamp(at),
+            "schema.version": SCHEMA_VERSION,
             "event": "events_lost",
             "count": count,
             "source": "agent",
@@ -305,6 +311,7 @@ mod tests {
         });
         assert_eq!(v["timestamp"], "2025-11-21T01:20:00.123Z");
         assert_eq!(v["event"], "listen_overflow");
+        assert_eq!(v["schema.version"], SCHEMA_VERSION);
         assert_eq!(v["stage"], "syn");
         assert_eq!(v["count"], 5);
         assert_eq!(v["server.address"], "::1");

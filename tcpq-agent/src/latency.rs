@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use tcpq_common::latency::{bucket_upper_ns, LatencyHist, LAT_BUCKETS};
 
 /// One listener port's accepts over one interval.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
     pub netns: u32,
     pub port: u16,
@@ -16,6 +16,32 @@ pub struct Summary {
     pub p99_ns: u64,
     /// The highest bucket's bound, capped by the largest value ever seen.
     pub max_ns: u64,
+    /// Sum of the interval's waits.
+    pub sum_ns: u64,
+    /// The interval's non-empty buckets: (upper bound in ns, accepts).
+    pub buckets: Vec<(u64, u64)>,
+}
+
+/// Prometheus histogram buckets (`le`, seconds) for accept latency.
+pub const PROM_BOUNDS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Folds a summary's fine buckets into `bounds` (per bucket, the last one
+/// above every bound). A fine bucket goes to the first bound at or above
+/// its upper edge, so a count is never placed below its true value (at
+/// most one fine bucket, 19 %, high).
+pub fn fold(s: &Summary, bounds: &[f64]) -> Vec<u64> {
+    let mut out = vec![0u64; bounds.len() + 1];
+    for &(upper_ns, n) in &s.buckets {
+        let secs = upper_ns as f64 / 1e9;
+        let i = bounds
+            .iter()
+            .position(|&b| secs <= b * (1.0 + 1e-9))
+            .unwrap_or(bounds.len());
+        out[i] += n;
+    }
+    out
 }
 
 /// Sums one key's per-CPU histograms.
@@ -23,6 +49,7 @@ pub fn sum_cpus<'a>(per_cpu: impl Iterator<Item = &'a LatencyHist>) -> LatencyHi
     let mut out = LatencyHist::zeroed();
     for h in per_cpu {
         out.count += h.count;
+        out.sum_ns += h.sum_ns;
         out.max_ns = out.max_ns.max(h.max_ns);
         for (o, b) in out.buckets.iter_mut().zip(h.buckets.iter()) {
             *o += b;
@@ -79,6 +106,12 @@ impl LatencyTracker {
                     bucket_upper_ns(LAT_BUCKETS - 1)
                 };
                 let top = delta.iter().rposition(|&d| d > 0).unwrap_or(0);
+                let buckets = delta
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &d)| d > 0)
+                    .map(|(i, &d)| (bucket_upper_ns(i), d))
+                    .collect();
                 out.push(Summary {
                     netns: (key >> 16) as u32,
                     port: key as u16,
@@ -86,6 +119,8 @@ impl LatencyTracker {
                     p50_ns: pct(0.50).min(h.max_ns.max(1)),
                     p99_ns: pct(0.99).min(h.max_ns.max(1)),
                     max_ns: bucket_upper_ns(top).min(h.max_ns.max(1)),
+                    sum_ns: h.sum_ns - before.map_or(0, |b| b.sum_ns.min(h.sum_ns)),
+                    buckets,
                 });
             }
             next.insert(key, h);
@@ -104,6 +139,7 @@ mod tests {
         let mut h = LatencyHist::zeroed();
         for &v in values {
             h.count += 1;
+            h.sum_ns += v;
             h.max_ns = h.max_ns.max(v);
             h.buckets[bucket(v)] += 1;
         }
@@ -131,6 +167,12 @@ mod tests {
         assert_eq!(s[0].count, 10);
         assert!(s[0].p50_ns >= 500_000_000 && s[0].p50_ns <= 625_000_000);
         assert_eq!(s[0].max_ns, 500_000_000, "capped by the true max");
+        assert_eq!(s[0].sum_ns, 10 * 500_000_000);
+        // In Prometheus buckets: all ten in le=0.5 or le=1 (the fine
+        // bucket holding 500 ms ends above 0.5 s), none lower.
+        let f = fold(&s[0], &PROM_BOUNDS);
+        assert_eq!(f.iter().sum::<u64>(), 10);
+        assert_eq!(f[..9].iter().sum::<u64>(), 0, "{f:?}");
     }
 
     #[test]

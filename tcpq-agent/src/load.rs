@@ -38,6 +38,8 @@ pub struct Loaded {
     pub skipped: Vec<(String, String)>,
     /// Syscall tracepoints loaded but left detached, for `attach_deferred`.
     pub deferred: Vec<kernel::Hook>,
+    /// How many of `attached` are raw tracepoints.
+    pub raw_attached: usize,
 }
 
 impl Loaded {
@@ -81,6 +83,36 @@ impl Loaded {
     /// Whether the accept() syscall hooks are attached or can be.
     pub fn has_syscall_hooks(&self) -> bool {
         !self.deferred.is_empty() || self.attached.iter().any(|t| t.starts_with("syscalls:"))
+    }
+
+    /// Attached programs per hook kind (fentry, kprobe, tracepoint,
+    /// raw_tracepoint, syscall), for the agent's health metrics.
+    pub fn probes(&self, deferred_attached: bool) -> Vec<(String, u64)> {
+        let mut out: std::collections::BTreeMap<String, u64> =
+            ["tracepoint", "raw_tracepoint", "syscall"]
+                .iter()
+                .map(|k| (k.to_string(), 0))
+                .collect();
+        for k in self.kfuncs.iter().filter_map(|k| k.kind) {
+            *out.entry(k.as_str().to_string()).or_default() += 1;
+        }
+        let syscalls = self
+            .attached
+            .iter()
+            .filter(|t| t.starts_with("syscalls:"))
+            .count();
+        let deferred = if deferred_attached {
+            self.deferred.len()
+        } else {
+            0
+        };
+        out.insert("syscall".into(), (syscalls + deferred) as u64);
+        out.insert("raw_tracepoint".into(), self.raw_attached as u64);
+        out.insert(
+            "tracepoint".into(),
+            (self.attached.len() - syscalls - self.raw_attached) as u64,
+        );
+        out.into_iter().collect()
     }
 
     /// One line per attached hook, for the start-up message.
@@ -157,6 +189,7 @@ pub fn load(
         .collect();
     let mut loaded_programs = std::collections::HashSet::new();
     let mut deferred = Vec::new();
+    let mut raw_attached = 0;
     for hook in &plan.hooks {
         let what = format!("{}:{}", hook.category, hook.name);
         if *hook == kernel::KFREE_SKB && ack_hooked {
@@ -193,7 +226,10 @@ pub fn load(
         })();
         match r {
             Ok(()) if deferred.last() == Some(hook) => {}
-            Ok(()) => attached.push(what),
+            Ok(()) => {
+                raw_attached += hook.raw as usize;
+                attached.push(what)
+            }
             Err(e) => skipped.push((what, one_line(&format!("{e:#}")))),
         }
     }
@@ -207,6 +243,7 @@ pub fn load(
         attached,
         skipped,
         deferred,
+        raw_attached,
     })
 }
 

@@ -11,6 +11,7 @@ mod btf;
 mod caps;
 mod cgroup;
 mod cli;
+mod config;
 mod decode;
 mod doctor;
 mod explain;
@@ -18,13 +19,17 @@ mod export;
 mod kernel;
 mod latency;
 mod load;
+mod metrics;
 mod model;
 mod netns;
 mod netstat;
 mod poll;
 mod resolve;
+mod run;
+mod sink;
 mod sockdiag;
 mod status;
+mod syslog;
 mod trace;
 mod tracefs;
 mod verdict;
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         cli::Command::Trace(args) => cli::validate(&args).and_then(|()| trace::run(args)),
+        cli::Command::Run(args) => run::main(args),
         cli::Command::Doctor { attach } => doctor::run(attach),
         cli::Command::Status { port, output } => {
             cli::require_root().and_then(|()| status::run(output, port))

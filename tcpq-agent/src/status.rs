@@ -208,7 +208,9 @@ pub fn ports_verdict(st: &NetnsState) -> Option<verdict::Verdict> {
     })
 }
 
-pub fn run(format: Format, port: Option<u16>) -> Result<()> {
+/// Every listener's row (sorted by netns, port, inode), and the local-port
+/// verdict of each namespace that is short of ports.
+pub fn collect(port: Option<u16>) -> Result<(Vec<Row>, BTreeMap<u32, verdict::Verdict>)> {
     let home = File::open("/proc/thread-self/ns/net").context("opening our network namespace")?;
     let home_ino = netns::current()?;
     let snaps = poll::round(
@@ -244,24 +246,44 @@ pub fn run(format: Format, port: Option<u16>) -> Result<()> {
         }
     }
     all.sort_by_key(|r| (r.netns, r.sock.lport, r.sock.inode));
+    Ok((all, ports))
+}
+
+/// The JSON form: one object per listener (`event` = `listener`), then one
+/// `local_ports` object per namespace short of ports.
+pub fn json_lines(
+    rows: &[Row],
+    ports: &BTreeMap<u32, verdict::Verdict>,
+    at: std::time::SystemTime,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    for r in rows {
+        let mut v = json_row(r);
+        v["timestamp"] = json!(export::timestamp(at));
+        v["schema.version"] = json!(export::SCHEMA_VERSION);
+        out.push(v);
+    }
+    for (ns, v) in ports {
+        out.push(json!({
+            "timestamp": export::timestamp(at),
+            "schema.version": export::SCHEMA_VERSION,
+            "event": "local_ports",
+            "network.netns": ns,
+            "verdict.cause": v.cause,
+            "verdict.remedy": v.remedy,
+        }));
+    }
+    out
+}
+
+pub fn run(format: Format, port: Option<u16>) -> Result<()> {
+    let (all, ports) = collect(port)?;
     let at = std::time::SystemTime::now();
     let mut out = std::io::stdout().lock();
     match format {
         Format::Json => {
-            for r in &all {
-                let mut v = json_row(r);
-                v["timestamp"] = json!(export::timestamp(at));
+            for v in json_lines(&all, &ports, at) {
                 writeln!(out, "{v}")?;
-            }
-            for (ns, v) in &ports {
-                let line = json!({
-                    "timestamp": export::timestamp(at),
-                    "event": "local_ports",
-                    "network.netns": ns,
-                    "verdict.cause": v.cause,
-                    "verdict.remedy": v.remedy,
-                });
-                writeln!(out, "{line}")?;
             }
         }
         Format::Text => {

@@ -1,8 +1,10 @@
-//! `tcpq-agent trace`: attach, poll, aggregate, print; flush on exit.
+//! The engine: attach, poll, aggregate, hand reports to a sink; flush on
+//! exit. `tcpq-agent trace` runs it with the console sink, `run` with the
+//! sidecar's.
 
 use std::{
     collections::HashSet,
-    io::{self, Write},
+    io,
     sync::mpsc as std_mpsc,
     time::{Duration, SystemTime},
 };
@@ -28,15 +30,28 @@ use crate::{
     model::ListenerKey,
     netns, poll,
     resolve::{self, Owner, Resolver},
+    sink::{AgentFilters, Console, Health, Sink, View},
     tracefs,
 };
 
 pub fn run(args: TraceArgs) -> Result<()> {
+    let mut console = Console {
+        format: args.output,
+        out: io::stdout(),
+    };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?
-        .block_on(trace(args))
+        .block_on(engine(args, &mut console, None))
+}
+
+/// What the sidecar asks of a running engine.
+pub enum Control {
+    /// SIGHUP: the sink reopens and reloads.
+    Reload,
+    /// Periodic status lines, gathered off the engine's thread.
+    Snapshot(Vec<serde_json::Value>),
 }
 
 /// (tgid << 32 | errno) → failures, per CPU (`ACCEPT_ERRORS`).
@@ -86,9 +101,17 @@ struct Session {
     undecodable: u64,
     lost_reported: u64,
     last_flush: std::time::Instant,
+    /// Programs attached per hook kind, as of the last change.
+    probes: Vec<(String, u64)>,
 }
 
-async fn trace(args: TraceArgs) -> Result<()> {
+/// Runs until SIGINT/SIGTERM, `--duration`, or the `--pid` exits; every
+/// report goes to `sink`. `control` carries the sidecar's requests.
+pub async fn engine(
+    args: TraceArgs,
+    sink: &mut dyn Sink,
+    mut control: Option<mpsc::Receiver<Control>>,
+) -> Result<()> {
     let tracefs = tracefs::ensure_mounted()?;
     let pid_netns = match args.pid {
         Some(pid) => Some(
@@ -198,7 +221,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         .attached
         .iter()
         .any(|t| t == "sock:inet_sock_set_state")
-        && loaded.attached.iter().any(|t| t.starts_with("syscalls:"))
+        && loaded.has_syscall_hooks()
     {
         true => loaded
             .ebpf
@@ -251,6 +274,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         received: 0,
         undecodable: 0,
         lost_reported: 0,
+        probes: loaded.probes(false),
         // Quiet since start: the first news is printed at once.
         last_flush: std::time::Instant::now()
             .checked_sub(args.interval)
@@ -294,18 +318,42 @@ async fn trace(args: TraceArgs) -> Result<()> {
     let mut tick = tokio::time::interval(s.args.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    let mut out = io::stdout().lock();
 
     loop {
         let mut round = None;
         let mut flush = false;
+        let mut asked = None;
+        let next_control = async {
+            match control.as_mut() {
+                Some(c) => c.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = ring.readable_mut() => { r?.clear_ready(); }
             r = rx.recv() => { round = Some(r.ok_or_else(|| anyhow!("the sock_diag poller stopped"))?); }
             _ = tick.tick() => { flush = true; }
+            c = next_control => match c {
+                Some(c) => asked = Some(c),
+                None => control = None,
+            },
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = &mut deadline => break,
+        }
+        match asked {
+            Some(Control::Reload) => {
+                if let Some(f) = sink.reload() {
+                    s.set_filters(f);
+                }
+            }
+            Some(Control::Snapshot(lines)) => {
+                let view = s.view();
+                if sink.snapshot(lines, &view).is_err() {
+                    return Ok(());
+                }
+            }
+            None => {}
         }
         // Events first: a snapshot is only settled against the events
         // stamped before it.
@@ -313,6 +361,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         if let Some(r) = round {
             s.apply(r);
             s.syscall_demand(&mut loaded);
+            s.probes = loaded.probes(s.demand.links.is_some());
             s.read_accept_errors();
         }
         s.learn_owners();
@@ -321,7 +370,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         let quiet = s.last_flush.elapsed() >= s.args.interval;
         if flush || (quiet && s.agg.has_pending()) {
             tick.reset();
-            if s.flush(&mut out).is_err() {
+            if s.flush(sink).is_err() {
                 return Ok(()); // stdout closed (e.g. `| head`): nothing left to say
             }
             if let Some(pid) = s.args.pid {
@@ -343,7 +392,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
     s.read_accept_errors();
     s.learn_owners();
     s.drain(ring.get_mut());
-    let _ = s.flush(&mut out);
+    let _ = s.flush(sink);
     let lost = s.stat(stats::RINGBUF_FULL);
     eprintln!(
         "tcpq: done: {} kernel events received, {lost} lost (ring buffer full), {} undecodable, {} kernel read errors; {} socket owners cached",
@@ -399,25 +448,22 @@ impl Session {
             .unwrap_or(0)
     }
 
-    fn flush(&mut self, out: &mut impl Write) -> io::Result<()> {
+    fn flush(&mut self, sink: &mut dyn Sink) -> io::Result<()> {
         let at = SystemTime::now();
         self.last_flush = std::time::Instant::now();
-        let format = self.args.output;
         let lost = self.stat(stats::RINGBUF_FULL);
         if lost > self.lost_reported {
-            writeln!(
-                out,
-                "{}",
-                export::lost(format, at, lost - self.lost_reported)
-            )?;
+            sink.lost(at, lost - self.lost_reported)?;
             self.lost_reported = lost;
         }
         let accepts = self.read_accepts();
-        self.read_latency();
+        self.read_latency(sink);
         // Lines added just now (latency) want their owners too.
         self.learn_owners();
         let pending = self.agg.take();
-        let written = self.write_lines(&pending, accepts, at, out);
+        let written = self.write_lines(&pending, accepts, at, sink);
+        let view = self.view();
+        let done = written.and_then(|()| sink.flushed(&view));
         // Owners of sockets no longer tracked go, whether or not anything
         // was printed.
         let agg = &self.agg;
@@ -425,8 +471,45 @@ impl Session {
         if let Some(f) = &mut self.pid_filter {
             f.sockets.retain(|ino| agg.tracks_inode(*ino));
         }
-        written?;
-        out.flush()
+        done
+    }
+
+    /// The agent's state for the sink; reads (and resets) the ring
+    /// buffer's fill mark.
+    fn view(&mut self) -> View<'_> {
+        let fill = self
+            .stats
+            .get(&stats::RINGBUF_FILL_MAX, 0)
+            .map(|v| v.iter().copied().max().unwrap_or(0))
+            .unwrap_or(0);
+        if fill > 0 {
+            if let Ok(cpus) = aya::util::nr_cpus() {
+                if let Ok(zero) = aya::maps::PerCpuValues::try_from(vec![0u64; cpus]) {
+                    let _ = self.stats.set(stats::RINGBUF_FILL_MAX, zero, 0);
+                }
+            }
+        }
+        View {
+            agg: &self.agg,
+            resolver: &self.resolver,
+            health: Health {
+                received: self.received,
+                lost: self.stat(stats::RINGBUF_FULL),
+                undecodable: self.undecodable,
+                read_errors: self.stat(stats::READ_ERRORS),
+                ringbuf_fill: (fill as f64 / self.args.ring_buffer_bytes as f64).min(1.0),
+                probes: self.probes.clone(),
+                owners_cached: self.resolver.len(),
+                tracked_listeners: self.agg.listener_infos().count(),
+            },
+        }
+    }
+
+    fn set_filters(&mut self, f: AgentFilters) {
+        self.args.comm = f.comm;
+        self.args.cgroup = f.cgroup;
+        self.args.container = f.container;
+        self.args.accept_latency_ms = f.accept_latency_ms;
     }
 
     fn write_lines(
@@ -434,9 +517,8 @@ impl Session {
         pending: &[crate::model::Pending],
         accepts: Option<HashMap<ListenerKey, Accepts>>,
         at: SystemTime,
-        out: &mut impl Write,
+        sink: &mut dyn Sink,
     ) -> io::Result<()> {
-        let format = self.args.output;
         for p in pending {
             // The process the kernel named, else the holder of the
             // listener, else the holder of the socket the line is about.
@@ -475,26 +557,21 @@ impl Session {
                 }
                 _ => owner,
             };
-            writeln!(
-                out,
-                "{}",
-                export::render(
-                    format,
-                    &export::Report {
-                        at,
-                        pending: p,
-                        owner,
-                        accepts: p.key.and_then(|k| accepts
-                            .as_ref()
-                            .map(|a| a.get(&k).copied().unwrap_or_default())),
-                        verdict: crate::explain::line(
-                            p,
-                            owner,
-                            p.netns.and_then(|n| self.agg.netns_state(n))
-                        ),
-                    }
-                )
-            )?;
+            sink.report(&export::Report {
+                at,
+                pending: p,
+                owner,
+                accepts: p.key.and_then(|k| {
+                    accepts
+                        .as_ref()
+                        .map(|a| a.get(&k).copied().unwrap_or_default())
+                }),
+                verdict: crate::explain::line(
+                    p,
+                    owner,
+                    p.netns.and_then(|n| self.agg.netns_state(n)),
+                ),
+            })?;
         }
         Ok(())
     }
@@ -600,10 +677,12 @@ impl Session {
                 let _ = lp.ports.insert(k, 1, 0);
             }
         }
+        let mut stopped = Vec::new();
         lp.until.retain(|k, t| {
             let keep = *t > now;
             if !keep {
                 let _ = lp.ports.remove(k);
+                stopped.push(*k);
             }
             keep
         });
@@ -611,11 +690,18 @@ impl Session {
         if on != was_on {
             let _ = lp.on.set(0, on as u32, 0);
         }
+        // A listener no longer measured keeps no histogram (in the kernel
+        // or here): with listeners coming and going, memory stays flat.
+        if let Some((map, _)) = self.latency.as_mut() {
+            for k in stopped {
+                let _ = map.remove(&k);
+            }
+        }
     }
 
     /// Accept latency since the last flush: a line for listeners whose
     /// p99 reached `--accept-latency-ms`.
-    fn read_latency(&mut self) {
+    fn read_latency(&mut self, sink: &mut dyn Sink) {
         let Some((map, tracker)) = self.latency.as_mut() else {
             return;
         };
@@ -626,6 +712,7 @@ impl Session {
             .collect();
         let threshold = (self.args.accept_latency_ms * 1e6) as u64;
         for s in tracker.update(now) {
+            sink.latency(&s);
             if s.p99_ns >= threshold {
                 self.agg.on_accept_latency(&s);
             }

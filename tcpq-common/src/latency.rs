@@ -12,6 +12,8 @@ const FIRST_OCTAVE: u32 = 10;
 pub struct LatencyHist {
     pub count: u64,
     pub max_ns: u64,
+    /// Sum of all waits (Prometheus `_sum`).
+    pub sum_ns: u64,
     pub buckets: [u32; LAT_BUCKETS],
 }
 
@@ -23,6 +25,7 @@ impl LatencyHist {
         Self {
             count: 0,
             max_ns: 0,
+            sum_ns: 0,
             buckets: [0; LAT_BUCKETS],
         }
     }

@@ -27,4 +27,8 @@ pub const CONNECT_ERROR_SEEN: u32 = 8;
 /// A listener opened or closed.
 pub const LISTENER_SEEN: u32 = 9;
 
-pub const COUNT: u32 = 10;
+/// The most unconsumed bytes in the ring buffer seen right after a submit
+/// (a per-CPU high-water mark the agent reads and resets: the fill gauge).
+pub const RINGBUF_FILL_MAX: u32 = 10;
+
+pub const COUNT: u32 = 11;

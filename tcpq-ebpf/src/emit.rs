@@ -1,6 +1,7 @@
 //! The one way out of the kernel: count, then write to the ring buffer.
 
 use aya_ebpf::{
+    bindings::BPF_RB_AVAIL_DATA,
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{PerCpuArray, RingBuf},
@@ -22,6 +23,20 @@ pub fn bump(index: u32) {
     }
 }
 
+/// Raises the per-CPU high-water mark of unconsumed ring-buffer bytes
+/// (`bpf_ringbuf_query`, 5.8+). Runs only when an event was sent.
+#[inline(always)]
+fn note_fill() {
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if let Some(v) = STATS.get_ptr_mut(stats::RINGBUF_FILL_MAX) {
+        unsafe {
+            if avail > *v {
+                *v = avail;
+            }
+        }
+    }
+}
+
 /// Counts the event under `seen`, then reserves a ring-buffer slot and lets
 /// `fill` write it. A full ring buffer is counted, never silent.
 #[inline(always)]
@@ -35,6 +50,7 @@ pub fn emit(seen: u32, kind: u32, fill: impl FnOnce(&mut Event)) {
             ev.kind = kind;
             fill(ev);
             slot.submit(0);
+            note_fill();
         }
         None => bump(stats::RINGBUF_FULL),
     }

@@ -118,6 +118,7 @@ pub fn accepted(fd: i64) {
     // SAFETY: this CPU's value of a live entry.
     let h = unsafe { &mut *h };
     h.count += 1;
+    h.sum_ns += ns;
     if ns > h.max_ns {
         h.max_ns = ns;
     }

@@ -1,0 +1,668 @@
+//! `tcpq-agent run`: the per-host sidecar. The engine of `trace`, with its
+//! reports sent to the pipelines a fleet already runs: JSON lines (stdout
+//! or a file), Prometheus `/metrics`, RFC 5424 syslog.
+//!
+//! Start-up checks everything a user can get wrong — the config, the
+//! metrics address, the syslog target, the output file — before anything is
+//! loaded into the kernel, each failure one line and exit 1. Later failures
+//! (a syslog server restarting, a full disk) are retried or counted, never
+//! fatal. SIGHUP reopens the output file (logrotate) and reloads the config;
+//! SIGTERM/SIGINT flush and exit 0.
+
+use std::{
+    collections::HashMap,
+    fs::{File, OpenOptions},
+    io::{self, BufWriter, Write},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{anyhow, Context, Result};
+use serde_json::{json, Value};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, watch},
+};
+
+use crate::{
+    cli::RunArgs,
+    config,
+    export::{self, Report},
+    latency::{self, Summary},
+    metrics::{self, Labels, Registry, Type},
+    model::{self, Measure},
+    sink::{AgentFilters, Sink, View},
+    syslog::Syslog,
+    trace::{self, Control},
+};
+
+pub fn main(args: RunArgs) -> Result<()> {
+    let cfg = config::Run::load(&args)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!("run needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN; see packaging/systemd): run it with sudo or as the packaged service");
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(sidecar(args, cfg))
+}
+
+async fn sidecar(args: RunArgs, cfg: config::Run) -> Result<()> {
+    // Before anything can take a while: SIGHUP's default action kills.
+    let mut hangup = signal(SignalKind::hangup())?;
+    let out = Output::open(cfg.output_file.clone())?;
+    let registry = Arc::new(Mutex::new(Registry::new(cfg.max_series, cfg.series_ttl)));
+    describe(&mut registry.lock().unwrap_or_else(|e| e.into_inner()));
+    if let Some(addr) = &cfg.metrics_address {
+        let listener = metrics::bind(addr).await?;
+        tokio::spawn(metrics::serve(listener, registry.clone()));
+    }
+    let syslog = match &cfg.syslog {
+        Some(c) => {
+            let s = Syslog::start(c.clone()).await?;
+            eprintln!("tcpq: sending events to syslog {}", s.target());
+            Some(s)
+        }
+        None => None,
+    };
+    let (tx, rx) = mpsc::channel(8);
+    let hup_tx = tx.clone();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            if hup_tx.send(Control::Reload).await.is_err() {
+                break;
+            }
+        }
+    });
+    let (every_tx, every_rx) = watch::channel(cfg.snapshot_interval);
+    tokio::spawn(snapshots(every_rx, cfg.detect.port, tx));
+    let mut sink = Sidecar {
+        args,
+        cfg: cfg.clone(),
+        out,
+        syslog,
+        next_syslog: Arc::new(Mutex::new(None)),
+        registry,
+        close_wait: HashMap::new(),
+        owners: HashMap::new(),
+        snapshot_every: every_tx,
+        warned_overflow: false,
+        expired_at: Instant::now(),
+    };
+    let result = trace::engine(cfg.detect.clone(), &mut sink, Some(rx)).await;
+    sink.close().await;
+    result
+}
+
+/// Every `interval`: `status`'s rows, gathered on a blocking thread (they
+/// walk /proc and every namespace), sent to the engine.
+async fn snapshots(
+    mut every: watch::Receiver<Option<Duration>>,
+    port: Option<u16>,
+    tx: mpsc::Sender<Control>,
+) {
+    loop {
+        let interval = *every.borrow_and_update();
+        match interval {
+            None => {
+                if every.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Some(d) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    r = every.changed() => { if r.is_err() { return } continue; }
+                }
+            }
+        }
+        let rows = tokio::task::spawn_blocking(move || {
+            crate::status::collect(port)
+                .map(|(rows, ports)| crate::status::json_lines(&rows, &ports, SystemTime::now()))
+        })
+        .await;
+        match rows {
+            Ok(Ok(lines)) => {
+                if tx.send(Control::Snapshot(lines)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Err(e)) => eprintln!("tcpq: snapshot failed: {e:#}"),
+            Err(e) => eprintln!("tcpq: snapshot failed: {e}"),
+        }
+    }
+}
+
+/// JSON lines: stdout, or a file reopened on SIGHUP.
+enum Output {
+    Stdout(io::Stdout),
+    File { path: PathBuf, w: BufWriter<File> },
+}
+
+impl Output {
+    fn open(path: Option<PathBuf>) -> Result<Output> {
+        Ok(match path {
+            None => Output::Stdout(io::stdout()),
+            Some(path) => {
+                let f = open_append(&path).map_err(|e| {
+                    anyhow!("output file {}: {}", path.display(), config::io_reason(&e))
+                })?;
+                Output::File {
+                    path,
+                    w: BufWriter::new(f),
+                }
+            }
+        })
+    }
+
+    fn line(&mut self, v: &Value) -> io::Result<()> {
+        match self {
+            Output::Stdout(s) => writeln!(s.lock(), "{v}"),
+            Output::File { w, .. } => writeln!(w, "{v}"),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Output::Stdout(s) => s.lock().flush(),
+            Output::File { w, .. } => w.flush(),
+        }
+    }
+
+    fn path(&self) -> Option<&PathBuf> {
+        match self {
+            Output::Stdout(_) => None,
+            Output::File { path, .. } => Some(path),
+        }
+    }
+}
+
+fn open_append(path: &PathBuf) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+struct Sidecar {
+    args: RunArgs,
+    cfg: config::Run,
+    out: Output,
+    syslog: Option<Syslog>,
+    /// A syslog sender being started by a reload, taken over once ready.
+    next_syslog: Arc<Mutex<Option<(Syslog, crate::syslog::Config)>>>,
+    registry: Arc<Mutex<Registry>>,
+    /// CLOSE_WAIT gauges: the last count per label set (0 removes).
+    close_wait: HashMap<Labels, f64>,
+    /// Listener inode → (process, container id), from the snapshots, for
+    /// the labels of listeners whose owner the engine has not resolved.
+    owners: HashMap<u32, (String, String)>,
+    snapshot_every: watch::Sender<Option<Duration>>,
+    warned_overflow: bool,
+    expired_at: Instant,
+}
+
+/// A line's labels: where, whose, and the kind's dimensions. Every family
+/// has all of them (empty ones are not rendered); no pid (pids churn).
+const LABELS: [(&str, &str); 10] = [
+    ("server_address", "server.address"),
+    ("server_port", "server.port"),
+    ("netns", "network.netns"),
+    ("process", "process.executable.name"),
+    ("container_id", "container.id"),
+    ("stage", "stage"),
+    ("next", "next"),
+    ("reason", "reason"),
+    ("error_type", "error.type"),
+    ("tcp_state", "tcp.state"),
+];
+
+fn labels(v: &Value) -> Labels {
+    LABELS
+        .iter()
+        .map(|&(label, key)| (label, v.get(key).map(plain).unwrap_or_default()))
+        .collect()
+}
+
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The families that exist whether or not anything happened yet.
+fn describe(r: &mut Registry) {
+    for (name, help, ty) in [
+        ("tcpq_listen_queue_length", "Connections waiting in a listener's accept queue (ss Recv-Q).", Type::Gauge),
+        ("tcpq_listen_queue_limit", "A listener's accept-queue limit, min(backlog, somaxconn) (ss Send-Q).", Type::Gauge),
+        ("tcpq_accept_latency_seconds", "Time from handshake completion to accept(), measured while a listener's queue fills (or for detect.port).", Type::Histogram),
+        ("tcpq_events_received_total", "Kernel events the agent received.", Type::Counter),
+        ("tcpq_events_lost_total", "Kernel events lost because the ring buffer was full.", Type::Counter),
+        ("tcpq_events_undecodable_total", "Kernel events the agent could not decode.", Type::Counter),
+        ("tcpq_kernel_read_errors_total", "Failed kernel memory reads in the eBPF programs.", Type::Counter),
+        ("tcpq_ringbuf_fill_ratio", "Most of the kernel-to-agent ring buffer in use since the last report (0-1).", Type::Gauge),
+        ("tcpq_probes_attached", "eBPF programs attached, per hook kind.", Type::Gauge),
+        ("tcpq_tracked_listeners", "Listeners the agent tracks.", Type::Gauge),
+        ("tcpq_owners_cached", "Socket owners the agent holds in memory.", Type::Gauge),
+        ("tcpq_metric_series", "Metric series the agent exports.", Type::Gauge),
+        ("tcpq_metric_series_overflowed_total", "Updates folded into overflow series because a family reached metrics.max_series.", Type::Counter),
+        ("tcpq_output_errors_total", "JSON lines that could not be written.", Type::Counter),
+    ] {
+        r.describe(name, help, ty);
+    }
+    for event in model::EVENTS {
+        match model::measure(event) {
+            Measure::Counter { name, help } => r.describe(&name, &help, Type::Counter),
+            Measure::Gauge { name, help } => r.describe(&name, &help, Type::Gauge),
+            Measure::Other => {}
+        }
+    }
+}
+
+impl Sidecar {
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A line to the JSON output and syslog; write errors are counted (a
+    /// full disk must not stop the metrics).
+    fn emit(&mut self, v: &Value, to_syslog: bool) {
+        if self.out.line(v).is_err() {
+            self.registry()
+                .inc("tcpq_output_errors_total", &Vec::new(), 1);
+        }
+        if to_syslog {
+            self.take_new_syslog();
+            if let Some(s) = &self.syslog {
+                s.send(v);
+            }
+        }
+    }
+
+    fn take_new_syslog(&mut self) {
+        let ready = self
+            .next_syslog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((s, c)) = ready {
+            eprintln!("tcpq: sending events to syslog {}", s.target());
+            self.syslog = Some(s);
+            self.cfg.syslog = Some(c);
+        }
+    }
+
+    fn count(&mut self, v: &Value) {
+        let event = v["event"].as_str().unwrap_or("");
+        let n = v["count"].as_u64().unwrap_or(0);
+        match model::measure(event) {
+            Measure::Counter { name, help } => {
+                let mut r = self.registry();
+                r.describe(&name, &help, Type::Counter);
+                r.inc(&name, &labels(v), n);
+            }
+            Measure::Gauge { name, help } => {
+                self.registry().describe(&name, &help, Type::Gauge);
+                let key = labels(v);
+                if n == 0 {
+                    self.close_wait.remove(&key);
+                } else {
+                    self.close_wait.insert(key, n as f64);
+                }
+            }
+            Measure::Other => {}
+        }
+    }
+
+    /// Process and container of a listener: the engine's resolver, else
+    /// the last snapshot.
+    fn owner_labels(&self, view: &View, inode: u32) -> (String, String) {
+        if let Some(o) = view.resolver.get(inode) {
+            let container = o
+                .placement
+                .as_ref()
+                .and_then(|p| p.container_id.clone())
+                .unwrap_or_default();
+            return (o.name.clone(), container);
+        }
+        self.owners.get(&inode).cloned().unwrap_or_default()
+    }
+
+    fn gauges(&mut self, view: &View) {
+        let mut len = Vec::new();
+        let mut limit = Vec::new();
+        for (k, info) in view.agg.listener_infos() {
+            let (process, container) = self.owner_labels(view, k.inode);
+            let l: Labels = vec![
+                ("server_address", info.addr.to_string()),
+                ("server_port", info.port.to_string()),
+                ("netns", k.netns.to_string()),
+                ("process", process),
+                ("container_id", container),
+            ];
+            len.push((l.clone(), info.queue_len as f64));
+            limit.push((l, info.queue_limit as f64));
+        }
+        let close_wait: Vec<(Labels, f64)> = self
+            .close_wait
+            .iter()
+            .map(|(l, v)| (l.clone(), *v))
+            .collect();
+        let h = &view.health;
+        let syslog = self.syslog.as_ref().map(|s| s.stats());
+        let reg = Arc::clone(&self.registry);
+        let mut r = reg.lock().unwrap_or_else(|e| e.into_inner());
+        r.replace_gauges("tcpq_listen_queue_length", len);
+        r.replace_gauges("tcpq_listen_queue_limit", limit);
+        if let Measure::Gauge { name, .. } = model::measure("close_wait") {
+            r.replace_gauges(&name, close_wait);
+        }
+        let none = Vec::new();
+        r.set_counter("tcpq_events_received_total", &none, h.received);
+        r.set_counter("tcpq_events_lost_total", &none, h.lost);
+        r.set_counter("tcpq_events_undecodable_total", &none, h.undecodable);
+        r.set_counter("tcpq_kernel_read_errors_total", &none, h.read_errors);
+        r.set("tcpq_ringbuf_fill_ratio", &none, h.ringbuf_fill);
+        r.replace_gauges(
+            "tcpq_probes_attached",
+            h.probes
+                .iter()
+                .map(|(k, n)| (vec![("kind", k.clone())], *n as f64))
+                .collect(),
+        );
+        r.set("tcpq_tracked_listeners", &none, h.tracked_listeners as f64);
+        r.set("tcpq_owners_cached", &none, h.owners_cached as f64);
+        if let Some(s) = syslog {
+            use std::sync::atomic::Ordering::Relaxed;
+            r.describe(
+                "tcpq_syslog_messages_total",
+                "Messages written to the syslog target.",
+                Type::Counter,
+            );
+            r.describe(
+                "tcpq_syslog_dropped_total",
+                "Messages dropped because the syslog queue was full.",
+                Type::Counter,
+            );
+            r.describe(
+                "tcpq_syslog_connected",
+                "1 while the syslog target is connected.",
+                Type::Gauge,
+            );
+            r.set_counter("tcpq_syslog_messages_total", &none, s.sent.load(Relaxed));
+            r.set_counter("tcpq_syslog_dropped_total", &none, s.dropped.load(Relaxed));
+            r.set(
+                "tcpq_syslog_connected",
+                &none,
+                s.connected.load(Relaxed) as u8 as f64,
+            );
+        }
+        if self.expired_at.elapsed() >= Duration::from_secs(10) {
+            r.expire(Instant::now());
+            self.expired_at = Instant::now();
+        }
+        let series = r.series();
+        r.set("tcpq_metric_series", &none, series as f64);
+        let overflowed = r.overflowed();
+        r.set_counter("tcpq_metric_series_overflowed_total", &none, overflowed);
+        drop(r);
+        if overflowed > 0 && !self.warned_overflow {
+            self.warned_overflow = true;
+            eprintln!(
+                "tcpq: a metric family reached metrics.max_series={}: further label sets are counted in its \"overflow\" series (tcpq_metric_series_overflowed_total)",
+                self.cfg.max_series
+            );
+        }
+    }
+
+    fn health_line(&self, view: &View) -> Value {
+        let h = &view.health;
+        let r = self.registry();
+        let mut v = json!({
+            "timestamp": export::timestamp(SystemTime::now()),
+            "schema.version": export::SCHEMA_VERSION,
+            "event": "agent_health",
+            "agent.events_received": h.received,
+            "agent.events_lost": h.lost,
+            "agent.undecodable": h.undecodable,
+            "agent.ringbuf_fill_ratio": h.ringbuf_fill,
+            "agent.tracked_listeners": h.tracked_listeners,
+            "agent.owners_cached": h.owners_cached,
+            "agent.metric_series": r.series(),
+            "agent.metric_series_overflowed": r.overflowed(),
+            "agent.probes": h.probes.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        });
+        if let Some(s) = &self.syslog {
+            v["agent.syslog_dropped"] =
+                json!(s.stats().dropped.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        v
+    }
+
+    async fn close(&mut self) {
+        let _ = self.out.flush();
+        self.take_new_syslog();
+        if let Some(s) = &self.syslog {
+            s.flush(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+impl Sink for Sidecar {
+    fn report(&mut self, r: &Report) -> io::Result<()> {
+        let v = export::json(r);
+        self.count(&v);
+        self.emit(&v, true);
+        Ok(())
+    }
+
+    fn lost(&mut self, at: SystemTime, n: u64) -> io::Result<()> {
+        let v: Value = serde_json::from_str(&export::lost(export::Format::Json, at, n))
+            .unwrap_or_else(|_| json!({}));
+        self.emit(&v, true);
+        Ok(())
+    }
+
+    fn latency(&mut self, s: &Summary) {
+        let l: Labels = vec![
+            ("server_port", s.port.to_string()),
+            ("netns", s.netns.to_string()),
+        ];
+        let counts = latency::fold(s, &latency::PROM_BOUNDS);
+        self.registry().observe(
+            "tcpq_accept_latency_seconds",
+            &l,
+            &latency::PROM_BOUNDS,
+            &counts,
+            s.sum_ns as f64 / 1e9,
+        );
+    }
+
+    fn flushed(&mut self, view: &View) -> io::Result<()> {
+        self.gauges(view);
+        if self.out.flush().is_err() {
+            self.registry()
+                .inc("tcpq_output_errors_total", &Vec::new(), 1);
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self, lines: Vec<Value>, view: &View) -> io::Result<()> {
+        self.owners.clear();
+        for mut v in lines {
+            if v["event"] == "listener" {
+                v["event"] = json!("listener_snapshot");
+                if let (Some(ino), Some(p)) = (
+                    v["socket.inode"].as_u64(),
+                    v["process.executable.name"].as_str(),
+                ) {
+                    let c = v["container.id"].as_str().unwrap_or("").to_string();
+                    self.owners.insert(ino as u32, (p.to_string(), c));
+                }
+            }
+            self.emit(&v, false);
+        }
+        let h = self.health_line(view);
+        self.emit(&h, false);
+        let _ = self.out.flush();
+        Ok(())
+    }
+
+    fn reload(&mut self) -> Option<AgentFilters> {
+        // The output file first: logrotate moved it, whatever the config says.
+        let new = config::Run::load(&self.args);
+        let path = match &new {
+            Ok(n) => n.output_file.clone(),
+            Err(_) => self.out.path().cloned(),
+        };
+        let _ = self.out.flush();
+        match Output::open(path) {
+            Ok(o) => self.out = o,
+            Err(e) => eprintln!("tcpq: reload: {e:#}; still writing to the old file"),
+        }
+        let new = match new {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("tcpq: reload: {e:#}; keeping the running configuration");
+                return None;
+            }
+        };
+        let restart = self.cfg.needs_restart(&new);
+        if !restart.is_empty() {
+            eprintln!(
+                "tcpq: reload: {} changed: takes effect at the next restart; keeping the running value",
+                restart.join(", ")
+            );
+        }
+        let _ = self.snapshot_every.send(new.snapshot_interval);
+        self.registry().set_limits(new.max_series, new.series_ttl);
+        if new.syslog != self.cfg.syslog {
+            match new.syslog.clone() {
+                None => self.syslog = None,
+                Some(c) => {
+                    let slot = self.next_syslog.clone();
+                    tokio::spawn(async move {
+                        match Syslog::start(c.clone()).await {
+                            Ok(s) => *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((s, c)),
+                            Err(e) => eprintln!("tcpq: reload: {e:#}; syslog stays as it was"),
+                        }
+                    });
+                }
+            }
+        }
+        let filters = AgentFilters {
+            comm: new.detect.comm.clone(),
+            cgroup: new.detect.cgroup.clone(),
+            container: new.detect.container.clone(),
+            accept_latency_ms: new.detect.accept_latency_ms,
+        };
+        // What needs a restart keeps its running value.
+        let mut kept = new;
+        kept.detect = crate::cli::TraceArgs {
+            comm: filters.comm.clone(),
+            cgroup: filters.cgroup.clone(),
+            container: filters.container.clone(),
+            accept_latency_ms: filters.accept_latency_ms,
+            ..self.cfg.detect.clone()
+        };
+        kept.metrics_address = self.cfg.metrics_address.clone();
+        // The new syslog target counts once its sender is connected.
+        if kept.syslog.is_some() {
+            kept.syslog = self.cfg.syslog.clone();
+        }
+        self.cfg = kept;
+        eprintln!("tcpq: reloaded the configuration and reopened the output");
+        Some(filters)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_come_from_the_json_keys_without_pid() {
+        let v = json!({
+            "event": "listen_overflow", "count": 3, "stage": "syn",
+            "server.address": "127.0.0.1", "server.port": 8080,
+            "network.netns": 4026531840u32, "process.pid": 7,
+            "process.executable.name": "nginx",
+        });
+        let l = labels(&v);
+        let get = |k: &str| l.iter().find(|(n, _)| *n == k).unwrap().1.clone();
+        assert_eq!(get("server_address"), "127.0.0.1");
+        assert_eq!(get("server_port"), "8080");
+        assert_eq!(get("netns"), "4026531840");
+        assert_eq!(get("process"), "nginx");
+        assert_eq!(get("stage"), "syn");
+        assert_eq!(get("container_id"), "");
+        assert!(l.iter().all(|(n, _)| !n.contains("pid")));
+    }
+
+    #[test]
+    fn every_event_kind_has_a_metric_and_new_ones_get_one() {
+        // Every kind the model names is in the list exporters declare.
+        use crate::model::{Kind, Next, Stage};
+        for k in [
+            Kind::ListenOverflow(Stage::Syn, Next::Unknown),
+            Kind::ListenDrop(Stage::Ack),
+            Kind::SynQueueDrop { reason: "x" },
+            Kind::SyncookiesSent,
+            Kind::SynackRetransmit,
+            Kind::ResetSent {
+                reason: "x",
+                kernel_reason: "y".into(),
+            },
+            Kind::ResetReceived { state: "x" },
+            Kind::ConnectError { error: "x".into() },
+            Kind::AcceptError { error: "x".into() },
+            Kind::CloseWait,
+            Kind::AcceptLatency,
+        ] {
+            assert!(model::EVENTS.contains(&k.event_name()), "{k:?}");
+        }
+        let mut r = Registry::new(10, Duration::from_secs(60));
+        describe(&mut r);
+        let text = r.render();
+        for e in model::EVENTS {
+            match model::measure(e) {
+                Measure::Counter { name, .. } | Measure::Gauge { name, .. } => {
+                    assert!(text.contains(&format!("# TYPE {name} ")), "{name}")
+                }
+                Measure::Other => {}
+            }
+        }
+        for e in [
+            "listen_overflow",
+            "listen_drop",
+            "syn_queue_drop",
+            "syncookies_sent",
+            "synack_retransmit",
+            "reset_sent",
+            "reset_received",
+            "connect_error",
+            "accept_error",
+        ] {
+            let Measure::Counter { name, .. } = model::measure(e) else {
+                panic!("{e}")
+            };
+            assert!(
+                name.starts_with("tcpq_") && name.ends_with("_total"),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            model::measure("listen_overflow"),
+            Measure::Counter {
+                name: "tcpq_listen_overflows_total".into(),
+                help: "Connections lost to a full accept queue (ListenOverflows).".into()
+            }
+        );
+        let Measure::Counter { name, .. } = model::measure("brand-new") else {
+            panic!()
+        };
+        assert_eq!(name, "tcpq_brand_new_total");
+    }
+}

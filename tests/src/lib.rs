@@ -246,8 +246,19 @@ impl Agent {
     /// Starts the agent with extra `trace` flags and waits until it says it
     /// is tracing.
     pub fn trace(extra: &[&str]) -> Agent {
+        Agent::start(&["trace", "--output", "json"], extra)
+    }
+
+    /// Starts `tcpq-agent run` (the sidecar) with these flags and waits
+    /// until it is tracing. Its JSON lines are on stdout unless
+    /// `--output-file` is given.
+    pub fn run(extra: &[&str]) -> Agent {
+        Agent::start(&["run"], extra)
+    }
+
+    fn start(sub: &[&str], extra: &[&str]) -> Agent {
         let mut child = Command::new(agent_bin())
-            .args(["trace", "--output", "json"])
+            .args(sub)
             .args(extra)
             .args(match std::env::var("TCPQ_ATTACH") {
                 Ok(mode) if !mode.is_empty() => vec!["--attach".to_string(), mode],
@@ -330,6 +341,62 @@ impl Agent {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Waits up to `within` for a stderr line containing `what`.
+    pub fn wait_stderr(&self, what: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(l) if l.contains(what) => return Some(l),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Whether the agent is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The agent's resident memory, KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// A TCP port on 127.0.0.1 nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// HTTP/1.0 GET on loopback: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, body.to_string()))
 }
 
 impl Drop for Agent {

@@ -6,6 +6,7 @@
 //!   of rustc itself (newer releases need a system LLVM);
 //! - Debian packages: iproute2 (ip netns, ss), util-linux (setpriv),
 //!   redis-server and nginx-light (real servers for scenario tests), wrk;
+//!   prometheus and rsyslog (real receivers for the sidecar's exporters);
 //!   qemu, busybox-static and cpio for the VM tests.
 
 use std::process::Command;
@@ -22,6 +23,8 @@ const DEBIAN: &[&str] = &[
     "redis-server",
     "nginx-light",
     "wrk",
+    "prometheus",
+    "rsyslog",
     "qemu-system-x86",
     "busybox-static",
     "cpio",

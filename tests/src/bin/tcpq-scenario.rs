@@ -55,6 +55,11 @@
 //!       {on, 0} (a RST); each client's read() fails; prints `reset N`
 //!       (the ECONNRESET count)
 //!
+//!   tcpq-scenario churn PORT PORTS WORKERS LIFE_MS SECS
+//!       for SECS: WORKERS forked children at a time, each listening on
+//!       the next of PORTS ports from PORT (listen(0), 2 clients: an
+//!       overflow), living LIFE_MS; prints `churn listeners=N`
+//!
 //!   tcpq-scenario reuseport PORT BACKLOG HOLD_SECS
 //!       two processes (parent and a forked child), each with its own
 //!       SO_REUSEPORT listener on PORT, never accepting; prints `ready
@@ -394,6 +399,55 @@ fn main() -> io::Result<()> {
             sleep(secs(
                 args.get(3).and_then(|s| s.parse().ok()).unwrap_or(120.0),
             ));
+        }
+        "churn" => {
+            // Listeners and processes born and gone continuously: WORKERS
+            // at a time, each a forked child that listens on the next port
+            // of PORTS, overflows its queue with 2 clients, lives LIFE_MS
+            // and exits.
+            let base: u16 = arg(&args, 1, "PORT");
+            let ports: u16 = arg(&args, 2, "PORTS");
+            let workers: usize = arg(&args, 3, "WORKERS");
+            let life_ms: u64 = arg(&args, 4, "LIFE_MS");
+            let total = secs(arg(&args, 5, "SECS"));
+            ready();
+            let start = std::time::Instant::now();
+            let mut next = 0u32;
+            let mut live: Vec<i32> = Vec::new();
+            let mut born = 0u64;
+            while start.elapsed() < total {
+                while live.len() < workers.clamp(1, 16) {
+                    let port = base + (next % ports.max(1) as u32) as u16;
+                    next += 1;
+                    match fork()? {
+                        0 => {
+                            let code = match listener(port, 0) {
+                                Ok(_l) => {
+                                    let c1 = connect(port, Some(1), true, false);
+                                    let c2 = connect(port, Some(1), true, false);
+                                    sleep(Duration::from_millis(life_ms.min(5000)));
+                                    drop((c1, c2));
+                                    0
+                                }
+                                Err(_) => 1,
+                            };
+                            unsafe { libc::_exit(code) };
+                        }
+                        pid => {
+                            live.push(pid);
+                            born += 1;
+                        }
+                    }
+                }
+                let mut status = 0;
+                let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+                live.retain(|&p| p != pid);
+            }
+            for p in live {
+                let mut status = 0;
+                unsafe { libc::waitpid(p, &mut status, 0) };
+            }
+            println!("churn listeners={born}");
         }
         "syn-overflow" | "connect" => {
             let port = arg(&args, 1, "PORT");

@@ -258,6 +258,7 @@ impl Aggregator {
     }
 
     fn add_line(&mut self, l: Line) {
+        let gauge = l.kind == Kind::CloseWait;
         let slot = self
             .pending
             .entry((l.key, l.kind, l.source, l.group, l.pid, l.netns))
@@ -272,7 +273,13 @@ impl Aggregator {
             });
         slot.last_ts = slot.last_ts.max(l.ts);
         slot.info = l.info;
-        slot.count += l.n;
+        // A gauge (CLOSE_WAIT: how many now) takes the latest reading; the
+        // rest are counts over the interval.
+        if gauge {
+            slot.count = l.n;
+        } else {
+            slot.count += l.n;
+        }
         if l.peer.is_some() {
             slot.peer = l.peer;
         }
@@ -388,6 +395,38 @@ impl Aggregator {
                 p.attrs.push(("reuseport.group_count", json!(t)));
             }
         }
+    }
+
+    /// CLOSE_WAIT sockets now, per group: the namespace, the listener they
+    /// came from (if one is on their port) and that listener (or port), and
+    /// how many. Gone namespaces and empty groups are not in it.
+    pub fn close_wait_now(&self) -> Vec<(u32, Option<ListenerKey>, ListenerInfo, u32)> {
+        let mut out = Vec::new();
+        for (&netns, ns) in &self.ns {
+            for (g, h) in &ns.cw_groups {
+                if h.reported == 0 {
+                    continue;
+                }
+                let (key, info) = match *g {
+                    CwGroup::Listener(k) => (
+                        Some(k),
+                        self.listeners
+                            .get(&k)
+                            .and_then(|s| s.info.clone())
+                            .unwrap_or_else(ListenerInfo::unknown),
+                    ),
+                    CwGroup::Port(port) => (
+                        None,
+                        ListenerInfo {
+                            port,
+                            ..ListenerInfo::unknown()
+                        },
+                    ),
+                };
+                out.push((netns, key, info, h.reported));
+            }
+        }
+        out
     }
 
     /// Every tracked listener with its latest queue state.
@@ -1410,6 +1449,18 @@ mod tests {
         let attr = |k| p[0].attrs.iter().find(|(n, _)| *n == k).unwrap().1.clone();
         assert_eq!(attr("close_wait.oldest_seconds"), json!(30.0));
         assert_eq!(attr("close_wait.growth_per_minute"), json!(2.0));
+        assert_eq!(a.close_wait_now()[0].3, 3);
+        // Two readings in one interval: the line has the latest (a gauge),
+        // not their sum; down to none: a 0 line, and no group left.
+        let mut s3 = snap(vec![sock(1, 0, 0, 16)], 32_000_000_000, false);
+        s3.others = Some(vec![cw(1), cw(2)]);
+        a.on_snapshot(&s3);
+        let mut s4 = snap(vec![sock(1, 0, 0, 16)], 33_000_000_000, false);
+        s4.others = Some(vec![]);
+        a.on_snapshot(&s4);
+        let p = a.take();
+        assert_eq!((p.len(), p[0].count), (1, 0));
+        assert!(a.close_wait_now().is_empty());
     }
 
     #[test]

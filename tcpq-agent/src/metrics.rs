@@ -50,6 +50,10 @@ enum Value {
 struct Series {
     value: Value,
     touched: Instant,
+    /// Not scraped yet: a counter or histogram shows 0 at its first scrape,
+    /// so `rate()`/`increase()` see its first events (a series appearing
+    /// with N already in it would hide them).
+    fresh: bool,
 }
 
 struct Family {
@@ -67,7 +71,11 @@ fn new_series(ty: Type, bounds: &Option<Vec<f64>>, touched: Instant) -> Series {
         Type::Gauge => Value::Gauge(0.0),
         Type::Histogram => Value::Histogram(vec![0; bounds.as_ref().map_or(0, Vec::len) + 1], 0.0),
     };
-    Series { value, touched }
+    Series {
+        value,
+        touched,
+        fresh: ty != Type::Gauge,
+    }
 }
 
 type Families = BTreeMap<String, Family>;
@@ -192,6 +200,7 @@ impl Registry {
         let gauge = |v| Series {
             value: Value::Gauge(v),
             touched,
+            fresh: false,
         };
         let old = std::mem::take(&mut fam.series);
         let (known, new): (Vec<_>, Vec<_>) =
@@ -262,7 +271,26 @@ impl Registry {
     }
 
     /// Text exposition format 0.0.4.
+    /// The values as they are (tests).
+    #[cfg(test)]
     pub fn render(&self) -> String {
+        self.render_with(false)
+    }
+
+    /// What a scrape gets: new counter and histogram series at 0 (see
+    /// `Series::fresh`), with their values from the next scrape on.
+    pub fn render_scrape(&mut self) -> String {
+        let text = self.render_with(true);
+        for fam in self.families.values_mut() {
+            let overflow = fam.overflow.iter_mut().map(|(_, s)| s);
+            for s in fam.series.values_mut().chain(overflow) {
+                s.fresh = false;
+            }
+        }
+        text
+    }
+
+    fn render_with(&self, zero_fresh: bool) -> String {
         let mut out = String::with_capacity(4096);
         for (name, fam) in &self.families {
             let ty = match fam.ty {
@@ -277,18 +305,21 @@ impl Registry {
                 let mut line = |suffix, le: Option<&str>, value: &str| {
                     sample(&mut out, name, suffix, labels, le, value)
                 };
+                let zero = zero_fresh && s.fresh;
                 match &s.value {
+                    Value::Counter(_) if zero => line("", None, "0"),
                     Value::Counter(c) => line("", None, &c.to_string()),
                     Value::Gauge(g) => line("", None, &fmt_f64(*g)),
                     Value::Histogram(counts, sum) => {
                         let mut cum = 0u64;
+                        let sum = if zero { 0.0 } else { *sum };
                         for (i, c) in counts.iter().enumerate() {
-                            cum = cum.saturating_add(*c);
+                            cum = cum.saturating_add(if zero { 0 } else { *c });
                             let le = fam.bounds.iter().flatten().nth(i);
                             let le = le.map_or("+Inf".into(), |b| fmt_f64(*b));
                             line("_bucket", Some(&le), &cum.to_string());
                         }
-                        line("_sum", None, &fmt_f64(*sum));
+                        line("_sum", None, &fmt_f64(sum));
                         line("_count", None, &cum.to_string());
                     }
                 }
@@ -416,7 +447,10 @@ fn route(req: &[u8], registry: &Mutex<Registry>) -> Reply {
     match target.split('?').next().unwrap_or_default() {
         "/metrics" | "/" if method != "GET" && !head => plain("405 Method Not Allowed"),
         "/metrics" => {
-            let body = registry.lock().unwrap_or_else(|p| p.into_inner()).render();
+            let body = registry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .render_scrape();
             ("200 OK", CONTENT_TYPE, body, head)
         }
         "/" => {
@@ -631,7 +665,18 @@ tcpq_up 1
     async fn serves_metrics() {
         let listener = bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let mut fresh = sample_registry();
+        let first = fresh.render_scrape();
+        let series = format!("{DROPS}{{port=\"80\",reason=\"full\"}}");
+        assert!(first.contains(&format!("{series} 0\n")), "{first}");
+        assert!(fresh.render().contains(&format!("{series} 5\n")));
+        assert_eq!(
+            fresh.render_scrape(),
+            fresh.render(),
+            "values from the second scrape on"
+        );
         let reg = Arc::new(Mutex::new(sample_registry()));
+        reg.lock().unwrap().render_scrape();
         let task = tokio::spawn(serve(listener, reg.clone()));
         let resp = get(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         let (head, body) = resp.split_once("\r\n\r\n").unwrap();

@@ -43,26 +43,46 @@ pub fn main(args: RunArgs) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!("run needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN; see packaging/systemd): run it with sudo or as the packaged service");
     }
-    tokio::runtime::Builder::new_current_thread()
+    // The exporters (the /metrics server, the syslog sender) run on a
+    // thread of their own: the engine's thread does blocking work (sock_diag
+    // dumps, /proc walks, writes to a full pipe) that must not stall a
+    // scrape or the syslog queue.
+    let exporters = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("tcpq-export")
         .enable_all()
         .build()
-        .context("starting the runtime")?
-        .block_on(sidecar(args, cfg))
+        .context("starting the exporter runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let result = rt.block_on(sidecar(args, cfg, exporters.handle().clone()));
+    // A snapshot still walking /proc must not hold up the exit.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    exporters.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
-async fn sidecar(args: RunArgs, cfg: config::Run) -> Result<()> {
+async fn sidecar(args: RunArgs, cfg: config::Run, exporters: tokio::runtime::Handle) -> Result<()> {
     // Before anything can take a while: SIGHUP's default action kills.
     let mut hangup = signal(SignalKind::hangup())?;
     let out = Output::open(cfg.output_file.clone())?;
     let registry = Arc::new(Mutex::new(Registry::new(cfg.max_series, cfg.series_ttl)));
     describe(&mut registry.lock().unwrap_or_else(|e| e.into_inner()));
-    if let Some(addr) = &cfg.metrics_address {
-        let listener = metrics::bind(addr).await?;
-        tokio::spawn(metrics::serve(listener, registry.clone()));
+    if let Some(addr) = cfg.metrics_address.clone() {
+        let reg = registry.clone();
+        exporters
+            .spawn(async move {
+                let listener = metrics::bind(&addr).await?;
+                tokio::spawn(metrics::serve(listener, reg));
+                anyhow::Ok(())
+            })
+            .await??;
     }
-    let syslog = match &cfg.syslog {
+    let syslog = match cfg.syslog.clone() {
         Some(c) => {
-            let s = Syslog::start(c.clone()).await?;
+            let s = exporters.spawn(Syslog::start(c)).await??;
             eprintln!("tcpq: sending events to syslog {}", s.target());
             Some(s)
         }
@@ -80,13 +100,14 @@ async fn sidecar(args: RunArgs, cfg: config::Run) -> Result<()> {
     let (every_tx, every_rx) = watch::channel(cfg.snapshot_interval);
     tokio::spawn(snapshots(every_rx, cfg.detect.port, tx));
     let mut sink = Sidecar {
+        exporters,
+        syslog_base: (0, 0),
         args,
         cfg: cfg.clone(),
         out,
         syslog,
         next_syslog: Arc::new(Mutex::new(None)),
         registry,
-        close_wait: HashMap::new(),
         owners: HashMap::new(),
         snapshot_every: every_tx,
         warned_overflow: false,
@@ -104,6 +125,9 @@ async fn snapshots(
     port: Option<u16>,
     tx: mpsc::Sender<Control>,
 ) {
+    // The first one at once: it names the owners of listeners older than
+    // the agent (the queue gauges' labels).
+    let mut first = true;
     loop {
         let interval = *every.borrow_and_update();
         match interval {
@@ -113,6 +137,7 @@ async fn snapshots(
                 }
                 continue;
             }
+            Some(_) if first => first = false,
             Some(d) => {
                 tokio::select! {
                     _ = tokio::time::sleep(d) => {}
@@ -186,6 +211,10 @@ fn open_append(path: &PathBuf) -> io::Result<File> {
 }
 
 struct Sidecar {
+    /// Where syslog senders run.
+    exporters: tokio::runtime::Handle,
+    /// Messages sent and dropped by syslog senders replaced by a reload.
+    syslog_base: (u64, u64),
     args: RunArgs,
     cfg: config::Run,
     out: Output,
@@ -193,8 +222,6 @@ struct Sidecar {
     /// A syslog sender being started by a reload, taken over once ready.
     next_syslog: Arc<Mutex<Option<(Syslog, crate::syslog::Config)>>>,
     registry: Arc<Mutex<Registry>>,
-    /// CLOSE_WAIT gauges: the last count per label set (0 removes).
-    close_wait: HashMap<Labels, f64>,
     /// Listener inode → (process, container id), from the snapshots, for
     /// the labels of listeners whose owner the engine has not resolved.
     owners: HashMap<u32, (String, String)>,
@@ -236,7 +263,7 @@ fn plain(v: &Value) -> String {
 fn describe(r: &mut Registry) {
     for (name, help, ty) in [
         ("tcpq_listen_queue_length", "Connections waiting in a listener's accept queue (ss Recv-Q).", Type::Gauge),
-        ("tcpq_listen_queue_limit", "A listener's accept-queue limit, min(backlog, somaxconn) (ss Send-Q).", Type::Gauge),
+        ("tcpq_listen_queue_limit", "A listener's accept-queue limit, min(backlog, somaxconn) (ss Send-Q); summed over an SO_REUSEPORT group's members.", Type::Gauge),
         ("tcpq_accept_latency_seconds", "Time from handshake completion to accept(), measured while a listener's queue fills (or for detect.port).", Type::Histogram),
         ("tcpq_events_received_total", "Kernel events the agent received.", Type::Counter),
         ("tcpq_events_lost_total", "Kernel events lost because the ring buffer was full.", Type::Counter),
@@ -289,8 +316,20 @@ impl Sidecar {
             .take();
         if let Some((s, c)) = ready {
             eprintln!("tcpq: sending events to syslog {}", s.target());
+            self.retire_syslog();
             self.syslog = Some(s);
             self.cfg.syslog = Some(c);
+        }
+    }
+
+    /// Stops the current syslog sender, keeping its totals for the
+    /// counters (they never go back).
+    fn retire_syslog(&mut self) {
+        if let Some(old) = self.syslog.take() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let st = old.stats();
+            self.syslog_base.0 += st.sent.load(Relaxed);
+            self.syslog_base.1 += st.dropped.load(Relaxed);
         }
     }
 
@@ -303,17 +342,35 @@ impl Sidecar {
                 r.describe(&name, &help, Type::Counter);
                 r.inc(&name, &labels(v), n);
             }
-            Measure::Gauge { name, help } => {
-                self.registry().describe(&name, &help, Type::Gauge);
-                let key = labels(v);
-                if n == 0 {
-                    self.close_wait.remove(&key);
-                } else {
-                    self.close_wait.insert(key, n as f64);
-                }
-            }
-            Measure::Other => {}
+            // Gauges are rebuilt from the engine's state at every flush.
+            Measure::Gauge { .. } | Measure::Other => {}
         }
+    }
+
+    /// A listener's (or, without one, a port's) labels.
+    fn listener_labels(
+        &self,
+        view: &View,
+        netns: u32,
+        inode: Option<u32>,
+        info: &crate::model::ListenerInfo,
+    ) -> Labels {
+        let (process, container) = inode
+            .map(|i| self.owner_labels(view, i))
+            .unwrap_or_default();
+        vec![
+            (
+                "server_address",
+                match inode {
+                    Some(_) => info.addr.to_string(),
+                    None => String::new(),
+                },
+            ),
+            ("server_port", info.port.to_string()),
+            ("netns", netns.to_string()),
+            ("process", process),
+            ("container_id", container),
+        ]
     }
 
     /// Process and container of a listener: the engine's resolver, else
@@ -331,25 +388,25 @@ impl Sidecar {
     }
 
     fn gauges(&mut self, view: &View) {
-        let mut len = Vec::new();
-        let mut limit = Vec::new();
+        // Summed per label set: the members of an SO_REUSEPORT group share
+        // address, port and owner.
+        let mut len: HashMap<Labels, f64> = HashMap::new();
+        let mut limit: HashMap<Labels, f64> = HashMap::new();
         for (k, info) in view.agg.listener_infos() {
-            let (process, container) = self.owner_labels(view, k.inode);
-            let l: Labels = vec![
-                ("server_address", info.addr.to_string()),
-                ("server_port", info.port.to_string()),
-                ("netns", k.netns.to_string()),
-                ("process", process),
-                ("container_id", container),
-            ];
-            len.push((l.clone(), info.queue_len as f64));
-            limit.push((l, info.queue_limit as f64));
+            let l = self.listener_labels(view, k.netns, Some(k.inode), info);
+            *len.entry(l.clone()).or_default() += info.queue_len as f64;
+            *limit.entry(l).or_default() += info.queue_limit as f64;
         }
-        let close_wait: Vec<(Labels, f64)> = self
-            .close_wait
-            .iter()
-            .map(|(l, v)| (l.clone(), *v))
-            .collect();
+        let mut close_wait: HashMap<Labels, f64> = HashMap::new();
+        for (netns, key, info, n) in view.agg.close_wait_now() {
+            let l = self.listener_labels(view, netns, key.map(|k| k.inode), &info);
+            *close_wait.entry(l).or_default() += n as f64;
+        }
+        let (len, limit, close_wait): (Vec<_>, Vec<_>, Vec<_>) = (
+            len.into_iter().collect(),
+            limit.into_iter().collect(),
+            close_wait.into_iter().collect(),
+        );
         let h = &view.health;
         let syslog = self.syslog.as_ref().map(|s| s.stats());
         let reg = Arc::clone(&self.registry);
@@ -391,8 +448,17 @@ impl Sidecar {
                 "1 while the syslog target is connected.",
                 Type::Gauge,
             );
-            r.set_counter("tcpq_syslog_messages_total", &none, s.sent.load(Relaxed));
-            r.set_counter("tcpq_syslog_dropped_total", &none, s.dropped.load(Relaxed));
+            let (sent, dropped) = self.syslog_base;
+            r.set_counter(
+                "tcpq_syslog_messages_total",
+                &none,
+                sent + s.sent.load(Relaxed),
+            );
+            r.set_counter(
+                "tcpq_syslog_dropped_total",
+                &none,
+                dropped + s.dropped.load(Relaxed),
+            );
             r.set(
                 "tcpq_syslog_connected",
                 &none,
@@ -536,14 +602,29 @@ impl Sink for Sidecar {
                 restart.join(", ")
             );
         }
-        let _ = self.snapshot_every.send(new.snapshot_interval);
+        // Only a change restarts the wait (frequent SIGHUPs must not starve
+        // the snapshots).
+        self.snapshot_every.send_if_modified(|v| {
+            let changed = *v != new.snapshot_interval;
+            *v = new.snapshot_interval;
+            changed
+        });
         self.registry().set_limits(new.max_series, new.series_ttl);
         if new.syslog != self.cfg.syslog {
             match new.syslog.clone() {
-                None => self.syslog = None,
+                None => {
+                    self.retire_syslog();
+                    self.next_syslog
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
+                    self.cfg.syslog = None;
+                    self.registry()
+                        .replace_gauges("tcpq_syslog_connected", Vec::new());
+                }
                 Some(c) => {
                     let slot = self.next_syslog.clone();
-                    tokio::spawn(async move {
+                    self.exporters.spawn(async move {
                         match Syslog::start(c.clone()).await {
                             Ok(s) => *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((s, c)),
                             Err(e) => eprintln!("tcpq: reload: {e:#}; syslog stays as it was"),

@@ -103,6 +103,8 @@ struct Session {
     last_flush: std::time::Instant,
     /// Programs attached per hook kind, as of the last change.
     probes: Vec<(String, u64)>,
+    /// Most unconsumed ring-buffer bytes since the last flush.
+    fill_peak: u64,
 }
 
 /// Runs until SIGINT/SIGTERM, `--duration`, or the `--pid` exits; every
@@ -275,6 +277,7 @@ pub async fn engine(
         undecodable: 0,
         lost_reported: 0,
         probes: loaded.probes(false),
+        fill_peak: 0,
         // Quiet since start: the first news is printed at once.
         last_flush: std::time::Instant::now()
             .checked_sub(args.interval)
@@ -464,6 +467,7 @@ impl Session {
         let written = self.write_lines(&pending, accepts, at, sink);
         let view = self.view();
         let done = written.and_then(|()| sink.flushed(&view));
+        self.fill_peak = 0;
         // Owners of sockets no longer tracked go, whether or not anything
         // was printed.
         let agg = &self.agg;
@@ -474,14 +478,16 @@ impl Session {
         done
     }
 
-    /// The agent's state for the sink; reads (and resets) the ring
-    /// buffer's fill mark.
+    /// The agent's state for the sink. Moves the kernel's ring-buffer fill
+    /// mark into `fill_peak` (cleared by `flush` only).
     fn view(&mut self) -> View<'_> {
         let fill = self
             .stats
             .get(&stats::RINGBUF_FILL_MAX, 0)
             .map(|v| v.iter().copied().max().unwrap_or(0))
             .unwrap_or(0);
+        self.fill_peak = self.fill_peak.max(fill);
+        let fill = self.fill_peak;
         if fill > 0 {
             if let Ok(cpus) = aya::util::nr_cpus() {
                 if let Ok(zero) = aya::maps::PerCpuValues::try_from(vec![0u64; cpus]) {
@@ -587,9 +593,19 @@ impl Session {
             .filter_map(|r| r.ok())
             .map(|(k, per_cpu)| (k, per_cpu.iter().sum()))
             .collect();
+        // Only what the kernel still holds is remembered (its map is an LRU
+        // keyed by pid): a count below the last one is a new entry.
+        let mut prev = std::mem::take(seen);
+        for &(key, total) in &now {
+            seen.insert(key, total);
+        }
         for (key, total) in now {
-            let before = seen.insert(key, total).unwrap_or(0);
-            let n = total.saturating_sub(before);
+            let before = prev.remove(&key).unwrap_or(0);
+            let n = if total >= before {
+                total - before
+            } else {
+                total
+            };
             if n == 0 {
                 continue;
             }

@@ -209,6 +209,68 @@ fn prometheus_query_matches_the_kernel_and_promtool_passes() {
     assert!(health["agent.events_received"].as_u64().unwrap() > 0);
 }
 
+/// The accept-latency histogram: 5 connections accepted 500 ms late
+/// (`detect.port` turns measurement on from the first connection).
+#[test]
+fn accept_latency_reaches_prometheus_as_a_histogram() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("lat");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let agent = Agent::run(&[
+        "--port",
+        "9651",
+        "--metrics-address",
+        &metrics,
+        "--output-file",
+        "/dev/null",
+        "--snapshot-interval",
+        "0",
+    ]);
+    let (mut child, _) = ns.scenario(&["accept-delay", "9651", "5", "500", "1"]);
+    let mut out = String::new();
+    use std::io::Read;
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(out.trim(), "accepted 5");
+    let sel = format!("{{server_port=\"9651\",netns=\"{}\"", ns.inode());
+    let value = |body: &str, suffix: &str, le: Option<&str>| -> Option<f64> {
+        let head = match le {
+            Some(le) => format!("tcpq_accept_latency_seconds{suffix}{sel},le=\"{le}\"}} "),
+            None => format!("tcpq_accept_latency_seconds{suffix}{sel}}} "),
+        };
+        body.lines()
+            .find_map(|l| l.strip_prefix(&head))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    // A new series shows 0 at its first scrape, its count from the next.
+    let body = wait_until(Duration::from_secs(15), || {
+        let (_, body) = http_get(&metrics, "/metrics").ok()?;
+        (value(&body, "_count", None)? == 5.0).then_some(body)
+    })
+    .expect("tcpq_accept_latency_seconds_count 5");
+    eprintln!(
+        "{}",
+        body.lines()
+            .filter(|l| l.contains(&sel))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Every wait was 500 ms or more: none at or below 0.25 s, all by 2.5 s.
+    assert_eq!(value(&body, "_bucket", Some("0.25")), Some(0.0));
+    assert_eq!(value(&body, "_bucket", Some("2.5")), Some(5.0));
+    assert_eq!(value(&body, "_bucket", Some("+Inf")), Some(5.0));
+    let sum = value(&body, "_sum", None).unwrap();
+    assert!((2.5..4.0).contains(&sum), "_sum {sum}");
+    agent.stop_with(libc::SIGTERM);
+}
+
 /// rsyslogd with a unix socket, a UDP and a TCP input, writing every
 /// message to `out.log` in RFC 5424 form.
 struct Rsyslog {

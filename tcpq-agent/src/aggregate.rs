@@ -397,6 +397,27 @@ impl Aggregator {
         }
     }
 
+    /// A CLOSE_WAIT group's listener (with what is known of it), or its
+    /// bare local port.
+    fn cw_target(&self, g: CwGroup) -> (Option<ListenerKey>, ListenerInfo) {
+        match g {
+            CwGroup::Listener(k) => (
+                Some(k),
+                self.listeners
+                    .get(&k)
+                    .and_then(|s| s.info.clone())
+                    .unwrap_or_else(ListenerInfo::unknown),
+            ),
+            CwGroup::Port(port) => (
+                None,
+                ListenerInfo {
+                    port,
+                    ..ListenerInfo::unknown()
+                },
+            ),
+        }
+    }
+
     /// CLOSE_WAIT sockets now, per group: the namespace, the listener they
     /// came from (if one is on their port) and that listener (or port), and
     /// how many. Gone namespaces and empty groups are not in it.
@@ -407,22 +428,7 @@ impl Aggregator {
                 if h.reported == 0 {
                     continue;
                 }
-                let (key, info) = match *g {
-                    CwGroup::Listener(k) => (
-                        Some(k),
-                        self.listeners
-                            .get(&k)
-                            .and_then(|s| s.info.clone())
-                            .unwrap_or_else(ListenerInfo::unknown),
-                    ),
-                    CwGroup::Port(port) => (
-                        None,
-                        ListenerInfo {
-                            port,
-                            ..ListenerInfo::unknown()
-                        },
-                    ),
-                };
+                let (key, info) = self.cw_target(*g);
                 out.push((netns, key, info, h.reported));
             }
         }
@@ -869,32 +875,11 @@ impl Aggregator {
         }
         ns.cw_groups.retain(|_, h| h.reported > 0);
         for (g, count, age, growth, inode) in lines {
-            if self.port.is_some_and(|p| match g {
-                CwGroup::Listener(k) => self
-                    .listeners
-                    .get(&k)
-                    .and_then(|s| s.info.as_ref())
-                    .is_none_or(|i| i.port != p),
-                CwGroup::Port(port) => port != p,
-            }) {
+            let (key, info) = self.cw_target(g);
+            // An unknown listener has port 0: never the `--port`.
+            if self.port.is_some_and(|p| info.port != p) {
                 continue;
             }
-            let (key, info) = match g {
-                CwGroup::Listener(k) => (
-                    Some(k),
-                    self.listeners
-                        .get(&k)
-                        .and_then(|s| s.info.clone())
-                        .unwrap_or_else(ListenerInfo::unknown),
-                ),
-                CwGroup::Port(port) => (
-                    None,
-                    ListenerInfo {
-                        port,
-                        ..ListenerInfo::unknown()
-                    },
-                ),
-            };
             self.add_line(Line {
                 key,
                 kind: Kind::CloseWait,

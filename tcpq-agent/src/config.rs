@@ -122,29 +122,21 @@ impl Run {
     /// reload cannot change them. Returns the names of those that differ.
     pub fn needs_restart(&self, new: &Run) -> Vec<&'static str> {
         let (a, b) = (&self.detect, &new.detect);
-        let mut out = Vec::new();
-        if a.port != b.port {
-            out.push("detect.port");
-        }
-        if a.netns != b.netns {
-            out.push("detect.netns");
-        }
-        if a.attach != b.attach {
-            out.push("detect.attach");
-        }
-        if a.syscall_hooks != b.syscall_hooks {
-            out.push("detect.syscall_hooks");
-        }
-        if a.poll_interval != b.poll_interval {
-            out.push("detect.poll_interval");
-        }
-        if a.interval != b.interval {
-            out.push("detect.interval");
-        }
-        if self.metrics_address != new.metrics_address {
-            out.push("metrics.address");
-        }
-        out
+        [
+            ("detect.port", a.port != b.port),
+            ("detect.netns", a.netns != b.netns),
+            ("detect.attach", a.attach != b.attach),
+            ("detect.syscall_hooks", a.syscall_hooks != b.syscall_hooks),
+            ("detect.poll_interval", a.poll_interval != b.poll_interval),
+            ("detect.interval", a.interval != b.interval),
+            (
+                "metrics.address",
+                self.metrics_address != new.metrics_address,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
     }
 }
 

@@ -237,18 +237,22 @@ pub fn render(format: Format, r: &Report) -> String {
     }
 }
 
+/// The `events_lost` object.
+pub fn lost_json(at: SystemTime, count: u64) -> Value {
+    json!({
+        "timestamp": timestamp(at),
+        "schema.version": SCHEMA_VERSION,
+        "event": "events_lost",
+        "count": count,
+        "source": "agent",
+    })
+}
+
 /// A line about the agent itself: events the kernel saw that never reached
 /// user space.
 pub fn lost(format: Format, at: SystemTime, count: u64) -> String {
     match format {
-        Format::Json => json!({
-            "timestamp": timestamp(at),
-            "schema.version": SCHEMA_VERSION,
-            "event": "events_lost",
-            "count": count,
-            "source": "agent",
-        })
-        .to_string(),
+        Format::Json => lost_json(at, count).to_string(),
         Format::Text => format!(
             "{} events_lost count={count} (ring buffer full: kernel events not delivered; counts above are low by this much)",
             timestamp(at)

@@ -209,6 +209,66 @@ fn prometheus_query_matches_the_kernel_and_promtool_passes() {
     assert!(health["agent.events_received"].as_u64().unwrap() > 0);
 }
 
+/// The per-listener gauges equal what `ss` shows: accept-queue length and
+/// limit (Recv-Q/Send-Q), and the sockets in CLOSE_WAIT.
+#[test]
+fn gauges_match_ss() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("gauges");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let agent = Agent::run(&[
+        "--metrics-address",
+        &metrics,
+        "--output-file",
+        "/dev/null",
+        "--snapshot-interval",
+        "0",
+    ]);
+    // listen(0) with 3 clients: 1 queued over a limit of 0; and 4
+    // accepted connections the server never closes.
+    let (mut full, _) = ns.scenario(&["syn-overflow", "9661", "3", "1", "10"]);
+    let (mut cw, _) = ns.scenario(&["close-wait", "9662", "4", "10"]);
+    // CLOSE_WAIT is read every 4 s.
+    std::thread::sleep(Duration::from_secs(5));
+    let listen = run(ns.cmd("ss").args(["-Hltn", "sport", "=", ":9661"]));
+    let cols: Vec<&str> = listen.split_whitespace().collect();
+    let (recv_q, send_q): (f64, f64) = (cols[1].parse().unwrap(), cols[2].parse().unwrap());
+    let close_wait = run(ns.cmd("ss").args(["-Htan", "state", "close-wait"]))
+        .lines()
+        .count() as f64;
+    eprintln!("ss: 9661 Recv-Q {recv_q} Send-Q {send_q}; CLOSE_WAIT {close_wait}");
+    assert_eq!(
+        (recv_q, send_q, close_wait),
+        (1.0, 0.0, 4.0),
+        "the scenarios"
+    );
+    let netns = format!("netns=\"{}\"", ns.inode());
+    let gauge = |body: &str, name: &str, port: u16| -> Option<f64> {
+        let port = format!("server_port=\"{port}\"");
+        body.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .find(|l| l.contains(&port) && l.contains(&netns))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let seen = wait_until(Duration::from_secs(10), || {
+        let (_, body) = http_get(&metrics, "/metrics").ok()?;
+        let got = (
+            gauge(&body, "tcpq_listen_queue_length", 9661)?,
+            gauge(&body, "tcpq_listen_queue_limit", 9661)?,
+            gauge(&body, "tcpq_close_wait_sockets", 9662)?,
+        );
+        (got == (recv_q, send_q, close_wait)).then_some(got)
+    });
+    assert_eq!(seen, Some((recv_q, send_q, close_wait)));
+    for c in [&mut full, &mut cw] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    agent.stop_with(libc::SIGTERM);
+}
+
 /// The accept-latency histogram: 5 connections accepted 500 ms late
 /// (`detect.port` turns measurement on from the first connection).
 #[test]

@@ -135,13 +135,21 @@ fn run() -> Result<()> {
     }
 }
 
-/// Formatting, then clippy on the host crates and, with nightly, on the
-/// kernel crate for its own target (it cannot build for the host).
+/// Formatting, then clippy on the host crates and on the kernel crate for
+/// its own target (it cannot build for the host), with the pinned toolchain
+/// and `RUSTC_BOOTSTRAP=1` for `-Z build-std=core`.
 fn lint() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     sh(Command::new("rustup")
-        .args(["run", "nightly", "cargo", "clippy", "-p", "tcpq-ebpf"])
+        .args([
+            "run",
+            setup::TOOLCHAIN,
+            "cargo",
+            "clippy",
+            "-p",
+            "tcpq-ebpf",
+        ])
         .args([
             "--target",
             "bpfel-unknown-none",
@@ -152,6 +160,7 @@ fn lint() -> Result<()> {
             "warnings",
         ])
         .env("CARGO_TARGET_DIR", root().join("target/bpf-lint"))
+        .env("RUSTC_BOOTSTRAP", "1")
         .env_remove("RUSTC")
         .env_remove("RUSTUP_TOOLCHAIN")
         .current_dir(root()))

@@ -1,9 +1,10 @@
 //! Installs what building and testing tcpq needs, skipping what is there.
 //!
-//! - nightly toolchain with rust-src: the eBPF crate is built with
-//!   `-Z build-std=core` for bpfel-unknown-none;
+//! - the pinned toolchain (rust-toolchain.toml, stable 1.95.0) with
+//!   rust-src: the eBPF crate is built with `-Z build-std=core` for
+//!   bpfel-unknown-none, enabled by `RUSTC_BOOTSTRAP=1`;
 //! - bpf-linker 0.10.2: its default `rust-llvm-22` links against the LLVM
-//!   of rustc itself (newer releases need a system LLVM);
+//!   of rustc 1.95 itself (a newer nightly's LLVM 23 fails to dlopen);
 //! - Debian packages: iproute2 (ip netns, ss), util-linux (setpriv),
 //!   redis-server and nginx-light (real servers for scenario tests), wrk;
 //!   prometheus and rsyslog (real receivers for the sidecar's exporters);
@@ -16,6 +17,8 @@ use anyhow::{Context, Result};
 use crate::{is_root, sh};
 
 const BPF_LINKER: &str = "0.10.2";
+/// The toolchain of rust-toolchain.toml (a test checks they agree).
+pub const TOOLCHAIN: &str = "1.95.0";
 const DEBIAN: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -31,14 +34,14 @@ const DEBIAN: &[&str] = &[
 ];
 
 pub fn all() -> Result<()> {
-    nightly()?;
+    toolchain()?;
     bpf_linker()?;
     debian()
 }
 
-fn nightly() -> Result<()> {
+fn toolchain() -> Result<()> {
     let has = Command::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .args(["component", "list", "--installed", "--toolchain", TOOLCHAIN])
         .output()
         .is_ok_and(|o| {
             o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src")
@@ -47,11 +50,15 @@ fn nightly() -> Result<()> {
         sh(Command::new("rustup").args([
             "toolchain",
             "install",
-            "nightly",
+            TOOLCHAIN,
             "--profile",
             "minimal",
             "--component",
             "rust-src",
+            "--component",
+            "rustfmt",
+            "--component",
+            "clippy",
         ]))?;
     }
     Ok(())
@@ -98,4 +105,21 @@ fn debian() -> Result<()> {
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(&missing);
     apt(&args)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The BPF build (tcpq-agent/build.rs), setup and rust-toolchain.toml
+    /// name one toolchain.
+    #[test]
+    fn one_pinned_toolchain() {
+        let root = crate::root();
+        let file = std::fs::read_to_string(root.join("rust-toolchain.toml")).unwrap();
+        assert!(file.contains(&format!("channel = \"{}\"", super::TOOLCHAIN)));
+        let build = std::fs::read_to_string(root.join("tcpq-agent/build.rs")).unwrap();
+        assert!(build.contains(&format!(
+            "const TOOLCHAIN: &str = \"{}\";",
+            super::TOOLCHAIN
+        )));
+    }
 }

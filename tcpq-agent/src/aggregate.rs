@@ -106,6 +106,27 @@ pub struct NetnsSnapshot {
     pub end_ns: u64,
     /// Taken when the agent started: what it holds is history, not news.
     pub baseline: bool,
+    /// What the kernel's counts moved by, read just before this dump (only
+    /// the round's first namespace) and just after it.
+    pub storm_before: Vec<crate::storm::Delta>,
+    pub storm_after: Vec<crate::storm::Delta>,
+}
+
+/// Kernel events that added `weight` to a listener's `sk_drops`, all in the
+/// time window `lo..=hi` (one event: `lo == hi`; a count read from the
+/// kernel: since its previous reading).
+#[derive(Debug, Clone, Copy)]
+struct Explained {
+    lo: u64,
+    hi: u64,
+    weight: u64,
+}
+
+impl Explained {
+    /// May have happened while the dump `start..=end` ran.
+    fn overlaps(&self, start: u64, end: u64) -> bool {
+        self.lo <= end && self.hi >= start
+    }
 }
 
 #[derive(Debug, Default)]
@@ -114,9 +135,8 @@ struct ListenerState {
     last_drops: Option<u32>,
     /// Whether the accept queue was full at the previous snapshot.
     prev_full: bool,
-    /// Kernel events that moved `sk_drops`, not yet matched to a snapshot:
-    /// (timestamp, how much they added).
-    explained: VecDeque<(u64, u64)>,
+    /// Kernel events that moved `sk_drops`, not yet matched to a snapshot.
+    explained: VecDeque<Explained>,
     /// Seen by a snapshot since the last `take`.
     present: bool,
     /// SYN_RECV requests at the last dump that counted them.
@@ -450,14 +470,21 @@ impl Aggregator {
     /// Records that a kernel event added `weight` to a listener's
     /// `sk_drops`, for sock_diag to subtract; nothing when sock_diag does no
     /// counting (both stages hooked), so nothing piles up.
-    fn explain(&mut self, key: ListenerKey, ts_ns: u64, weight: u64) {
+    fn explain(&mut self, key: ListenerKey, (lo, hi): (u64, u64), weight: u64) {
         let st = self.listeners.entry(key).or_default();
         if !(self.hooked.syn && self.hooked.ack) {
-            st.explained.push_back((ts_ns, weight));
+            st.explained.push_back(Explained { lo, hi, weight });
         }
     }
 
+    /// One kernel event, as the ring buffer delivers it.
     pub fn on_event(&mut self, ev: &KernelEvent) {
+        self.on_events(ev, 1, (ev.ts_ns, ev.ts_ns));
+    }
+
+    /// `n` events like `ev` (the latest of them), counted by the kernel,
+    /// that happened within `window` (lo..=hi, CLOCK_MONOTONIC ns).
+    pub fn on_events(&mut self, ev: &KernelEvent, n: u64, window: (u64, u64)) {
         match ev.kind {
             EventKind::ListenOverflowAck => {
                 let Some((key, info)) = ev.listener.clone() else {
@@ -475,23 +502,23 @@ impl Aggregator {
                 } else {
                     Kind::ListenDrop(Stage::Ack)
                 };
-                self.explain(key, ev.ts_ns, SK_DROPS_PER_ACK_DROP);
+                self.explain(key, window, SK_DROPS_PER_ACK_DROP * n);
                 self.listeners.entry(key).or_default().info = Some(info.clone());
-                self.add(Some(key), kind, ev.source, info, 1, None);
+                self.add(Some(key), kind, ev.source, info, n, None);
             }
             EventKind::SynDrop => {
                 let Some((key, info)) = ev.listener.clone() else {
                     return;
                 };
-                self.explain(key, ev.ts_ns, 1);
+                self.explain(key, window, n);
                 let kind = classify_syn_drop(&info, ev.aux, ev.state as u8, ev.detail);
-                self.add(Some(key), kind, ev.source, info, 1, None);
+                self.add(Some(key), kind, ev.source, info, n, None);
             }
             EventKind::SyncookieSent => {
                 let Some((key, info)) = ev.listener.clone() else {
                     return;
                 };
-                self.add(Some(key), Kind::SyncookiesSent, ev.source, info, 1, None);
+                self.add(Some(key), Kind::SyncookiesSent, ev.source, info, n, None);
             }
             EventKind::ResetReceived => {
                 let info = ListenerInfo {
@@ -507,7 +534,7 @@ impl Aggregator {
                     },
                     source: ev.source,
                     info,
-                    n: 1,
+                    n,
                     peer: Some(ev.peer),
                     // A client's resets add up per server; a server's
                     // per client address.
@@ -547,7 +574,7 @@ impl Aggregator {
                     },
                     source: ev.source,
                     info,
-                    n: 1,
+                    n,
                     peer: None,
                     group: Some(ev.peer),
                     netns: Some(ev.netns),
@@ -561,7 +588,7 @@ impl Aggregator {
                 let Some((key, info)) = ev.listener.clone() else {
                     return;
                 };
-                self.add(Some(key), Kind::SynackRetransmit, ev.source, info, 1, None);
+                self.add(Some(key), Kind::SynackRetransmit, ev.source, info, n, None);
             }
             EventKind::ResetSent => {
                 let kernel_reason = self
@@ -601,7 +628,7 @@ impl Aggregator {
                     },
                     ev.source,
                     info,
-                    1,
+                    n,
                     peer,
                 );
             }
@@ -646,7 +673,7 @@ impl Aggregator {
                 None if snap.baseline => {
                     st.last_drops = Some(drops);
                     st.prev_full = full_now;
-                    st.explained.retain(|&(t, _)| t >= snap.start_ns);
+                    st.explained.retain(|e| e.hi >= snap.start_ns);
                     continue;
                 }
                 // New since the agent started: every drop is news.
@@ -655,7 +682,7 @@ impl Aggregator {
             if st
                 .explained
                 .iter()
-                .any(|&(t, _)| t >= snap.start_ns && t <= snap.end_ns)
+                .any(|e| e.overlaps(snap.start_ns, snap.end_ns))
             {
                 st.prev_full |= full_now;
                 continue; // settle at the next snapshot
@@ -663,10 +690,10 @@ impl Aggregator {
             let explained: u64 = st
                 .explained
                 .iter()
-                .filter(|&&(t, _)| t < snap.start_ns)
-                .map(|&(_, w)| w)
+                .filter(|e| e.hi < snap.start_ns)
+                .map(|e| e.weight)
                 .sum();
-            st.explained.retain(|&(t, _)| t > snap.end_ns);
+            st.explained.retain(|e| e.hi >= snap.start_ns);
             let delta = drops.wrapping_sub(prev) as u64;
             let mut left = delta.saturating_sub(explained);
             let mut settled = drops;
@@ -1016,6 +1043,8 @@ mod tests {
             start_ns: start,
             end_ns: start + 10,
             baseline,
+            storm_before: Vec::new(),
+            storm_after: Vec::new(),
         }
     }
 

@@ -1,14 +1,58 @@
 //! Struct offsets and enum values from the running kernel's BTF
 //! (`/sys/kernel/btf/vmlinux`), so nothing kernel-version-specific is
 //! compiled into tcpq.
+//!
+//! A lean reader of the BTF format (Documentation/bpf/btf.rst): the file is
+//! kept as bytes with one offset per type id, and a look-up walks the type
+//! records it needs. Nothing else is decoded, so reading the kernel's
+//! 5–6 MB of BTF costs about that much memory (a full parse took 40 MB of
+//! peak RSS at start-up), and it is freed before the engine starts.
 
 use anyhow::{anyhow, bail, Context, Result};
-use btf_rs::{Btf, Type};
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
+const MAGIC: u16 = 0xeb9f;
+
+/// BTF kinds (`BTF_KIND_*`).
+mod kind {
+    pub const INT: u32 = 1;
+    pub const ARRAY: u32 = 3;
+    pub const STRUCT: u32 = 4;
+    pub const UNION: u32 = 5;
+    pub const ENUM: u32 = 6;
+    pub const TYPEDEF: u32 = 8;
+    pub const VOLATILE: u32 = 9;
+    pub const CONST: u32 = 10;
+    pub const RESTRICT: u32 = 11;
+    pub const FUNC: u32 = 12;
+    pub const FUNC_PROTO: u32 = 13;
+    pub const VAR: u32 = 14;
+    pub const DATASEC: u32 = 15;
+    pub const DECL_TAG: u32 = 17;
+    pub const TYPE_TAG: u32 = 18;
+    pub const ENUM64: u32 = 19;
+}
+
 pub struct KernelBtf {
-    btf: Btf,
+    data: Vec<u8>,
+    /// Start of the type and string sections in `data`.
+    strings: usize,
+    strings_len: usize,
+    /// Byte offset (in `data`) of each type's record; index 0 is `void`.
+    offsets: Vec<u32>,
+}
+
+/// One type record: its header fields.
+#[derive(Clone, Copy)]
+struct Ty {
+    at: usize,
+    name_off: u32,
+    kind: u32,
+    vlen: usize,
+    kind_flag: bool,
+    /// `size` or `type`, by kind.
+    size_or_type: u32,
 }
 
 impl KernelBtf {
@@ -17,25 +61,113 @@ impl KernelBtf {
     }
 
     pub fn from_file(path: &str) -> Result<Self> {
-        let btf = Btf::from_file(path).with_context(|| {
+        let data = std::fs::read(path).with_context(|| {
             format!(
                 "cannot read kernel BTF at {path} (kernel built without CONFIG_DEBUG_INFO_BTF?)"
             )
         })?;
-        Ok(Self { btf })
+        Self::from_bytes(data).with_context(|| format!("{path}: not usable BTF"))
     }
 
-    fn named_struct(&self, name: &str) -> Result<btf_rs::Struct> {
-        let types = self
-            .btf
-            .resolve_types_by_name(name)
-            .map_err(|_| anyhow!("kernel BTF has no type `{name}`"))?;
-        types
-            .into_iter()
-            .find_map(|t| match t {
-                Type::Struct(s) if !s.members.is_empty() => Some(s),
-                _ => None,
-            })
+    pub fn from_bytes(data: Vec<u8>) -> Result<Self> {
+        let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+        if u16_at(0) != Some(MAGIC) {
+            bail!("bad magic (only little-endian BTF is read)");
+        }
+        let u32_at = |o: usize| -> Result<u32> {
+            let b = data.get(o..o + 4).ok_or_else(|| anyhow!("truncated header"))?;
+            Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let hdr_len = u32_at(4)? as usize;
+        let types = hdr_len + u32_at(8)? as usize;
+        let types_len = u32_at(12)? as usize;
+        let strings = hdr_len + u32_at(16)? as usize;
+        let strings_len = u32_at(20)? as usize;
+        if types + types_len > data.len() || strings + strings_len > data.len() {
+            bail!("sections run past the end of the file");
+        }
+        let mut btf = KernelBtf {
+            data,
+
+            strings,
+            strings_len,
+            offsets: vec![0],
+        };
+        let mut at = types;
+        while at < types + types_len {
+            btf.offsets.push(at as u32);
+            at += btf.record_len(btf.ty_at(at)?)?;
+        }
+        Ok(btf)
+    }
+
+    fn u32(&self, at: usize) -> Result<u32> {
+        let b = self
+            .data
+            .get(at..at + 4)
+            .ok_or_else(|| anyhow!("kernel BTF: truncated record at {at}"))?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn ty_at(&self, at: usize) -> Result<Ty> {
+        let info = self.u32(at + 4)?;
+        Ok(Ty {
+            at,
+            name_off: self.u32(at)?,
+            kind: (info >> 24) & 0x1f,
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 == 1,
+            size_or_type: self.u32(at + 8)?,
+        })
+    }
+
+    /// Bytes of a record: 12 for the header plus what its kind appends.
+    fn record_len(&self, t: Ty) -> Result<usize> {
+        Ok(12 + match t.kind {
+            kind::INT | kind::VAR | kind::DECL_TAG => 4,
+            kind::ARRAY => 12,
+            kind::STRUCT | kind::UNION | kind::DATASEC | kind::ENUM64 => 12 * t.vlen,
+            kind::ENUM | kind::FUNC_PROTO => 8 * t.vlen,
+            0..=19 => 0,
+            k => bail!("kernel BTF: unknown kind {k}"),
+        })
+    }
+
+    fn ty(&self, id: u32) -> Result<Ty> {
+        let at = *self
+            .offsets
+            .get(id as usize)
+            .filter(|_| id != 0)
+            .ok_or_else(|| anyhow!("kernel BTF: no type id {id}"))?;
+        self.ty_at(at as usize)
+    }
+
+    fn name(&self, off: u32) -> &str {
+        let start = self.strings + off as usize;
+        let end = self.strings + self.strings_len;
+        let bytes = self.data.get(start..end).unwrap_or_default();
+        let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        std::str::from_utf8(&bytes[..len]).unwrap_or("")
+    }
+
+    /// Types named `name` of one of `kinds`.
+    fn by_name<'a>(&'a self, name: &'a str, kinds: &'a [u32]) -> impl Iterator<Item = Ty> + 'a {
+        self.offsets[1..]
+            .iter()
+            .filter_map(|&at| self.ty_at(at as usize).ok())
+            .filter(move |t| kinds.contains(&t.kind) && self.name(t.name_off) == name)
+    }
+
+    /// The i-th (name_off, second u32, third u32) entry after a record.
+    fn entry(&self, t: Ty, i: usize, size: usize) -> Result<(u32, u32, u32)> {
+        let at = t.at + 12 + i * size;
+        let third = if size == 12 { self.u32(at + 8)? } else { 0 };
+        Ok((self.u32(at)?, self.u32(at + 4)?, third))
+    }
+
+    fn named_struct(&self, name: &str) -> Result<Ty> {
+        self.by_name(name, &[kind::STRUCT])
+            .find(|t| t.vlen > 0)
             .ok_or_else(|| anyhow!("kernel BTF has no struct `{name}`"))
     }
 
@@ -45,7 +177,7 @@ impl KernelBtf {
         let mut s = self.named_struct(ty)?;
         let mut total_bits = 0u32;
         for (i, field) in path.iter().enumerate() {
-            let (bits, member_type) = self.find_member(&s, field)?.ok_or_else(|| {
+            let (bits, member_type) = self.find_member(s, field)?.ok_or_else(|| {
                 anyhow!(
                     "kernel BTF: struct `{ty}` has no field `{}`",
                     path[..=i].join(".")
@@ -53,13 +185,13 @@ impl KernelBtf {
             })?;
             total_bits += bits;
             if i + 1 < path.len() {
-                s = match self.resolve(member_type)? {
-                    Type::Struct(s) | Type::Union(s) => s,
-                    _ => bail!(
+                s = self.resolve(member_type)?;
+                if s.kind != kind::STRUCT && s.kind != kind::UNION {
+                    bail!(
                         "kernel BTF: `{ty}.{}` is not a struct",
                         path[..=i].join(".")
-                    ),
-                };
+                    );
+                }
             }
         }
         if !total_bits.is_multiple_of(8) {
@@ -73,19 +205,23 @@ impl KernelBtf {
         self.offset(ty, path).ok()
     }
 
-    /// Finds `name` among the members of `s`, descending into anonymous
-    /// members. Returns (bit offset, member's type).
-    fn find_member(&self, s: &btf_rs::Struct, name: &str) -> Result<Option<(u32, Type)>> {
-        for m in &s.members {
-            let mname = self.btf.resolve_name(m).unwrap_or_default();
-            let mtype = self.btf.resolve_chained_type(m)?;
+    /// Finds `name` among the members of struct/union `s`, descending into
+    /// anonymous members. Returns (bit offset, member's type id).
+    fn find_member(&self, s: Ty, name: &str) -> Result<Option<(u32, u32)>> {
+        for i in 0..s.vlen {
+            let (name_off, ty, off) = self.entry(s, i, 12)?;
+            // With kind_flag the low 24 bits are the offset, the rest the
+            // bit field's size.
+            let bits = if s.kind_flag { off & 0xff_ffff } else { off };
+            let mname = self.name(name_off);
             if mname == name {
-                return Ok(Some((m.bit_offset(), mtype)));
+                return Ok(Some((bits, ty)));
             }
             if mname.is_empty() {
-                if let Type::Struct(inner) | Type::Union(inner) = self.resolve(mtype)? {
-                    if let Some((bits, t)) = self.find_member(&inner, name)? {
-                        return Ok(Some((m.bit_offset() + bits, t)));
+                let inner = self.resolve(ty)?;
+                if inner.kind == kind::STRUCT || inner.kind == kind::UNION {
+                    if let Some((b, t)) = self.find_member(inner, name)? {
+                        return Ok(Some((bits + b, t)));
                     }
                 }
             }
@@ -94,29 +230,30 @@ impl KernelBtf {
     }
 
     /// Follows typedefs and qualifiers to the underlying type.
-    fn resolve(&self, mut t: Type) -> Result<Type> {
-        loop {
-            t = match &t {
-                Type::Typedef(x) => self.btf.resolve_chained_type(x)?,
-                Type::Const(x) => self.btf.resolve_chained_type(x)?,
-                Type::Volatile(x) => self.btf.resolve_chained_type(x)?,
-                Type::Restrict(x) => self.btf.resolve_chained_type(x)?,
-                Type::TypeTag(x) => self.btf.resolve_chained_type(x)?,
+    fn resolve(&self, mut id: u32) -> Result<Ty> {
+        for _ in 0..64 {
+            let t = self.ty(id)?;
+            match t.kind {
+                kind::TYPEDEF | kind::VOLATILE | kind::CONST | kind::RESTRICT | kind::TYPE_TAG => {
+                    id = t.size_or_type
+                }
                 _ => return Ok(t),
-            };
+            }
         }
+        bail!("kernel BTF: type chain too long at id {id}")
+    }
+
+    /// The type id of kernel function `name` (what fentry attaches by).
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        let f = self.by_name(name, &[kind::FUNC]).next()?;
+        self.offsets.iter().position(|&o| o as usize == f.at).map(|i| i as u32)
     }
 
     /// Number of parameters of kernel function `name`, if BTF has it.
     pub fn func_args(&self, name: &str) -> Option<usize> {
-        let types = self.btf.resolve_types_by_name(name).ok()?;
-        types.into_iter().find_map(|t| match t {
-            Type::Func(f) => match self.btf.resolve_chained_type(&f).ok()? {
-                Type::FuncProto(p) => Some(p.parameters.len()),
-                _ => None,
-            },
-            _ => None,
-        })
+        let f = self.by_name(name, &[kind::FUNC]).next()?;
+        let proto = self.ty(f.size_or_type).ok()?;
+        (proto.kind == kind::FUNC_PROTO).then_some(proto.vlen)
     }
 
     /// Value of enumerator `name` in `enum ty`.
@@ -128,22 +265,19 @@ impl KernelBtf {
             .ok_or_else(|| anyhow!("kernel BTF: enum `{ty}` has no `{name}`"))
     }
 
-    /// All (name, value) pairs of `enum ty`.
+    /// All (name, value) pairs of `enum ty` (64-bit enums: the low half).
     pub fn enum_values(&self, ty: &str) -> Result<Vec<(String, u32)>> {
-        let types = self
-            .btf
-            .resolve_types_by_name(ty)
-            .map_err(|_| anyhow!("kernel BTF has no enum `{ty}`"))?;
-        for t in types {
-            if let Type::Enum(e) = t {
-                return e
-                    .members
-                    .iter()
-                    .map(|m| Ok((self.btf.resolve_name(m)?, m.val())))
-                    .collect();
-            }
-        }
-        bail!("kernel BTF has no enum `{ty}`")
+        let e = self
+            .by_name(ty, &[kind::ENUM, kind::ENUM64])
+            .next()
+            .ok_or_else(|| anyhow!("kernel BTF has no enum `{ty}`"))?;
+        let size = if e.kind == kind::ENUM { 8 } else { 12 };
+        (0..e.vlen)
+            .map(|i| {
+                let (name_off, val, _) = self.entry(e, i, size)?;
+                Ok((self.name(name_off).to_string(), val))
+            })
+            .collect()
     }
 }
 
@@ -210,5 +344,25 @@ mod tests {
         assert!(k
             .enum_value("skb_drop_reason", "SKB_DROP_REASON_NO_SUCH_THING")
             .is_err());
+    }
+
+    #[test]
+    fn bad_files_are_refused_in_one_line() {
+        let e = KernelBtf::from_bytes(b"not btf at all".to_vec()).err().unwrap();
+        assert!(e.to_string().contains("bad magic"), "{e}");
+        let mut hdr = vec![0x9f, 0xeb, 1, 0, 24, 0, 0, 0];
+        hdr.extend([0, 0, 0, 0, 100, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let e = KernelBtf::from_bytes(hdr).err().unwrap();
+        assert!(e.to_string().contains("past the end"), "{e}");
+    }
+
+    #[test]
+    fn bit_fields_and_nested_paths() {
+        let Some(k) = kernel() else { return };
+        // sk_protocol is a plain u16 since 5.6 (was a bit field before).
+        assert!(k.offset("sock", &["sk_protocol"]).is_ok());
+        // struct net -> ns (struct ns_common) -> inum.
+        assert!(k.offset("net", &["ns", "inum"]).unwrap() > 0);
+        assert!(k.offset("net", &["ns", "no_such"]).is_err());
     }
 }

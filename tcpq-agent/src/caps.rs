@@ -73,6 +73,10 @@ pub struct Facts {
     /// tracefs has `available_filter_functions`: dynamic ftrace, which
     /// fentry/fexit trampolines need (readable or not).
     pub ftrace: bool,
+    /// Why the kernel refused a trivial BPF_PROG_TYPE_TRACING (fentry)
+    /// program, when a probe load was made and failed; None: it loads, or
+    /// was not probed (then the loader finds out).
+    pub tracing_refused: Option<String>,
     pub functions: BTreeMap<String, FnFacts>,
 }
 
@@ -111,6 +115,9 @@ fn fentry_verdict(facts: &Facts, f: &FnFacts) -> Result<(), String> {
     };
     if !facts.ftrace {
         return Err("kernel has no dynamic ftrace (no available_filter_functions)".into());
+    }
+    if let Some(why) = &facts.tracing_refused {
+        return Err(format!("the kernel refuses fentry programs ({why})"));
     }
     if f.ftrace == Some(false) {
         return Err("not in available_filter_functions (inlined or notrace)".into());
@@ -195,6 +202,7 @@ mod tests {
             version,
             kprobes,
             ftrace: true,
+            tracing_refused: None,
             functions: FUNCTIONS
                 .iter()
                 .map(|(n, _)| (n.to_string(), f.clone()))

@@ -22,6 +22,9 @@ pub struct KernelEvent {
     pub netns: u32,
     /// The socket's inode (0: none, or already closed).
     pub inode: u32,
+    /// A kind counted in the kernel: this record is news (the counts come
+    /// from the `STORM` map), not an occurrence to add.
+    pub counted: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -88,6 +91,7 @@ pub fn decode_event(ev: &Event) -> Result<KernelEvent, DecodeError> {
         state: ev.state,
         netns: ev.netns,
         inode: ev.sock_ino,
+        counted: ev.flags & event::flags::COUNTED != 0,
     })
 }
 
@@ -123,6 +127,9 @@ pub mod tests {
             sk: 0xffff_8880_0000_1000,
             source: 0,
             aux: 0,
+            count: 1,
+            cpu: 0,
+            flags: 0,
         }
     }
 

@@ -128,6 +128,7 @@ mod tests {
             version: (6, 1),
             kprobes: true,
             ftrace: true,
+            tracing_refused: None,
             functions: caps::FUNCTIONS
                 .iter()
                 .map(|(n, _)| (n.to_string(), f.clone()))

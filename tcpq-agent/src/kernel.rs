@@ -300,6 +300,9 @@ pub fn facts(btf: &KernelBtf, tracefs: &std::path::Path) -> Facts {
         release,
         kprobes: tracefs.join("kprobe_events").exists(),
         ftrace: ftrace_list.exists(),
+        tracing_refused: btf
+            .func_id("bpf_fentry_test1")
+            .and_then(|id| crate::load::probe_fentry(id).err()),
         functions,
     }
 }

@@ -132,6 +132,40 @@ impl Loaded {
     }
 }
 
+/// Loads (and closes) the smallest fentry program, attached to BTF function
+/// `btf_id` (`bpf_fentry_test1`): whether this kernel takes fentry at all,
+/// found without parsing the kernel's BTF a second time. The error says why
+/// not (this project's 6.18 host refuses BPF_PROG_TYPE_TRACING with EPERM).
+pub fn probe_fentry(btf_id: u32) -> Result<(), String> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_TRACING: u32 = 26;
+    const BPF_TRACE_FENTRY: u32 = 24;
+    // r0 = 0; exit
+    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+    let license = b"GPL\0";
+    // union bpf_attr, BPF_PROG_LOAD part: prog_type, insn_cnt, insns,
+    // license, ..., expected_attach_type at 68, attach_btf_id at 108.
+    let mut attr = [0u8; 120];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_TRACING.to_ne_bytes());
+    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    attr[68..72].copy_from_slice(&BPF_TRACE_FENTRY.to_ne_bytes());
+    attr[108..112].copy_from_slice(&btf_id.to_ne_bytes());
+    // SAFETY: attr points at a buffer of the size passed; the pointers in
+    // it outlive the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len()) };
+    if fd < 0 {
+        return Err(format!(
+            "BPF_PROG_LOAD of a fentry program: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a file descriptor this call just opened.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
 /// `defer_syscalls`: load the syscall tracepoint programs but leave them
 /// detached (enabling any syscall tracepoint sends every syscall of every
 /// task through the tracing slow path).
@@ -145,7 +179,11 @@ pub fn load(
         bail!("this tcpq-agent was built with AYA_BUILD_SKIP=1 and carries no kernel programs; rebuild without it");
     }
     raise_memlock();
+    // No target BTF: tcpq has no CO-RE relocations (offsets come from
+    // btf.rs), and aya's full parse of the kernel's BTF costs ~20 MB of
+    // peak memory. It is parsed below only if fentry will be tried.
     let mut ebpf = EbpfLoader::new()
+        .btf(None)
         .override_global("CONFIG", &plan.config, true)
         .map_max_entries("EVENTS", ring_buffer_bytes)
         .load(OBJECT)

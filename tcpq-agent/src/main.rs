@@ -29,6 +29,7 @@ mod run;
 mod sink;
 mod sockdiag;
 mod status;
+mod storm;
 mod syslog;
 mod trace;
 mod tracefs;

@@ -6,7 +6,7 @@ use std::{fs::File, sync::mpsc as std_mpsc, time::Duration};
 
 use tokio::sync::mpsc;
 
-use crate::{aggregate::NetnsSnapshot, netns, netstat, sockdiag};
+use crate::{aggregate::NetnsSnapshot, netns, netstat, sockdiag, storm::Storms};
 
 /// Every this many rounds (4 s at the default pace), also the sockets that need a walk of the whole
 /// connection table (CLOSE_WAIT, SYN_RECV): costlier on a busy host, and
@@ -48,6 +48,8 @@ fn drop_counters(s: &netstat::NetnsState) -> u64 {
 /// settings, and on `slow` rounds (or when its drop counters moved) its
 /// CLOSE_WAIT and SYN_RECV sockets. `last` keeps each namespace's drop
 /// counters between rounds, `settings` its sysctls (re-read on slow rounds).
+/// The kernel's counts (`storms`) are read before the first dump and after
+/// each: what moved in between happened around that dump.
 pub fn round(
     home: &File,
     home_ino: u32,
@@ -55,8 +57,11 @@ pub fn round(
     slow: bool,
     last: &mut std::collections::HashMap<u32, u64>,
     settings: &mut std::collections::HashMap<u32, netstat::Sysctls>,
+    mut storms: Option<&mut Storms>,
 ) -> Vec<NetnsSnapshot> {
     let mut out = Vec::new();
+    let mut take = || storms.as_mut().map(|s| s.take()).unwrap_or_default();
+    let mut before = take();
     let listed = netns::list();
     last.retain(|ino, _| listed.contains_key(ino));
     settings.retain(|ino, _| listed.contains_key(ino));
@@ -81,6 +86,7 @@ pub fn round(
             netns::run_in(&path, home, read)
         };
         let end_ns = monotonic_ns();
+        let after = take();
         // A namespace can vanish between listing and entering it.
         if let Ok(((listeners, others), mut state)) = dumped {
             last.insert(ino, drop_counters(&state));
@@ -100,7 +106,17 @@ pub fn round(
                 start_ns,
                 end_ns,
                 baseline,
+                storm_before: std::mem::take(&mut before),
+                storm_after: after,
             });
+        } else {
+            // Nobody else carries these: the next namespace does.
+            before.extend(after);
+        }
+    }
+    if !before.is_empty() {
+        if let Some(first) = out.first_mut() {
+            first.storm_before.extend(before);
         }
     }
     out
@@ -112,6 +128,7 @@ pub fn spawn(
     every: Duration,
     tx: mpsc::Sender<Vec<NetnsSnapshot>>,
     wake: std_mpsc::Receiver<()>,
+    mut storms: Option<Storms>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let home = File::open("/proc/thread-self/ns/net")?;
     let home_ino = netns::current()?;
@@ -130,7 +147,11 @@ pub fn spawn(
                     n.is_multiple_of(SLOW_EVERY),
                     &mut last,
                     &mut settings,
+                    storms.as_mut(),
                 );
+                if let Some(s) = storms.as_mut() {
+                    s.sweep();
+                }
                 baseline = false;
                 n = n.wrapping_add(1);
                 if tx.blocking_send(snaps).is_err() {

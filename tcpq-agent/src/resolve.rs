@@ -188,13 +188,25 @@ impl Resolver {
     /// Makes sure owners of `wanted` are known, scanning `/proc` if some are
     /// not and a scan is due; re-checks the known ones every few seconds.
     pub fn learn(&mut self, wanted: impl IntoIterator<Item = u32>) {
+        self.learn_at(wanted, false)
+    }
+
+    /// Like [`Resolver::learn`], scanning even if the last scan was less
+    /// than `min_rescan` ago: for the lines about to be written (at most
+    /// a couple of times per report interval).
+    pub fn learn_now(&mut self, wanted: impl IntoIterator<Item = u32>) {
+        self.learn_at(wanted, true)
+    }
+
+    fn learn_at(&mut self, wanted: impl IntoIterator<Item = u32>, now: bool) {
         let missing: HashSet<u32> = wanted
             .into_iter()
             .filter(|i| !self.owners.contains_key(i) || self.provisional.contains(i))
             .collect();
-        let due = self
-            .last_scan
-            .is_none_or(|t| t.elapsed() >= self.min_rescan);
+        let due = now
+            || self
+                .last_scan
+                .is_none_or(|t| t.elapsed() >= self.min_rescan);
         let reconcile = !self.owners.is_empty() && self.last_reconcile.elapsed() >= self.reconcile;
         if (!missing.is_empty() && due) || reconcile {
             let mut all = missing;

@@ -220,6 +220,7 @@ pub fn collect(port: Option<u16>) -> Result<(Vec<Row>, BTreeMap<u32, verdict::Ve
         true,
         &mut HashMap::new(),
         &mut HashMap::new(),
+        None,
     );
     let mut resolver = Resolver::new(std::time::Duration::ZERO);
     resolver.learn(

@@ -11,6 +11,8 @@ use std::{
 
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+
+use crate::storm::Storms;
 use std::collections::HashMap;
 use tcpq_common::{latency::LatencyHist, stats, AcceptStats};
 use tokio::{
@@ -67,6 +69,9 @@ struct Demand {
     last_need: Option<std::time::Instant>,
 }
 
+/// News of a counted kind asks for a sock_diag round at most this often.
+const NEWS_WAKE_EVERY: Duration = Duration::from_millis(50);
+
 /// How long on-demand syscall hooks stay attached after the last listener
 /// that needed them recovered.
 const DEMAND_LINGER: Duration = Duration::from_secs(60);
@@ -97,6 +102,11 @@ struct Session {
     latency_ports: Option<LatencyPorts>,
     /// On-demand syscall hooks: attached while a queue is filling.
     demand: Demand,
+    /// Asks the sock_diag thread for a round now (it also reads the
+    /// kernel's counts): sent on news of a counted kind, at most every
+    /// [`NEWS_WAKE_EVERY`].
+    wake: std_mpsc::Sender<()>,
+    last_wake: std::time::Instant,
     received: u64,
     undecodable: u64,
     lost_reported: u64,
@@ -151,6 +161,8 @@ pub async fn engine(
         m => m,
     };
     let mut plan = plan;
+    plan.config.news_interval_ms = args.interval.as_millis().clamp(1, u32::MAX as u128) as u32;
+    plan.config.ring_wake_bytes = args.ring_buffer_bytes / 4;
     if syscall_mode == SyscallHooks::Never {
         plan.hooks.retain(|h| h.category != "syscalls");
     }
@@ -251,9 +263,18 @@ pub async fn engine(
         }),
         false => None,
     };
+    let storms = Storms {
+        map: PerCpuHashMap::try_from(
+            loaded
+                .ebpf
+                .take_map("STORM")
+                .ok_or_else(|| anyhow!("STORM map missing"))?,
+        )?,
+        tally: Default::default(),
+    };
     let (tx, mut rx) = mpsc::channel::<Vec<NetnsSnapshot>>(4);
     let (wake, wake_rx) = std_mpsc::channel();
-    let _poller = poll::spawn(args.poll_interval, tx, wake_rx)?;
+    let _poller = poll::spawn(args.poll_interval, tx, wake_rx, Some(storms))?;
 
     let mut s = Session {
         filter_netns,
@@ -273,6 +294,8 @@ pub async fn engine(
         latency,
         latency_ports,
         demand: Demand::default(),
+        wake: wake.clone(),
+        last_wake: std::time::Instant::now(),
         received: 0,
         undecodable: 0,
         lost_reported: 0,
@@ -404,6 +427,12 @@ pub async fn engine(
         s.stat(stats::READ_ERRORS),
         s.resolver.len()
     );
+    eprintln!(
+        "tcpq: kernel: {} ring-buffer records sent; counted in the kernel: {} news records dropped (counts kept), {} occurrences sent alone (map full)",
+        s.stat(stats::RINGBUF_SENT),
+        s.stat(stats::NEWS_DROPPED),
+        s.stat(stats::STORM_MAP_FULL),
+    );
     if s.args.bpf_stats {
         for (name, prog) in loaded.ebpf.programs() {
             if let Ok(info) = prog.info() {
@@ -421,6 +450,14 @@ impl Session {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(item) = ring.next() {
             match decode::decode(&item) {
+                Ok(ev) if ev.counted => {
+                    // News: the counts come with the next sock_diag round.
+                    self.received += 1;
+                    if self.last_wake.elapsed() >= NEWS_WAKE_EVERY {
+                        self.last_wake = std::time::Instant::now();
+                        let _ = self.wake.send(());
+                    }
+                }
                 Ok(ev) => {
                     self.received += 1;
                     if ev.kind == tcpq_common::EventKind::ListenerUp {
@@ -434,6 +471,16 @@ impl Session {
     }
 
     fn apply(&mut self, mut round: Vec<NetnsSnapshot>) {
+        // The kernel's counts first, each before the dump it came with:
+        // a namespace filtered out below may carry another one's counts.
+        for snap in &round {
+            for d in snap.storm_before.iter().chain(&snap.storm_after) {
+                match decode::decode_event(&d.ev) {
+                    Ok(ev) => self.agg.on_events(&ev, d.n, (d.lo, d.hi)),
+                    Err(_) => self.undecodable += 1,
+                }
+            }
+        }
         if self.filter_netns != 0 {
             round.retain(|s| s.netns == self.filter_netns);
         }
@@ -461,8 +508,10 @@ impl Session {
         }
         let accepts = self.read_accepts();
         self.read_latency(sink);
-        // Lines added just now (latency) want their owners too.
-        self.learn_owners();
+        // Every line about to be written wants its owner, even if a scan
+        // ran a moment ago (lines added just now, e.g. latency, too).
+        let inodes: Vec<u32> = self.agg.pending_inodes().collect();
+        self.resolver.learn_now(inodes);
         let pending = self.agg.take();
         let written = self.write_lines(&pending, accepts, at, sink);
         let view = self.view();

@@ -84,6 +84,15 @@ pub struct Config {
     pub filter_lport: u32,
     /// Only this netns inode; 0 = every netns.
     pub filter_netns: u32,
+
+    // ---- ring-buffer pacing ----
+    /// At most one news record per counted key and CPU per this many ms
+    /// (the report interval); the counts themselves are read from the map.
+    pub news_interval_ms: u32,
+    /// Records wake the agent only once this many bytes wait in the ring
+    /// buffer (the agent also drains it at every sock_diag round), except a
+    /// key's first news, which wakes it at once.
+    pub ring_wake_bytes: u32,
 }
 
 #[cfg(feature = "user")]

@@ -53,7 +53,7 @@ impl EventKind {
     }
 }
 
-/// One kernel event. 88 bytes, 8-byte aligned, no padding.
+/// One kernel event. 104 bytes, 8-byte aligned, no padding.
 ///
 /// Addresses are in network byte order as the kernel stores them; ports are
 /// in host byte order. `netns` is the network namespace's inode number (what
@@ -93,6 +93,22 @@ pub struct Event {
     /// Kind-specific: SYN-queue length for [`EventKind::SynDrop`]; the
     /// outcome ([`outcome`]) for [`EventKind::ListenOverflowAck`].
     pub aux: u32,
+    /// For a kind counted in the kernel ([`flags::COUNTED`]): how many times
+    /// it happened on CPU [`Event::cpu`] for this key since the key was
+    /// created (cumulative: the agent takes differences); else 1.
+    pub count: u64,
+    /// The CPU whose per-CPU value this is (counted kinds).
+    pub cpu: u32,
+    /// [`flags`] bits.
+    pub flags: u32,
+}
+
+/// [`Event::flags`].
+pub mod flags {
+    /// A record of a kind counted in the kernel (`STORM` map): `count` is
+    /// that CPU's running total for the key. Through the ring buffer it is
+    /// only news ("this key moved"); the counts come from reading the map.
+    pub const COUNTED: u32 = 1;
 }
 
 /// Which kind of kernel hook produced an event.
@@ -148,6 +164,9 @@ impl Event {
             sk: 0,
             source: 0,
             aux: 0,
+            count: 0,
+            cpu: 0,
+            flags: 0,
         }
     }
 }
@@ -155,7 +174,7 @@ impl Event {
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Event {}
 
-const _: () = assert!(core::mem::size_of::<Event>() == 88);
+const _: () = assert!(core::mem::size_of::<Event>() == 104);
 
 /// Per-listener accept statistics, aggregated in the kernel (map
 /// `ACCEPTS`, keyed by the listener's kernel address): an accept on a

@@ -10,6 +10,7 @@ pub mod config;
 pub mod event;
 pub mod latency;
 pub mod stats;
+pub mod storm;
 
 pub use config::Config;
 pub use event::{AcceptStats, Event, EventKind};

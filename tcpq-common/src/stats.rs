@@ -31,4 +31,14 @@ pub const LISTENER_SEEN: u32 = 9;
 /// (a per-CPU high-water mark the agent reads and resets: the fill gauge).
 pub const RINGBUF_FILL_MAX: u32 = 10;
 
-pub const COUNT: u32 = 11;
+/// A counted kind's news record found the ring buffer full. Nothing is
+/// lost: its count is in the `STORM` map, which the agent reads anyway.
+pub const NEWS_DROPPED: u32 = 11;
+/// The `STORM` map was full: the occurrence went out as a record of its
+/// own (counted, so exact while the ring buffer has room).
+pub const STORM_MAP_FULL: u32 = 12;
+/// Records sent to the ring buffer (news and events): ≤ 1 per 1,000
+/// healthy requests is the budget the healthy-path test holds tcpq to.
+pub const RINGBUF_SENT: u32 = 13;
+
+pub const COUNT: u32 = 14;

@@ -1,14 +1,22 @@
 //! The one way out of the kernel: count, then write to the ring buffer.
+//!
+//! Wake-ups are batched: a record wakes the agent only when
+//! `Config::ring_wake_bytes` wait unread (or for a counted key's first
+//! news); otherwise it waits for the agent's next drain, which runs at every
+//! sock_diag round (4 per second by default). A burst of records therefore
+//! costs the agent one wake-up, not one per record.
 
 use aya_ebpf::{
-    bindings::BPF_RB_AVAIL_DATA,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
 use tcpq_common::{stats, Event};
 
-/// 1 MiB: about 11,900 events of backlog before anything is lost.
+use crate::conf;
+
+/// 1 MiB: about 10,000 records of backlog before anything is lost.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
@@ -24,9 +32,9 @@ pub fn bump(index: u32) {
 }
 
 /// Raises the per-CPU high-water mark of unconsumed ring-buffer bytes
-/// (`bpf_ringbuf_query`, 5.8+). Runs only when an event was sent.
+/// (`bpf_ringbuf_query`, 5.8+) and returns the bytes waiting.
 #[inline(always)]
-fn note_fill() {
+fn note_fill() -> u64 {
     let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     if let Some(v) = STATS.get_ptr_mut(stats::RINGBUF_FILL_MAX) {
         unsafe {
@@ -34,6 +42,17 @@ fn note_fill() {
                 *v = avail;
             }
         }
+    }
+    avail
+}
+
+/// Submit flags: wake the agent now only when asked or when enough waits.
+#[inline(always)]
+fn wake_flags(urgent: bool) -> u64 {
+    if urgent || note_fill() >= conf!(ring_wake_bytes) as u64 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
     }
 }
 
@@ -48,10 +67,41 @@ pub fn emit(seen: u32, kind: u32, fill: impl FnOnce(&mut Event)) {
             *ev = Event::default_zeroed();
             ev.ts_ns = unsafe { bpf_ktime_get_ns() };
             ev.kind = kind;
+            ev.count = 1;
             fill(ev);
-            slot.submit(0);
-            note_fill();
+            bump(stats::RINGBUF_SENT);
+            slot.submit(wake_flags(false));
         }
         None => bump(stats::RINGBUF_FULL),
+    }
+}
+
+/// Sends a copy of an event that stands alone (a counted kind whose map
+/// was full): lost only with a full ring buffer, and then counted.
+#[inline(always)]
+pub fn send(ev: &Event) {
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut slot) => {
+            unsafe { *slot.as_mut_ptr() = *ev };
+            bump(stats::RINGBUF_SENT);
+            slot.submit(wake_flags(false));
+        }
+        None => bump(stats::RINGBUF_FULL),
+    }
+}
+
+/// Sends a copy of a counted key's latest event as news. Losing it loses
+/// no count (the map holds it): counted apart from [`stats::RINGBUF_FULL`].
+#[inline(always)]
+pub fn news(ev: &Event, first: bool) {
+    // Reserve + copy: `bpf_ringbuf_output` takes its flags before it knows
+    // the fill, and a first news must not wait for the next drain.
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut slot) => {
+            unsafe { *slot.as_mut_ptr() = *ev };
+            bump(stats::RINGBUF_SENT);
+            slot.submit(wake_flags(first));
+        }
+        None => bump(stats::NEWS_DROPPED),
     }
 }

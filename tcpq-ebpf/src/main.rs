@@ -16,6 +16,7 @@
 mod emit;
 mod hooks;
 mod sock;
+mod storm;
 
 use tcpq_common::Config;
 
@@ -55,6 +56,8 @@ static CONFIG: Config = Config {
     socket_to_ino: 0,
     filter_lport: 0,
     filter_netns: 0,
+    news_interval_ms: 0,
+    ring_wake_bytes: 0,
     sk_drops: 0,
     icsk_qlen: 0,
     net_abort_on_overflow: 0,

@@ -114,8 +114,11 @@ fn run() -> Result<()> {
         }
         Task::Bench => {
             setup::all()?;
-            cargo(&["build", "--release", "-p", "tcpq-agent"])?;
-            bench::run_bench(root().join("target/release/tcpq-agent"))
+            cargo(&["build", "--release", "-p", "tcpq-agent", "-p", "tcpq-tests", "--bins"])?;
+            bench::run_bench(
+                root().join("target/release/tcpq-agent"),
+                root().join("target/release/tcpq-scenario"),
+            )
         }
         Task::Lint => lint(),
         Task::Vm {

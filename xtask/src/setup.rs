@@ -6,7 +6,8 @@
 //! - bpf-linker 0.10.2: its default `rust-llvm-22` links against the LLVM
 //!   of rustc 1.95 itself (a newer nightly's LLVM 23 fails to dlopen);
 //! - Debian packages: iproute2 (ip netns, ss), util-linux (setpriv),
-//!   redis-server and nginx-light (real servers for scenario tests), wrk;
+//!   redis-server and nginx-light (real servers for scenario tests), wrk,
+//!   hping3 (SYN floods) and bpftrace (the benchmark's peer);
 //!   prometheus and rsyslog (real receivers for the sidecar's exporters);
 //!   qemu, busybox-static and cpio for the VM tests.
 
@@ -26,6 +27,8 @@ const DEBIAN: &[&str] = &[
     "redis-server",
     "nginx-light",
     "wrk",
+    "hping3",
+    "bpftrace",
     "prometheus",
     "rsyslog",
     "qemu-system-x86",

@@ -20,16 +20,17 @@
 //! handshake (SYN_RECV → ESTABLISHED, right after the child joined the
 //! accept queue): the start of its accept latency (see `latency`).
 //!
-//! Cost on the healthy path: this fires on every TCP state change; it reads
-//! two ints and compares them, and once per accepted connection stores a
-//! timestamp.
+//! Cost on the healthy path: this fires on every TCP state change (about 10
+//! per connection); it reads two ints and compares them, and once per
+//! accepted connection loads one array slot (accept latency is off unless
+//! the agent switched it on for that port). Nothing reaches the ring buffer.
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
 };
-use tcpq_common::{config::tcp_state, stats, EventKind};
+use tcpq_common::{config::tcp_state, stats, storm::StormKey, Event, EventKind};
 
-use crate::{conf, emit::emit, sock};
+use crate::{conf, emit::emit, sock, storm};
 
 const IPPROTO_TCP: u16 = 6;
 const EADDRNOTAVAIL: u32 = 99;
@@ -69,8 +70,14 @@ fn try_sock_state(ctx: &RawTracePointContext) -> Option<()> {
         crate::hooks::latency::established(ctx.arg::<u64>(0));
         return Some(());
     }
-    if new == tcp_state::LISTEN as i32 || old == tcp_state::LISTEN as i32 {
-        listener(ctx.arg::<u64>(0), new == tcp_state::LISTEN as i32);
+    // CLOSE → LISTEN in listen(), LISTEN → CLOSE when it closes. Every
+    // child of a listener is cloned in state LISTEN and goes LISTEN →
+    // SYN_RECV once per connection (`inet_csk_clone_lock`): not a listener
+    // closing, and the healthy path must not send it anywhere.
+    let close = tcp_state::CLOSE as i32;
+    let listen = tcp_state::LISTEN as i32;
+    if (old == close && new == listen) || (old == listen && new == close) {
+        listener(ctx.arg::<u64>(0), new == listen);
         return Some(());
     }
     if old != tcp_state::SYN_SENT as i32 || new != tcp_state::CLOSE as i32 {
@@ -95,14 +102,25 @@ fn try_sock_state(ctx: &RawTracePointContext) -> Option<()> {
     if errno == 0 {
         return Some(());
     }
-    emit(
-        stats::CONNECT_ERROR_SEEN,
-        EventKind::ConnectError as u32,
-        |ev| {
-            sock::fill_socket(ev, sk);
-            ev.detail = errno;
-            ev.aux = tgid;
-        },
-    );
+    // Counted per (namespace, destination, errno, caller): a client
+    // looping on EADDRNOTAVAIL costs a map update per failure.
+    let mut dst = Event::default_zeroed();
+    sock::fill_common(&mut dst, sk);
+    let kind = EventKind::ConnectError as u32;
+    let key = StormKey {
+        kind,
+        class: errno,
+        who: tgid,
+        netns: dst.netns,
+        port: dst.rport,
+        family: dst.family,
+        addr: dst.raddr,
+        ..StormKey::default()
+    };
+    storm::count(stats::CONNECT_ERROR_SEEN, &key, kind, |ev| {
+        sock::fill_socket(ev, sk);
+        ev.detail = errno;
+        ev.aux = tgid;
+    });
     Some(())
 }

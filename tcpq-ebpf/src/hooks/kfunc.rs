@@ -12,9 +12,15 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use tcpq_common::{event::outcome, event::Source, stats, EventKind};
+use tcpq_common::{
+    event::outcome,
+    event::Source,
+    stats,
+    storm::{class, StormKey},
+    EventKind,
+};
 
-use crate::{conf, emit::emit, sock};
+use crate::{conf, sock, storm};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -104,7 +110,16 @@ fn conn_request_exit(source: Source) {
         return; // admitted: the healthy path ends here
     };
     let (qlen, syncookies, msb) = (s.qlen, s.syncookies, s.max_syn_backlog);
-    emit(seen, kind as u32, |ev| {
+    let key = StormKey {
+        sk,
+        kind: kind as u32,
+        class: match kind {
+            EventKind::SynDrop => syn_drop_class(q, qlen, syncookies, msb),
+            _ => 0,
+        },
+        ..StormKey::default()
+    };
+    storm::count(seen, &key, kind as u32, |ev| {
         sock::fill_listener(ev, sk);
         ev.ack_backlog = q.backlog;
         ev.max_ack_backlog = q.max;
@@ -115,6 +130,23 @@ fn conn_request_exit(source: Source) {
     });
 }
 
+/// Why `tcp_conn_request` dropped a SYN, in the order it checks (6.1–6.18):
+/// a full SYN queue without syncookies, a full accept queue, then with
+/// syncookies off 3/4 of `tcp_max_syn_backlog` in use (the agent's
+/// `classify_syn_drop` reads the same fields back from the event).
+#[inline(always)]
+fn syn_drop_class(q: Queues, qlen: u32, syncookies: u32, msb: u32) -> u32 {
+    if syncookies == 0 && qlen > q.max {
+        class::SYN_QUEUE_FULL
+    } else if q.backlog > q.max {
+        class::ACCEPT_QUEUE_FULL
+    } else if syncookies == 0 && (msb as i64 - qlen as i64) < (msb >> 2) as i64 {
+        class::MAX_SYN_BACKLOG
+    } else {
+        class::OTHER
+    }
+}
+
 /// Accept-queue length and limit as a hook saw them.
 #[derive(Clone, Copy)]
 struct Queues {
@@ -122,11 +154,19 @@ struct Queues {
     max: u32,
 }
 
-/// One event about listener `sk`, with the queue state the hook saw (not
-/// re-read now) and a kind-specific `aux`.
+/// One ACK-time drop of listener `sk`, counted under its queue state (full
+/// or not) and outcome, with the queue state the hook saw (not re-read now).
 #[inline(always)]
-fn emit_listener(seen: u32, kind: EventKind, sk: u64, q: Queues, aux: u32, source: Source) {
-    emit(seen, kind as u32, |ev| {
+fn count_ack_drop(sk: u64, q: Queues, aux: u32, source: Source) {
+    let kind = EventKind::ListenOverflowAck;
+    let full = if q.backlog > q.max { class::QUEUE_FULL } else { 0 };
+    let key = StormKey {
+        sk,
+        kind: kind as u32,
+        class: full | aux,
+        ..StormKey::default()
+    };
+    storm::count(stats::LISTEN_OVERFLOW_SEEN, &key, kind as u32, |ev| {
         sock::fill_listener(ev, sk);
         ev.ack_backlog = q.backlog;
         ev.max_ack_backlog = q.max;
@@ -193,15 +233,7 @@ fn syn_recv_exit(sk: u64, child: u64, source: Source) {
 
 #[inline(always)]
 fn emit_ack_drop(sk: u64, backlog: u32, max: u32, what: u32, source: Source) {
-    let q = Queues { backlog, max };
-    emit_listener(
-        stats::LISTEN_OVERFLOW_SEEN,
-        EventKind::ListenOverflowAck,
-        sk,
-        q,
-        what,
-        source,
-    );
+    count_ack_drop(sk, Queues { backlog, max }, what, source);
 }
 
 #[fexit(function = "tcp_v4_syn_recv_sock")]

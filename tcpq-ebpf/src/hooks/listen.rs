@@ -11,12 +11,17 @@
 //! `tcp_v{4,6}_syn_recv_sock` (kfunc.rs) are not, so nothing counts twice.
 //!
 //! Cost on the healthy path: one load and one compare (`reason`); kfree_skb
-//! fires only for dropped packets, never for consumed ones.
+//! fires only for dropped packets, never for consumed ones. A flood is
+//! counted in the `STORM` map (see `storm`), not sent record by record.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tcpq_common::{stats, EventKind};
+use tcpq_common::{
+    stats,
+    storm::{class, StormKey},
+    EventKind,
+};
 
-use crate::{conf, emit::emit, sock};
+use crate::{conf, sock, storm};
 
 #[tracepoint]
 pub fn tcpq_kfree_skb(ctx: TracePointContext) -> u32 {
@@ -33,10 +38,21 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<u32> {
     if sk == 0 || sock::filtered_out(sk) {
         return Some(0);
     }
-    emit(
-        stats::LISTEN_OVERFLOW_SEEN,
-        EventKind::ListenOverflowAck as u32,
-        |ev| sock::fill_listener(ev, sk),
-    );
+    // Counted under "queue full or not": the agent calls only a full
+    // queue an overflow (the reason covers every failed child socket).
+    let backlog = sock::read::<u32>(sk, conf!(sk_ack_backlog))?;
+    let max = sock::read::<u32>(sk, conf!(sk_max_ack_backlog))?;
+    let kind = EventKind::ListenOverflowAck as u32;
+    let key = StormKey {
+        sk,
+        kind,
+        class: if backlog > max { class::QUEUE_FULL } else { 0 },
+        ..StormKey::default()
+    };
+    storm::count(stats::LISTEN_OVERFLOW_SEEN, &key, kind, |ev| {
+        sock::fill_listener(ev, sk);
+        ev.ack_backlog = backlog;
+        ev.max_ack_backlog = max;
+    });
     Some(0)
 }

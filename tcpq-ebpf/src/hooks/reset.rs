@@ -8,15 +8,18 @@
 //!            const enum sk_rst_reason reason)
 //! Fires for socket-less resets and carries `reason` since Linux 6.10; on
 //! older kernels it fires only with a full socket and the agent attaches it
-//! without reasons. Cost: one load and compare of the socket state.
+//! without reasons. Cost: one load and compare of the socket state. Counted
+//! per listener (or closed local endpoint) and reason in the `STORM` map.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tcpq_common::{
     config::{tcp_state, AF_INET6},
-    stats, Event, EventKind,
+    stats,
+    storm::{class, StormKey},
+    Event, EventKind,
 };
 
-use crate::{conf, emit::emit, sock};
+use crate::{conf, emit::emit, sock, storm};
 
 #[tracepoint]
 pub fn tcpq_send_reset(ctx: TracePointContext) -> u32 {
@@ -53,7 +56,28 @@ fn try_send_reset(ctx: &TracePointContext) -> Option<u32> {
             }
         }
     }
-    emit(stats::RESET_SEEN, EventKind::ResetSent as u32, |ev| {
+    let kind = EventKind::ResetSent as u32;
+    let mut key = StormKey {
+        sk: listener,
+        kind,
+        class: reason,
+        ..StormKey::default()
+    };
+    if listener != 0 {
+        let backlog = sock::read::<u32>(listener, conf!(sk_ack_backlog)).unwrap_or(0);
+        let max = sock::read::<u32>(listener, conf!(sk_max_ack_backlog)).unwrap_or(0);
+        if backlog > max {
+            key.class |= class::QUEUE_FULL;
+        }
+    } else {
+        // Socket-less: counted per local endpoint (a closed port).
+        let mut local = Event::default_zeroed();
+        read_sockaddr(ctx, saddr, &mut local, true);
+        key.family = local.family;
+        key.port = local.lport;
+        key.addr = local.laddr;
+    }
+    storm::count(stats::RESET_SEEN, &key, kind, |ev| {
         ev.detail = reason;
         if listener != 0 {
             // The record's addresses are the listener's own (wildcard, no

@@ -4,12 +4,13 @@
 //! Hook: tracepoint `tcp:tcp_retransmit_synack`
 //!   TP_PROTO(const struct sock *sk, const struct request_sock *req)
 //! `sk` is the listener. Exists since Linux 4.16; no fallback needed.
-//! Cost: fires only on a retransmit timer, never on a healthy handshake.
+//! Cost: fires only on a retransmit timer, never on a healthy handshake;
+//! counted per listener in the `STORM` map.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tcpq_common::{stats, EventKind};
+use tcpq_common::{stats, storm::StormKey, EventKind};
 
-use crate::{conf, emit::emit, sock};
+use crate::{conf, sock, storm};
 
 #[tracepoint]
 pub fn tcpq_retransmit_synack(ctx: TracePointContext) -> u32 {
@@ -22,10 +23,14 @@ fn try_retransmit_synack(ctx: &TracePointContext) -> Option<u32> {
     if sk == 0 || sock::filtered_out(sk) {
         return Some(0);
     }
-    emit(
-        stats::SYNACK_RTX_SEEN,
-        EventKind::SynackRetransmit as u32,
-        |ev| sock::fill_listener(ev, sk),
-    );
+    let kind = EventKind::SynackRetransmit as u32;
+    let key = StormKey {
+        sk,
+        kind,
+        ..StormKey::default()
+    };
+    storm::count(stats::SYNACK_RTX_SEEN, &key, kind, |ev| {
+        sock::fill_listener(ev, sk)
+    });
     Some(0)
 }

@@ -381,6 +381,17 @@ fn child_pid() -> u32 {
         .unwrap_or(0)
 }
 
+/// One `GET /` with `Connection: close`: whether the answer was a 200.
+fn http_close(port: u16) -> io::Result<bool> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: tcpq\r\nConnection: close\r\n\r\n")?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)?;
+    Ok(answer.starts_with(b"HTTP/1.1 200"))
+}
+
 fn ready() {
     println!("ready {}", std::process::id());
 }
@@ -700,6 +711,22 @@ fn main() -> io::Result<()> {
             sleep(secs(hold));
             stop.store(true, Ordering::Relaxed);
             let _ = server.join();
+        }
+        "http-close" => {
+            // N sequential HTTP/1.1 requests with `Connection: close` to a
+            // real server on 127.0.0.1:PORT (one handshake per request);
+            // prints how many got a 200.
+            let port: u16 = arg(&args, 1, "PORT");
+            let n: usize = arg::<usize>(&args, 2, "REQUESTS").min(200_000);
+            ready();
+            let (mut ok, mut failed) = (0usize, 0usize);
+            for _ in 0..n {
+                match http_close(port) {
+                    Ok(true) => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            println!("http ok={ok} failed={failed}");
         }
         "connect-timeout" => {
             let port = arg(&args, 1, "PORT");

@@ -132,6 +132,49 @@ impl Loaded {
     }
 }
 
+/// `EbpfLoader::new()` parses the kernel's whole BTF (aya 0.14: ~19 MB of
+/// peak memory, most of what a DaemonSet's memory limit would have to allow
+/// for start-up) although tcpq needs none to load. So the loader is made on
+/// a short-lived thread whose private mount namespace shows /dev/null at
+/// /sys/kernel/btf/vmlinux: aya finds no BTF and skips the parse. If that
+/// cannot be arranged (no CAP_SYS_ADMIN), aya parses as usual.
+fn loader_without_kernel_btf() -> EbpfLoader<'static> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            hide_kernel_btf_from_this_thread();
+            EbpfLoader::new()
+        })
+        .join()
+        .unwrap_or_else(|_| EbpfLoader::new())
+    })
+}
+
+/// In a mount namespace of this thread alone (unshare(CLONE_NEWNS) also
+/// unshares its filesystem attributes), bind-mounts /dev/null over the
+/// kernel's BTF. The namespace goes away with the thread.
+fn hide_kernel_btf_from_this_thread() {
+    use std::ffi::CString;
+    let (Ok(root), Ok(null), Ok(btf)) = (
+        CString::new("/"),
+        CString::new("/dev/null"),
+        CString::new(crate::btf::VMLINUX),
+    ) else {
+        return;
+    };
+    // SAFETY: plain syscalls on C strings that outlive them; they change
+    // only this thread's mount namespace, which nothing else shares.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return;
+        }
+        let private = libc::MS_REC | libc::MS_PRIVATE;
+        if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), private, std::ptr::null()) != 0 {
+            return;
+        }
+        libc::mount(null.as_ptr(), btf.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null());
+    }
+}
+
 /// Loads (and closes) the smallest fentry program, attached to BTF function
 /// `btf_id` (`bpf_fentry_test1`): whether this kernel takes fentry at all,
 /// found without parsing the kernel's BTF a second time. The error says why
@@ -180,9 +223,8 @@ pub fn load(
     }
     raise_memlock();
     // No target BTF: tcpq has no CO-RE relocations (offsets come from
-    // btf.rs), and aya's full parse of the kernel's BTF costs ~20 MB of
-    // peak memory. It is parsed below only if fentry will be tried.
-    let mut ebpf = EbpfLoader::new()
+    // btf.rs). It is parsed below only if fentry will be tried.
+    let mut ebpf = loader_without_kernel_btf()
         .btf(None)
         .override_global("CONFIG", &plan.config, true)
         .map_max_entries("EVENTS", ring_buffer_bytes)

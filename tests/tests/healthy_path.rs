@@ -10,7 +10,7 @@
 use std::{
     collections::BTreeMap,
     io::Read,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -170,10 +170,14 @@ fn healthy_connection_per_request_traffic_sends_nothing_to_user_space() {
     for c in ["TcpExt.ListenDrops", "Tcp.OutRsts", "Tcp.AttemptFails"] {
         assert_eq!(delta(&before, &after, c), 0, "{c} moved: not a healthy run");
     }
+    // A socket caught in passing (the client between the server's FIN and
+    // its own close) by a CLOSE_WAIT dump is state, not trouble: reported
+    // once with age 0 (see README, Known limits). Nothing else may appear.
     let ours: Vec<_> = lines
         .iter()
         .map(|(_, l)| l)
         .filter(|l| l["network.netns"] == ns.inode())
+        .filter(|l| !(l["event"] == "close_wait" && l["close_wait.oldest_seconds"] == 0.0))
         .collect();
     assert!(ours.is_empty(), "healthy traffic was reported: {ours:#?}");
 

@@ -75,7 +75,9 @@ impl KernelBtf {
             bail!("bad magic (only little-endian BTF is read)");
         }
         let u32_at = |o: usize| -> Result<u32> {
-            let b = data.get(o..o + 4).ok_or_else(|| anyhow!("truncated header"))?;
+            let b = data
+                .get(o..o + 4)
+                .ok_or_else(|| anyhow!("truncated header"))?;
             Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         };
         let hdr_len = u32_at(4)? as usize;
@@ -123,14 +125,15 @@ impl KernelBtf {
 
     /// Bytes of a record: 12 for the header plus what its kind appends.
     fn record_len(&self, t: Ty) -> Result<usize> {
-        Ok(12 + match t.kind {
-            kind::INT | kind::VAR | kind::DECL_TAG => 4,
-            kind::ARRAY => 12,
-            kind::STRUCT | kind::UNION | kind::DATASEC | kind::ENUM64 => 12 * t.vlen,
-            kind::ENUM | kind::FUNC_PROTO => 8 * t.vlen,
-            0..=19 => 0,
-            k => bail!("kernel BTF: unknown kind {k}"),
-        })
+        Ok(12
+            + match t.kind {
+                kind::INT | kind::VAR | kind::DECL_TAG => 4,
+                kind::ARRAY => 12,
+                kind::STRUCT | kind::UNION | kind::DATASEC | kind::ENUM64 => 12 * t.vlen,
+                kind::ENUM | kind::FUNC_PROTO => 8 * t.vlen,
+                0..=19 => 0,
+                k => bail!("kernel BTF: unknown kind {k}"),
+            })
     }
 
     fn ty(&self, id: u32) -> Result<Ty> {
@@ -246,7 +249,10 @@ impl KernelBtf {
     /// The type id of kernel function `name` (what fentry attaches by).
     pub fn func_id(&self, name: &str) -> Option<u32> {
         let f = self.by_name(name, &[kind::FUNC]).next()?;
-        self.offsets.iter().position(|&o| o as usize == f.at).map(|i| i as u32)
+        self.offsets
+            .iter()
+            .position(|&o| o as usize == f.at)
+            .map(|i| i as u32)
     }
 
     /// Number of parameters of kernel function `name`, if BTF has it.
@@ -348,7 +354,9 @@ mod tests {
 
     #[test]
     fn bad_files_are_refused_in_one_line() {
-        let e = KernelBtf::from_bytes(b"not btf at all".to_vec()).err().unwrap();
+        let e = KernelBtf::from_bytes(b"not btf at all".to_vec())
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("bad magic"), "{e}");
         let mut hdr = vec![0x9f, 0xeb, 1, 0, 24, 0, 0, 0];
         hdr.extend([0, 0, 0, 0, 100, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);

@@ -168,10 +168,23 @@ fn hide_kernel_btf_from_this_thread() {
             return;
         }
         let private = libc::MS_REC | libc::MS_PRIVATE;
-        if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), private, std::ptr::null()) != 0 {
+        if libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            private,
+            std::ptr::null(),
+        ) != 0
+        {
             return;
         }
-        libc::mount(null.as_ptr(), btf.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null());
+        libc::mount(
+            null.as_ptr(),
+            btf.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        );
     }
 }
 

@@ -208,7 +208,10 @@ mod tests {
         });
         t.observe(&Reading {
             at_ns: QUIET_NS,
-            keys: vec![(key(1), vec![val(1, 5)]), (key(2), vec![val(2, QUIET_NS - 1)])],
+            keys: vec![
+                (key(1), vec![val(1, 5)]),
+                (key(2), vec![val(2, QUIET_NS - 1)]),
+            ],
         });
         assert_eq!(t.quiet(QUIET_NS + 10), vec![key(1)]);
         t.forget(&key(1));

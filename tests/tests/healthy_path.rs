@@ -80,7 +80,12 @@ impl Drop for Nginx {
 fn http_close(ns: &Netns, port: u16, n: u64) -> (u64, u64) {
     let (mut child, _) = ns.scenario(&["http-close", &port.to_string(), &n.to_string()]);
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     child.wait().unwrap();
     let field = |k: &str| -> u64 {
         out.split_whitespace()
@@ -245,7 +250,10 @@ fn a_syn_flood_is_counted_in_the_kernel_and_sent_as_a_few_records() {
         .stderr(Stdio::null())
         .status()
         .expect("run hping3 (apt-get install hping3; cargo xtask setup does)");
-    assert!(flood.success() || flood.code() == Some(1), "hping3: {flood}");
+    assert!(
+        flood.success() || flood.code() == Some(1),
+        "hping3: {flood}"
+    );
     // Let the last SYNs land and one more report pass.
     std::thread::sleep(Duration::from_millis(1500));
     let after = ns.counters();
@@ -264,7 +272,10 @@ fn a_syn_flood_is_counted_in_the_kernel_and_sent_as_a_few_records() {
     let (syn_source, _) = expected_sources();
     for l in lines.iter().filter(|l| l["event"] == "listen_overflow") {
         let src = l["source"].as_str().unwrap_or("");
-        assert!(source_matches(src, &syn_source), "source {src}, expected {syn_source}: {l}");
+        assert!(
+            source_matches(src, &syn_source),
+            "source {src}, expected {syn_source}: {l}"
+        );
     }
     let sent = records_sent(&stderr);
     eprintln!("flood: {overflows} SYN drops, {sent} ring-buffer records");

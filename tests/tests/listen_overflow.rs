@@ -352,7 +352,11 @@ fn ring_buffer_loss_is_counted_not_silent() {
     let failed = delta(&before, &after, "Tcp.AttemptFails");
     assert_eq!(failed, 400, "each refused connect is one failed attempt");
     assert_eq!(total("reset_sent"), kernel, "Σ reset_sent vs OutRsts");
-    assert_eq!(total("connect_error"), failed, "Σ connect_error vs AttemptFails");
+    assert_eq!(
+        total("connect_error"),
+        failed,
+        "Σ connect_error vs AttemptFails"
+    );
     let delivered = total("reset_received");
     let lost = total("events_lost");
     assert!(

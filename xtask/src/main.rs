@@ -114,7 +114,15 @@ fn run() -> Result<()> {
         }
         Task::Bench => {
             setup::all()?;
-            cargo(&["build", "--release", "-p", "tcpq-agent", "-p", "tcpq-tests", "--bins"])?;
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "tcpq-agent",
+                "-p",
+                "tcpq-tests",
+                "--bins",
+            ])?;
             bench::run_bench(
                 root().join("target/release/tcpq-agent"),
                 root().join("target/release/tcpq-scenario"),

@@ -159,7 +159,11 @@ struct Queues {
 #[inline(always)]
 fn count_ack_drop(sk: u64, q: Queues, aux: u32, source: Source) {
     let kind = EventKind::ListenOverflowAck;
-    let full = if q.backlog > q.max { class::QUEUE_FULL } else { 0 };
+    let full = if q.backlog > q.max {
+        class::QUEUE_FULL
+    } else {
+        0
+    };
     let key = StormKey {
         sk,
         kind: kind as u32,

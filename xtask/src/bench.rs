@@ -268,7 +268,8 @@ struct Bpftrace(Child);
 impl Bpftrace {
     fn start() -> Result<Bpftrace> {
         let mut child = Command::new("bpftrace")
-            .args(["-e", BPFTRACE])
+            // Line-buffered: into a pipe it would hold "Attaching" until exit.
+            .args(["-B", "line", "-e", BPFTRACE])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

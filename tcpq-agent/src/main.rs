@@ -30,6 +30,7 @@ mod sink;
 mod sockdiag;
 mod status;
 mod syslog;
+mod top;
 mod trace;
 mod tracefs;
 mod verdict;
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Trace(args) => cli::validate(&args).and_then(|()| trace::run(args)),
         cli::Command::Run(args) => run::main(args),
+        cli::Command::Top(args) => top::run(args),
         cli::Command::Doctor { attach } => doctor::run(attach),
         cli::Command::Status { port, output } => {
             cli::require_root().and_then(|()| status::run(output, port))

@@ -8,7 +8,9 @@
 //! - Debian packages: iproute2 (ip netns, ss), util-linux (setpriv),
 //!   redis-server and nginx-light (real servers for scenario tests), wrk;
 //!   prometheus and rsyslog (real receivers for the sidecar's exporters);
-//!   qemu, busybox-static and cpio for the VM tests.
+//!   qemu, busybox-static and cpio for the VM tests; tmux (a real terminal
+//!   for `top`'s test), imagemagick and fonts-dejavu-core (its screenshot),
+//!   python3-venv (the OTLP test receiver's venv).
 
 use std::process::Command;
 
@@ -31,6 +33,10 @@ const DEBIAN: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    "tmux",
+    "imagemagick",
+    "fonts-dejavu-core",
+    "python3-venv",
 ];
 
 pub fn all() -> Result<()> {

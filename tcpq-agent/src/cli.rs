@@ -236,6 +236,13 @@ pub struct RunArgs {
     /// syslog facility (daemon, local0 … local7, user).
     #[arg(long, value_name = "NAME")]
     pub syslog_facility: Option<String>,
+    /// OTLP/HTTP (protobuf) base URL, e.g. http://127.0.0.1:4318 ("off" =
+    /// none; default: otlp.endpoint, else OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Seconds between OTLP metrics exports.
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    pub otlp_metrics_interval: Option<Duration>,
     /// Stop after this many seconds (tests; default: until SIGTERM).
     #[arg(long, value_name = "SECS", value_parser = seconds, hide = true)]
     pub duration: Option<Duration>,

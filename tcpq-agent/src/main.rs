@@ -23,6 +23,7 @@ mod metrics;
 mod model;
 mod netns;
 mod netstat;
+mod otlp;
 mod poll;
 mod resolve;
 mod run;

@@ -497,3 +497,34 @@ fn ansi_mvg(ansi: &str, cols: usize, rows: usize) -> (u32, u32, String) {
     }
     (w, h, out)
 }
+
+#[test]
+fn top_restores_the_terminal_after_an_error() {
+    if !root_or_skip() || in_vm() {
+        return;
+    }
+    // The namespace path is checked by the engine, after the screen is
+    // set up: the error must come out as one line on a restored terminal.
+    let t = Tmux::new("toperr");
+    t.type_text(&format!(
+        "{} top --netns /run/netns/tcpq-no-such-ns; echo TOP-EXITED $?",
+        agent_bin().display()
+    ));
+    t.keys(&["Enter"]);
+    let s = t.wait_for(Duration::from_secs(30), "the exit", |s| {
+        s.lines().any(|l| l.starts_with("TOP-EXITED"))
+    });
+    assert!(s.contains("TOP-EXITED 1"), "{s}");
+    let errors: Vec<&str> = s
+        .lines()
+        .filter(|l| l.starts_with("tcpq-agent: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{s}");
+    assert!(errors[0].contains("tcpq-no-such-ns"), "{s}");
+    assert_eq!(
+        t.display("#{alternate_on}"),
+        "0",
+        "still on the alternate screen"
+    );
+    assert_eq!(t.display("#{cursor_flag}"), "1", "cursor still hidden");
+}

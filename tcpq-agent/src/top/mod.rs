@@ -190,14 +190,14 @@ fn restore_stderr() {
 }
 
 /// Owners of listeners no report has named (the engine caches owners only
-/// for sockets it reports): `/proc` walked at most every 2 s for new
+/// for sockets it reports): `/proc` walked at most every 5 s for new
 /// listeners, every 5 s for holders that forked or exited.
 fn owner_lookups(
     wanted: Arc<Mutex<Vec<u32>>>,
     owners: Arc<Mutex<HashMap<u32, crate::resolve::Owner>>>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut resolver = Resolver::new(Duration::from_secs(2));
+    let mut resolver = Resolver::new(Duration::from_secs(5));
     while !stop.load(Ordering::Relaxed) {
         let inodes = wanted.lock().unwrap_or_else(|e| e.into_inner()).clone();
         resolver.learn(inodes.iter().copied());

@@ -528,3 +528,55 @@ fn top_restores_the_terminal_after_an_error() {
     );
     assert_eq!(t.display("#{cursor_flag}"), "1", "cursor still hidden");
 }
+
+#[test]
+fn top_shows_a_client_out_of_local_ports() {
+    if !root_or_skip() || in_vm() {
+        return;
+    }
+    use std::io::Read;
+    let ns = Netns::new("topports");
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40003");
+    let t = Tmux::new("topports");
+    t.type_text(&format!(
+        "{} top --netns /run/netns/{}",
+        agent_bin().display(),
+        ns.name
+    ));
+    t.keys(&["Enter"]);
+    t.wait_for(Duration::from_secs(30), "the screen", |s| {
+        s.contains("tcpq top") && s.contains("tcpq: tracing")
+    });
+    // 4 connections take the 4 ports and are held; 6 more connect()s fail.
+    let (mut child, pid) = ns.scenario(&["port-exhaust", "9306", "10", "8"]);
+    let mut out = String::new();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut b = [0u8; 1];
+    while stdout.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
+        out.push(b[0] as char);
+    }
+    let failed: u64 = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("EADDRNOTAVAIL="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("scenario said {out:?}"));
+    assert_eq!(failed, 6, "{out}");
+    let s = t.wait_for(Duration::from_secs(10), "the client's errors", |s| {
+        s.contains(&format!(
+            "tcpq-scenario ({pid}) netns {}: connect() EADDRNOTAVAIL {failed} ",
+            ns.inode()
+        ))
+    });
+    assert!(s.contains("last to 127.0.0.1:9306"), "{s}");
+    assert!(
+        s.contains(&format!(
+            "netns {}: local ports 40000-40003 (4 ports)",
+            ns.inode()
+        )),
+        "{s}"
+    );
+    assert!(s.contains("Reuse connections"), "no port verdict:\n{s}");
+    let top = top_pid(&t);
+    unsafe { libc::kill(top as i32, libc::SIGTERM) };
+    let _ = child.wait();
+}

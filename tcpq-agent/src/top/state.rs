@@ -130,7 +130,8 @@ impl Ports {
             .map_or(0, |(lo, hi)| u32::from(hi) - u32::from(lo) + 1)
     }
 
-    /// Ports not held by TIME_WAIT sockets.
+    /// Ports not held by TIME_WAIT sockets (open connections may hold
+    /// some of them).
     pub fn left(&self) -> u32 {
         self.size().saturating_sub(self.time_wait)
     }

@@ -284,12 +284,14 @@ fn client_panel(f: &mut TFrame, area: Rect, frame: &Frame) {
     ports.sort_by_key(|p| (p.verdict.is_none(), p.left(), p.netns));
     for p in ports.iter().take(4usize.saturating_sub(lines.len())) {
         let range = p.range.map_or("?".into(), |(a, b)| format!("{a}-{b}"));
+        // Open connections hold ports too: what TIME_WAIT leaves is an
+        // upper bound.
         let mut line = format!(
-            "netns {}: local ports {range}: {} in TIME_WAIT, {} of {} left",
+            "netns {}: local ports {range} ({} ports): {} in TIME_WAIT, at most {} free",
             p.netns,
+            p.size(),
             p.time_wait,
-            p.left(),
-            p.size()
+            p.left()
         );
         let style = match &p.verdict {
             Some(v) => {

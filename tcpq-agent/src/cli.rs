@@ -37,6 +37,10 @@ pub enum Command {
     /// JSON lines to stdout or a file, Prometheus /metrics and syslog.
     /// SIGHUP reopens the output file and reloads the config.
     Run(RunArgs),
+    /// Live full-screen view of every listener (needs a terminal): queue
+    /// fill, drop rates, verdict of the selected row, client-side errors.
+    /// Keys: ↑/↓ select, s sort, / filter, p pause, q quit.
+    Top(TopArgs),
     /// Show what this kernel offers, the attach plan and why.
     Doctor {
         /// Force a hook kind for the kernel-function hooks.
@@ -113,6 +117,70 @@ pub struct TraceArgs {
     pub accept_latency_ms: f64,
 }
 
+/// `top`: `trace`'s filters and hook choices; the screen instead of lines.
+#[derive(Args, Debug, Clone)]
+pub struct TopArgs {
+    /// Only listeners owned by this process (it holds their file descriptor).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Only listeners on this local port.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// Only this network namespace (inode number or path).
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Option<String>,
+    /// Only sockets a process with this name (comm) holds.
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+    /// Only sockets of processes in this cgroup (or below it).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+    /// Only sockets of processes in this container (id prefix).
+    #[arg(long, value_name = "ID")]
+    pub container: Option<String>,
+    /// Kernel-function hooks (as for `trace`).
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach: AttachMode,
+    /// Seconds between screen updates (at most 1).
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = seconds)]
+    pub interval: Duration,
+    /// How often every listener's counters are read over sock_diag.
+    #[arg(long, value_name = "SECS", default_value = "0.25", value_parser = seconds)]
+    pub poll_interval: Duration,
+    /// accept() syscall hooks (as for `trace`).
+    #[arg(long, value_enum, default_value_t = SyscallHooks::Auto)]
+    pub syscall_hooks: SyscallHooks,
+    /// Verdicts call accept latency slow from this p99, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 10.0, value_parser = millis)]
+    pub accept_latency_ms: f64,
+    /// Stop after this many seconds (tests; default: until q).
+    #[arg(long, value_name = "SECS", value_parser = seconds, hide = true)]
+    pub duration: Option<Duration>,
+}
+
+impl TopArgs {
+    /// The engine's settings: `trace`'s, with the same filters.
+    pub fn to_trace(&self) -> TraceArgs {
+        TraceArgs {
+            pid: self.pid,
+            port: self.port,
+            netns: self.netns.clone(),
+            comm: self.comm.clone(),
+            cgroup: self.cgroup.clone(),
+            container: self.container.clone(),
+            attach: self.attach,
+            output: Format::Text,
+            duration: self.duration,
+            interval: self.interval.min(Duration::from_secs(1)),
+            poll_interval: self.poll_interval,
+            ring_buffer_bytes: 1 << 20,
+            bpf_stats: false,
+            syscall_hooks: self.syscall_hooks,
+            accept_latency_ms: self.accept_latency_ms,
+        }
+    }
+}
+
 /// `run`: a config file, and flags that override it (unset flags leave the
 /// file's value, or the default, alone).
 #[derive(Args, Debug, Clone, Default)]
@@ -168,6 +236,13 @@ pub struct RunArgs {
     /// syslog facility (daemon, local0 … local7, user).
     #[arg(long, value_name = "NAME")]
     pub syslog_facility: Option<String>,
+    /// OTLP/HTTP (protobuf) base URL, e.g. http://127.0.0.1:4318 ("off" =
+    /// none; default: otlp.endpoint, else OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Seconds between OTLP metrics exports.
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    pub otlp_metrics_interval: Option<Duration>,
     /// Stop after this many seconds (tests; default: until SIGTERM).
     #[arg(long, value_name = "SECS", value_parser = seconds, hide = true)]
     pub duration: Option<Duration>,

@@ -28,6 +28,7 @@ struct File {
     output: Output,
     metrics: Metrics,
     syslog: Syslog,
+    otlp: Otlp,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, PartialEq)]
@@ -68,6 +69,16 @@ struct Syslog {
     app_name: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+struct Otlp {
+    endpoint: Option<String>,
+    headers: Option<String>,
+    queue_size: Option<u32>,
+    metrics_interval: Option<Number>,
+    timeout: Option<Number>,
+}
+
 /// A TOML number: `1` and `1.0` both mean one second.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(untagged, expecting = "a number")]
@@ -102,6 +113,8 @@ pub struct Run {
     pub max_series: usize,
     pub series_ttl: Duration,
     pub syslog: Option<syslog::Config>,
+    /// OTLP/HTTP export; None = off.
+    pub otlp: Option<crate::otlp::Config>,
 }
 
 impl Run {
@@ -133,6 +146,7 @@ impl Run {
                 "metrics.address",
                 self.metrics_address != new.metrics_address,
             ),
+            ("otlp", self.otlp != new.otlp),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
@@ -277,8 +291,49 @@ fn resolve(f: File, a: &RunArgs, at: &dyn Fn(&str) -> String) -> Result<Run> {
             app_name: f.syslog.app_name.unwrap_or_else(|| "tcpq".into()),
         }),
     };
+    // Flag, then file, then the standard environment variables.
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let otlp = match a
+        .otlp_endpoint
+        .clone()
+        .or(f.otlp.endpoint.clone())
+        .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    {
+        None => None,
+        Some(e) if e.is_empty() || e == "off" => None,
+        Some(e) => {
+            let endpoint = crate::otlp::Endpoint::parse(&e)
+                .map_err(|m| anyhow!("{}: {m}", at("otlp.endpoint")))?;
+            let headers = match f.otlp.headers.clone() {
+                Some(h) => crate::otlp::parse_headers(&h)
+                    .map_err(|m| anyhow!("{}: {m}", at("otlp.headers")))?,
+                None => match env("OTEL_EXPORTER_OTLP_HEADERS") {
+                    Some(h) => crate::otlp::parse_headers(&h)
+                        .map_err(|m| anyhow!("OTEL_EXPORTER_OTLP_HEADERS: {m}"))?,
+                    None => Vec::new(),
+                },
+            };
+            let queue_size = f.otlp.queue_size.unwrap_or(10_000);
+            if queue_size == 0 {
+                bail!("{}: must be at least 1", at("otlp.queue_size"));
+            }
+            Some(crate::otlp::Config {
+                endpoint,
+                headers,
+                queue_size: queue_size as usize,
+                metrics_interval: secs(
+                    "otlp.metrics_interval",
+                    a.otlp_metrics_interval,
+                    f.otlp.metrics_interval,
+                    10.0,
+                )?,
+                timeout: secs("otlp.timeout", None, f.otlp.timeout, 10.0)?,
+            })
+        }
+    };
     crate::cli::check_filters(&detect)?;
     Ok(Run {
+        otlp,
         detect,
         output_file,
         snapshot_interval,
@@ -346,6 +401,58 @@ mod tests {
         assert_eq!(r.snapshot_interval, d.snapshot_interval);
         assert_eq!(r.series_ttl, d.series_ttl);
         assert_eq!(r.detect.poll_interval, d.detect.poll_interval);
+        assert_eq!(r.otlp, d.otlp);
+    }
+
+    #[test]
+    fn otlp_from_the_file_and_flags() {
+        assert!(load("", &[]).unwrap().otlp.is_none());
+        let text = "[otlp]\nendpoint = \"http://127.0.0.1:4318/x\"\nheaders = \"k=v\"\nqueue_size = 5\nmetrics_interval = 2\n";
+        let o = load(text, &[]).unwrap().otlp.unwrap();
+        assert_eq!((o.endpoint.port, o.endpoint.prefix.as_str()), (4318, "/x"));
+        assert_eq!(o.headers, [("k".to_string(), "v".to_string())]);
+        assert_eq!(
+            (o.queue_size, o.metrics_interval),
+            (5, Duration::from_secs(2))
+        );
+        let o = load(
+            text,
+            &[
+                "--otlp-endpoint",
+                "http://h:1",
+                "--otlp-metrics-interval",
+                "0.5",
+            ],
+        )
+        .unwrap()
+        .otlp
+        .unwrap();
+        assert_eq!(
+            (o.endpoint.host.as_str(), o.metrics_interval),
+            ("h", Duration::from_millis(500))
+        );
+        assert!(load(text, &["--otlp-endpoint", "off"])
+            .unwrap()
+            .otlp
+            .is_none());
+        for (bad, msg) in [
+            (
+                "[otlp]\nendpoint = \"https://x\"\n",
+                "tcpq.toml otlp.endpoint: ",
+            ),
+            (
+                "[otlp]\nendpoint = \"http://x\"\nheaders = \"nope\"\n",
+                "tcpq.toml otlp.headers: ",
+            ),
+            (
+                "[otlp]\nendpoint = \"http://x\"\nqueue_size = 0\n",
+                "tcpq.toml otlp.queue_size: ",
+            ),
+        ] {
+            let e = load(bad, &[]).unwrap_err().to_string();
+            assert!(e.starts_with(msg), "{e}");
+        }
+        assert!(parse("[otlp]\nendpont = \"x\"\n").is_err());
     }
 
     #[test]

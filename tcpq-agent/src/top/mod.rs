@@ -78,12 +78,15 @@ pub fn run(args: TopArgs) -> Result<()> {
         let messages = capture_stderr()?;
         let guard = TermGuard::enter()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let screen = {
+        let (drawn_tx, drawn_rx) = std::sync::mpsc::channel();
+        {
             let (frame, stop, messages) = (tally.frame.clone(), stop.clone(), messages.clone());
             std::thread::Builder::new()
                 .name("tcpq-screen".into())
-                .spawn(move || screen(frame, stop, messages))?
-        };
+                .spawn(move || {
+                    let _ = drawn_tx.send(screen(frame, stop, messages));
+                })?;
+        }
         let owners = {
             let (wanted, owners, stop) = (tally.wanted.clone(), tally.owners.clone(), stop.clone());
             std::thread::Builder::new()
@@ -92,7 +95,12 @@ pub fn run(args: TopArgs) -> Result<()> {
         };
         let result = crate::trace::engine(trace_args, &mut tally, None).await;
         stop.store(true, Ordering::Relaxed);
-        let drawn = screen.join().unwrap_or(Ok(()));
+        // A terminal that went away (SIGHUP) can leave crossterm's read
+        // retrying forever: wait a moment for the screen, never longer; the
+        // process exit ends a stuck thread.
+        let drawn = drawn_rx
+            .recv_timeout(Duration::from_secs(2))
+            .unwrap_or(Ok(()));
         let _ = owners.join();
         drop(guard);
         restore_stderr();

@@ -1,8 +1,10 @@
 //! ACK-time accept-queue overflow.
 //!
-//! Hook: tracepoint `skb:kfree_skb`
+//! Hook: raw tracepoint `kfree_skb` (the arguments, without the record the
+//! classic `skb:kfree_skb` tracepoint builds for every dropped packet)
 //!   TP_PROTO(struct sk_buff *skb, void *location,
 //!            enum skb_drop_reason reason, struct sock *rx_sk)
+//! The positions of `reason` and `rx_sk` come from BTF (`btf_trace_kfree_skb`).
 //! Needs: `rx_sk` (Linux 6.11+) and SKB_DROP_REASON_TCP_LISTEN_OVERFLOW set by
 //! `tcp_check_req` when `syn_recv_sock` returns NULL on a full accept queue
 //! (Linux 6.15+). The kernel uses that reason for every NULL from
@@ -14,7 +16,7 @@
 //! fires only for dropped packets, never for consumed ones. A flood is
 //! counted in the `STORM` map (see `storm`), not sent record by record.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext, EbpfContext};
 use tcpq_common::{
     stats,
     storm::{class, StormKey},
@@ -23,18 +25,45 @@ use tcpq_common::{
 
 use crate::{conf, sock, storm};
 
-#[tracepoint]
-pub fn tcpq_kfree_skb(ctx: TracePointContext) -> u32 {
-    try_kfree_skb(&ctx).unwrap_or(0)
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn tcpq_kfree_skb(ctx: RawTracePointContext) -> i32 {
+    try_kfree_skb(&ctx);
+    0
+}
+
+/// Argument `i` of the four kfree_skb has (6.11+). The verifier takes only
+/// constant context offsets, and a program may not read past the last
+/// argument: each is read at its own offset (volatile, so the compiler
+/// cannot merge the reads into one at a computed offset), then picked.
+#[inline(always)]
+fn arg(ctx: &RawTracePointContext, i: u32) -> u64 {
+    let base = ctx.as_ptr() as *const u64;
+    // SAFETY: a raw tracepoint's context is its arguments as u64s, and
+    // kfree_skb is attached only where it has four (rx_sk, Linux 6.11+).
+    let a = unsafe {
+        [
+            core::ptr::read_volatile(base),
+            core::ptr::read_volatile(base.add(1)),
+            core::ptr::read_volatile(base.add(2)),
+            core::ptr::read_volatile(base.add(3)),
+        ]
+    };
+    match i {
+        0 => a[0],
+        1 => a[1],
+        2 => a[2],
+        3 => a[3],
+        _ => 0,
+    }
 }
 
 #[inline(always)]
-fn try_kfree_skb(ctx: &TracePointContext) -> Option<u32> {
-    let reason: u32 = unsafe { ctx.read_at(conf!(kfree_reason) as usize) }.ok()?;
+fn try_kfree_skb(ctx: &RawTracePointContext) -> Option<u32> {
+    let reason = arg(ctx, conf!(kfree_reason)) as u32;
     if reason != conf!(drop_reason_listen_overflow) {
         return Some(0);
     }
-    let sk: u64 = unsafe { ctx.read_at(conf!(kfree_rx_sk) as usize) }.ok()?;
+    let sk = arg(ctx, conf!(kfree_rx_sk));
     if sk == 0 || sock::filtered_out(sk) {
         return Some(0);
     }

@@ -6,9 +6,11 @@
 //! - bpf-linker 0.10.2: its default `rust-llvm-22` links against the LLVM
 //!   of rustc 1.95 itself (a newer nightly's LLVM 23 fails to dlopen);
 //! - Debian packages: iproute2 (ip netns, ss), util-linux (setpriv),
-//!   redis-server and nginx-light (real servers for scenario tests), wrk;
+//!   redis-server and nginx-light (real servers for scenario tests), wrk
+//!   and hping3 (load);
 //!   prometheus and rsyslog (real receivers for the sidecar's exporters);
-//!   qemu, busybox-static and cpio for the VM tests.
+//!   qemu, busybox-static, cpio and xz-utils (6.12's modules are `.ko.xz`)
+//!   for the VM tests.
 
 use std::process::Command;
 
@@ -26,11 +28,13 @@ const DEBIAN: &[&str] = &[
     "redis-server",
     "nginx-light",
     "wrk",
+    "hping3",
     "prometheus",
     "rsyslog",
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    "xz-utils",
 ];
 
 pub fn all() -> Result<()> {

@@ -155,7 +155,10 @@ pub fn load(
         .iter()
         .any(|c| c.try_order.contains(&HookKind::Fentry))
     {
-        Btf::from_sys_fs().ok()
+        match crate::btf::path() {
+            crate::btf::VMLINUX => Btf::from_sys_fs().ok(),
+            file => Btf::parse_file(file, aya::Endianness::default()).ok(),
+        }
     } else {
         None
     };

@@ -433,7 +433,9 @@ fn status_agrees_with_ss_and_the_kernel_counters() {
     ns.sysctl("net.core.somaxconn", "128");
     let before = ns.counters();
     // listen(0), never accept: one queued, the other clients dropped.
-    let (mut child, pid) = ns.scenario(&["syn-overflow", "9311", "4", "1", "4"]);
+    // Held 60 s (killed below): the listener outlives the wait for the
+    // drops to settle, however slow the machine.
+    let (mut child, pid) = ns.scenario(&["syn-overflow", "9311", "4", "1", "60"]);
     // Until the clients' one SYN retransmit each is over (later under a
     // slow TCG guest than on the host): ListenDrops unchanged for 1 s.
     let settled = || {

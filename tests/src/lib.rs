@@ -288,7 +288,14 @@ impl Agent {
         let ready_line = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(l) if l.starts_with("tcpq: tracing") => break l,
+                Ok(l) if l.starts_with("tcpq: tracing") => {
+                    eprintln!(
+                        "[agent] ready after {:.1} s",
+                        (start_within - deadline.saturating_duration_since(Instant::now()))
+                            .as_secs_f64()
+                    );
+                    break l;
+                }
                 Ok(_) => continue,
                 Err(_) => {
                     let _ = child.kill();

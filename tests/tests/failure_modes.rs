@@ -260,9 +260,16 @@ fn close_wait_sockets_are_counted_per_listener_like_ss() {
     }
     let ns = Netns::new("cw9305");
     let agent = Agent::trace(&[]);
-    let (mut child, pid) = ns.scenario(&["close-wait", "9305", "4", "8"]);
-    // While the scenario holds them: CLOSE_WAIT is read every 4 s.
-    std::thread::sleep(std::time::Duration::from_millis(5000));
+    // Held 60 s (killed below).
+    let (mut child, pid) = ns.scenario(&["close-wait", "9305", "4", "60"]);
+    // While the scenario holds them: CLOSE_WAIT is read every 4th poll;
+    // a TCG guest beside another one runs several times slower.
+    let wait = if std::env::var_os("TCPQ_IN_VM").is_some() {
+        15_000
+    } else {
+        5000
+    };
+    std::thread::sleep(std::time::Duration::from_millis(wait));
     let ss = ss_count(&ns, "close-wait");
     let lines = agent.stop();
     let _ = child.kill();

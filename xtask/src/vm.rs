@@ -1,13 +1,16 @@
-//! `cargo xtask vm`: the scenario tests inside Debian's 6.1 cloud kernel
-//! (kprobes, fentry, BTF), booted by QEMU with TCG.
+//! `cargo xtask vm`: the scenario tests inside Debian's LTS cloud kernels
+//! (5.10, 6.1, 6.12: kprobes, fentry, BTF), booted by QEMU with TCG.
 //!
-//! 1. kernel: `apt-get download` of the newest
-//!    `linux-image-6.1.0-*-cloud-amd64-unsigned`; its `vmlinuz-*` and the
-//!    two modules sock_diag needs for TCP (`inet_diag`, `tcp_diag`: `=m` in
-//!    Debian) are kept in `${XDG_CACHE_HOME:-~/.cache}/tcpq/vm/RELEASE/`.
+//! 1. kernel: the newest `linux-image-*-cloud-amd64-unsigned` of the
+//!    series' suite (`SERIES`), fetched by `apt-get download` with a private
+//!    sources list and state under `${XDG_CACHE_HOME:-~/.cache}/tcpq/vm/apt`
+//!    (the mirror of this machine's /etc/apt, which stays untouched); its
+//!    `vmlinuz-*` and the modules sock_diag needs for TCP (`MODULES` not in
+//!    `modules.builtin`, uncompressed) are kept in `.../tcpq/vm/RELEASE/`.
 //!    `--kernel PATH` boots a bzImage instead (with INET_DIAG and
 //!    INET_TCP_DIAG built in, as no module is loaded then);
-//! 2. build the agent, tcpq-scenario and the integration-test executables;
+//! 2. build the agent (release: the guest's TCG is slow), tcpq-scenario
+//!    and the integration-test executables;
 //! 3. initramfs (newc, gzip), written here: busybox and its applets,
 //!    iproute2's `ip`/`ss` and the other tools the tests run, each dynamic
 //!    ELF with its shared libraries and interpreter at the host's paths, our
@@ -17,10 +20,13 @@
 //!    `TCPQ_EXPECT_HOOK` to the hook kind the tests must then see — `kfunc`
 //!    (fentry or kprobe) for auto; `tracepoint`: the host's expectations) and prints `TCPQ-VM:
 //!    PASS|FAIL <name>@<mode>`, then `TCPQ-VM: DONE`, then powers off;
-//! 4. QEMU, serial console streamed as `vm| ...` and saved to
-//!    target/vm/console.log; the verdict comes from the marker lines.
+//!    The parts every boot shares are one archive, the modules and /init
+//!    of each boot a second one appended to it;
+//! 4. QEMU, `--jobs` at a time, each serial console streamed as `vm| ...`
+//!    (`vm LABEL| ...`) and saved to target/vm/LABEL/console.log; the
+//!    verdict comes from the marker lines.
 //!
-//! No root needed, except for `apt-get update` when apt knows no such kernel.
+//! No root needed.
 
 use std::{
     cmp::Ordering,
@@ -707,6 +713,10 @@ const HOST_ONLY: &[&str] = &["sidecar"];
 
 fn build() -> Result<Vec<TestExe>> {
     cargo(&["build", "-p", "tcpq-agent", "-p", "tcpq-tests", "--bins"])?;
+    // The guest runs the release agent: under TCG a debug build takes tens
+    // of seconds to parse the kernel's BTF, longer than some scenarios
+    // hold their listeners.
+    cargo(&["build", "--release", "-p", "tcpq-agent"])?;
     let args = [
         "test",
         "-p",
@@ -810,8 +820,12 @@ fn common_initramfs(tests: &[TestExe], out: &Path) -> Result<()> {
     // Cargo's layout: target/debug/{tcpq-agent,tcpq-scenario}, tests in deps/.
     let host_bin = tests[0].path.parent().and_then(Path::parent).unwrap();
     let mut elves = Vec::new();
-    for name in ["tcpq-agent", "tcpq-scenario"] {
-        let src = host_bin.join(name);
+    let release = host_bin.parent().unwrap().join("release");
+    for (name, dir) in [
+        ("tcpq-agent", &release),
+        ("tcpq-scenario", &host_bin.to_path_buf()),
+    ] {
+        let src = dir.join(name);
         ensure!(src.is_file(), "{} is not built", src.display());
         fs.file(&format!("{GUEST_BIN}/{name}"), &src)?;
         elves.push(src);

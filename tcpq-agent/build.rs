@@ -24,6 +24,7 @@ fn main() -> anyhow::Result<()> {
     // LLVM 22 (a floating nightly's LLVM 23 makes it fail to dlopen).
     std::env::set_var("RUSTC_BOOTSTRAP", "1");
     println!("cargo:rerun-if-changed=../rust-toolchain.toml");
+    reproducible(&out)?;
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tcpq-ebpf");
     aya_build::build_ebpf(
         [Package {
@@ -40,4 +41,43 @@ fn main() -> anyhow::Result<()> {
              `cargo install bpf-linker@0.10.2 --locked`; `cargo xtask setup` does both)"
         )
     })
+}
+
+/// The BPF object carries source paths (DWARF and the BTF line info): the
+/// clone's directory, `CARGO_HOME`'s registry and the toolchain's rust-src.
+/// Remapped to fixed names, two clones anywhere build the same bytes (the
+/// agent's `bpf_object_is_reproducible` test holds the hash). aya-build sets
+/// `CARGO_ENCODED_RUSTFLAGS` for its nested cargo, so the remapping rides
+/// on a `RUSTC_WRAPPER` written here.
+fn reproducible(out: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace")?
+        .canonicalize()?;
+    let cargo_home = match std::env::var_os("CARGO_HOME") {
+        Some(h) => std::path::PathBuf::from(h),
+        None => std::path::PathBuf::from(std::env::var_os("HOME").context("HOME")?).join(".cargo"),
+    };
+    let sysroot = std::process::Command::new("rustup")
+        .args(["run", TOOLCHAIN, "rustc", "--print", "sysroot"])
+        .env_remove("RUSTC")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .output()
+        .context("rustup run rustc --print sysroot")?;
+    let sysroot = String::from_utf8(sysroot.stdout)?.trim().to_string();
+    let quote = |p: &str| format!("'{}'", p.replace('\'', r"'\''"));
+    let remap =
+        |from: &str, to: &str| format!(" --remap-path-prefix={}", quote(&format!("{from}={to}")));
+    let script = format!(
+        "#!/bin/sh\n# Written by tcpq-agent/build.rs: rustc with source paths remapped.\nexec \"$@\"{}{}{}\n",
+        remap(&workspace.to_string_lossy(), "/tcpq"),
+        remap(&cargo_home.to_string_lossy(), "/cargo"),
+        remap(&sysroot, "/rustc"),
+    );
+    let wrapper = out.join("rustc-remap");
+    std::fs::write(&wrapper, script).context("writing the rustc wrapper")?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    std::env::set_var("RUSTC_WRAPPER", &wrapper);
+    Ok(())
 }

@@ -12,6 +12,27 @@ use anyhow::{anyhow, bail, Context, Result};
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
+/// `--btf PATH`, once set: the running kernel's BTF from a file instead of
+/// `VMLINUX`, for a kernel built without `CONFIG_DEBUG_INFO_BTF` (btfhub's
+/// convention: one `<uname -r>.btf` per kernel release).
+static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Takes `--btf PATH` (checked here: bad input fails before anything runs).
+pub fn use_file(path: &str) -> Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("--btf {path}"))?;
+    if !meta.is_file() {
+        bail!("--btf {path}: not a file");
+    }
+    KernelBtf::from_file(path).map_err(|e| anyhow!("--btf {path}: not a BTF file ({e:#})"))?;
+    let _ = FILE.set(path.to_string());
+    Ok(())
+}
+
+/// Where the kernel's BTF is read from: `--btf`, else `VMLINUX`.
+pub fn path() -> &'static str {
+    FILE.get().map_or(VMLINUX, String::as_str)
+}
+
 const MAGIC: u16 = 0xeb9f;
 
 /// BTF kinds (`BTF_KIND_*`).
@@ -58,7 +79,15 @@ struct Ty {
 
 impl KernelBtf {
     pub fn load() -> Result<Self> {
-        Self::from_file(VMLINUX)
+        let path = path();
+        if path == VMLINUX && !std::path::Path::new(VMLINUX).exists() {
+            bail!(
+                "this kernel has no BTF ({VMLINUX} is missing: built without \
+                 CONFIG_DEBUG_INFO_BTF); pass --btf PATH with a BTF file for this \
+                 kernel release (btfhub: <uname -r>.btf)"
+            );
+        }
+        Self::from_file(path)
     }
 
     pub fn from_file(path: &str) -> Result<Self> {

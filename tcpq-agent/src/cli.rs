@@ -15,6 +15,11 @@ use crate::{caps::AttachMode, export::Format};
     about = "Which listening socket of which process is losing TCP connections, and why"
 )]
 pub struct Cli {
+    /// The running kernel's BTF from this file instead of
+    /// /sys/kernel/btf/vmlinux (a kernel without CONFIG_DEBUG_INFO_BTF;
+    /// btfhub ships one `<uname -r>.btf` per release).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub btf: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

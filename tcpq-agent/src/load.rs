@@ -248,7 +248,10 @@ pub fn load(
         .iter()
         .any(|c| c.try_order.contains(&HookKind::Fentry))
     {
-        Btf::from_sys_fs().ok()
+        match crate::btf::path() {
+            crate::btf::VMLINUX => Btf::from_sys_fs().ok(),
+            file => Btf::parse_file(file, aya::Endianness::default()).ok(),
+        }
     } else {
         None
     };
@@ -471,4 +474,54 @@ fn raise_memlock() {
     };
     // SAFETY: valid pointer to a local rlimit.
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OBJECT;
+
+    /// The embedded BPF object has the bytes the committed hash names: the
+    /// build is pinned (toolchain, bpf-linker, Cargo.lock) and carries no
+    /// path of this clone or this user (build.rs remaps them), so every
+    /// clone on every machine builds the same object. A change to
+    /// tcpq-ebpf, tcpq-common, Cargo.lock, the toolchain or bpf-linker
+    /// changes the bytes on purpose: then commit the hash printed here.
+    #[test]
+    fn bpf_object_is_reproducible() {
+        if OBJECT.is_empty() {
+            eprintln!("skipped: built with AYA_BUILD_SKIP=1, no BPF object embedded");
+            return;
+        }
+        // Paths outside the remapped /tcpq, /cargo, /rustc would make the
+        // bytes depend on where the clone and the toolchain live.
+        for leak in [
+            "/home/",
+            "/root/",
+            "/tmp/",
+            "/work/",
+            "/usr/local/",
+            "/.cargo/",
+        ] {
+            assert!(
+                !OBJECT.windows(leak.len()).any(|w| w == leak.as_bytes()),
+                "the BPF object names a path under {leak}: not reproducible elsewhere"
+            );
+        }
+        let file = std::env::temp_dir().join(format!("tcpq-object-{}", std::process::id()));
+        std::fs::write(&file, OBJECT).unwrap();
+        let out = std::process::Command::new("sha256sum")
+            .arg(&file)
+            .output()
+            .expect("sha256sum (coreutils)");
+        let _ = std::fs::remove_file(&file);
+        let got = String::from_utf8_lossy(&out.stdout);
+        let got = got.split_whitespace().next().unwrap_or_default();
+        let want = include_str!("../bpf-object.sha256");
+        let want = want.split_whitespace().next().unwrap_or_default();
+        assert_eq!(
+            got, want,
+            "the BPF object changed: if tcpq-ebpf, tcpq-common, Cargo.lock, the toolchain \
+             or bpf-linker changed, put {got} in tcpq-agent/bpf-object.sha256"
+        );
+    }
 }

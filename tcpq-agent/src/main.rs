@@ -55,6 +55,12 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage_error(e),
     };
+    if let Some(path) = &cli.btf {
+        if let Err(e) = btf::use_file(path) {
+            eprintln!("tcpq-agent: {}", one_line(&format!("{e:#}")));
+            return ExitCode::FAILURE;
+        }
+    }
     let result = match cli.command {
         cli::Command::Trace(args) => cli::validate(&args).and_then(|()| trace::run(args)),
         cli::Command::Run(args) => run::main(args),

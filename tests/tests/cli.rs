@@ -101,3 +101,76 @@ fn bad_owner_filters() {
         "--netns /nonexistent/ns",
     );
 }
+
+#[test]
+fn btf_file_that_is_missing_or_not_btf() {
+    assert_one_line_error(
+        &["doctor", "--btf", "/nonexistent/5.10.0-32-cloud-amd64.btf"],
+        false,
+        1,
+        "--btf /nonexistent/5.10.0-32-cloud-amd64.btf",
+    );
+    assert_one_line_error(
+        &["trace", "--btf", "/proc/self/status"],
+        false,
+        1,
+        "not a BTF file",
+    );
+}
+
+/// The agent in a private mount namespace where /sys/kernel/btf is an
+/// empty tmpfs: a kernel built without CONFIG_DEBUG_INFO_BTF, as the agent
+/// sees it. Nothing outside that namespace changes.
+fn agent_without_kernel_btf(args: &str) -> (i32, String, String) {
+    let script = format!(
+        "mount -t tmpfs tmpfs /sys/kernel/btf && test ! -e /sys/kernel/btf/vmlinux && exec {} {args}",
+        agent_bin().display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run unshare");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn no_kernel_btf_is_one_line_or_a_btf_file() {
+    if !tcpq_tests::root_or_skip() {
+        return;
+    }
+    let (rc, _, err) = agent_without_kernel_btf("trace --duration 1");
+    assert_eq!(rc, 1, "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "not one line: {err}");
+    assert!(
+        err.starts_with("tcpq-agent: this kernel has no BTF") && err.contains("--btf PATH"),
+        "{err}"
+    );
+    // The same kernel's BTF as a file (what btfhub ships): the plan is the
+    // one the kernel's own BTF gives.
+    let copy = std::env::temp_dir().join(format!("tcpq-vmlinux-{}.btf", std::process::id()));
+    std::fs::copy("/sys/kernel/btf/vmlinux", &copy).expect("copy the kernel's BTF");
+    let (rc, out, err) = agent_without_kernel_btf(&format!("doctor --btf {}", copy.display()));
+    let _ = std::fs::remove_file(&copy);
+    assert_eq!(rc, 0, "stderr: {err}");
+    let with_btf = Command::new(agent_bin())
+        .arg("doctor")
+        .output()
+        .expect("doctor");
+    let plan = |s: &str| -> Vec<String> {
+        s.lines()
+            .take_while(|l| !l.starts_with("attached"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        plan(&out),
+        plan(&String::from_utf8_lossy(&with_btf.stdout)),
+        "doctor --btf FILE vs the kernel's own BTF"
+    );
+    assert!(out.contains("tcp_conn_request"), "{out}");
+}

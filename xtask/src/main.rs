@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -34,20 +34,22 @@ enum Task {
         args: Vec<String>,
     },
     /// Set up, then run every test: lint, unit tests, scenario tests on
-    /// this kernel (root), then the scenario tests again inside Debian's 6.1
-    /// kernel under QEMU (`vm`, modes auto and kprobe).
+    /// this kernel (root), then the scenario tests again inside Debian's
+    /// 5.10, 6.1 and 6.12 kernels under QEMU (`vm`, `VM_PLAN`).
     Test,
     /// Set up, then measure what tcpq costs a loaded nginx (ratios).
     Bench,
     /// cargo fmt --check and clippy -D warnings.
     Lint,
-    /// Set up, then run the test executables inside Debian's 6.1 cloud
-    /// kernel under QEMU (TCG); ARGS after `--` go to each of them.
+    /// Set up, then run the test executables inside Debian cloud kernels
+    /// under QEMU (TCG); ARGS after `--` go to each of them.
     Vm {
-        /// bzImage to boot instead of the (cached) Debian 6.1 cloud kernel.
-        #[arg(long)]
-        kernel: Option<PathBuf>,
-        /// Kill the VM and fail after SECS.
+        /// Debian kernel series (5.10 = bullseye, 6.1 = bookworm, 6.12 =
+        /// trixie, fetched with apt and cached) or a bzImage path; several,
+        /// comma-separated, boot one after another (see --jobs).
+        #[arg(long, value_delimiter = ',', default_value = "6.1")]
+        kernel: Vec<vm::KernelArg>,
+        /// Kill a VM and fail it after SECS.
         #[arg(long, default_value_t = 1800)]
         timeout: u64,
         /// Run every test executable once per mode: the agent's `--attach`
@@ -55,6 +57,9 @@ enum Task {
         #[arg(long, value_delimiter = ',', default_value = "auto,kprobe",
               value_parser = vm::ATTACH_MODES)]
         attach: Vec<String>,
+        /// VMs running at once.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -90,27 +95,68 @@ fn run() -> Result<()> {
         }
         Task::Test => {
             setup::all()?;
+            let started = std::time::Instant::now();
             lint()?;
             cargo(&["build", "-p", "tcpq-agent", "-p", "tcpq-tests", "--bins"])?;
             // Scenario tests attach kernel programs and change sysctls in
             // their own netns; one at a time keeps timings honest on 2 cores.
             let host = test_counting(&["test", "--", "--test-threads=1"]);
-            let console = root().join("target/vm/console.log");
-            let _ = std::fs::remove_file(&console);
-            let in_vm = host.as_ref().ok().map(|_| {
-                vm::run(vm::Opts {
-                    kernel: None,
-                    timeout: Duration::from_secs(1800),
-                    attach: vec!["auto".into(), "kprobe".into()],
-                    args: vec![],
-                })
-            });
-            let (hp, hf) = host.as_ref().copied().unwrap_or((0, 1));
-            let log = std::fs::read_to_string(&console).unwrap_or_default();
-            let (vp, vf) = totals(log.lines().filter_map(|l| l.split("test result: ").nth(1)));
-            println!("tests: {} passed, {} failed", hp + vp, hf + vf);
+            let host_time = started.elapsed();
+            let _ = std::fs::remove_dir_all(root().join("target/vm"));
+            // The guests run even when a host test failed: one run shows
+            // every kernel's results.
+            let in_vm = Some(vm::run(vm::Opts {
+                boots: vm_plan(),
+                timeout: Duration::from_secs(2400),
+                jobs: 2,
+                args: vec![],
+            }));
+            let (mut passed, mut failed, mut skipped) = match &host {
+                Ok(t) => (t.passed, t.failed, t.skipped.clone()),
+                Err(_) => (0, 1, vec![]),
+            };
+            eprintln!(
+                "xtask: host: {} passed, {} failed, {} skipped in {:.0?} (lint, build, unit and root tests)",
+                passed.saturating_sub(skipped.len() as u64),
+                failed,
+                skipped.len(),
+                host_time
+            );
+            for k in &skipped {
+                eprintln!("xtask: host:     skipped {k}");
+            }
+            let mut vm_ok = true;
+            match &in_vm {
+                Some(Ok(outcomes)) => {
+                    eprintln!("{}", vm::report(outcomes));
+                    for o in outcomes {
+                        vm_ok &= o.ok;
+                        passed += o.passed;
+                        failed += o.failed + u64::from(!o.ok && o.failed == 0);
+                        skipped.extend(o.skipped.iter().map(|k| format!("{}: {k}", o.label)));
+                    }
+                }
+                Some(Err(e)) => {
+                    eprintln!("xtask: vm: {e:#}");
+                    vm_ok = false;
+                    failed += 1;
+                }
+                None => {}
+            }
+            eprintln!("xtask: whole run {:.0?}", started.elapsed());
+            // A skipped test returned early: it counts as neither.
+            println!(
+                "tests: {} skipped (each names the kernel change it needs)",
+                skipped.len()
+            );
+            println!(
+                "tests: {} passed, {} failed",
+                passed.saturating_sub(skipped.len() as u64),
+                failed
+            );
             host?;
-            in_vm.unwrap_or(Ok(()))
+            ensure!(vm_ok, "vm: not every test executable passed");
+            Ok(())
         }
         Task::Bench => {
             setup::all()?;
@@ -133,17 +179,48 @@ fn run() -> Result<()> {
             kernel,
             timeout,
             attach,
+            jobs,
             args,
         } => {
             setup::all()?;
-            vm::run(vm::Opts {
-                kernel,
+            let outcomes = vm::run(vm::Opts {
+                boots: kernel
+                    .into_iter()
+                    .map(|kernel| vm::Boot {
+                        kernel,
+                        attach: attach.clone(),
+                        only: None,
+                    })
+                    .collect(),
                 timeout: Duration::from_secs(timeout),
-                attach,
+                jobs,
                 args,
-            })
+            })?;
+            eprintln!("{}", vm::report(&outcomes));
+            ensure!(
+                outcomes.iter().all(|o| o.ok),
+                "vm: not every test executable passed"
+            );
+            Ok(())
         }
     }
+}
+
+/// What `cargo xtask test` boots: every Debian LTS kernel in `auto` mode
+/// (fentry where the kernel allows, else kprobe), and 6.1 also with
+/// kprobes forced; two VMs at a time.
+fn vm_plan() -> Vec<vm::Boot> {
+    let boot = |series: &str, attach: &[&str]| vm::Boot {
+        kernel: series.parse().expect("a series of vm::SERIES"),
+        attach: attach.iter().map(|s| s.to_string()).collect(),
+        only: None,
+    };
+    vec![
+        boot("6.1", &["auto"]),
+        boot("6.12", &["auto"]),
+        boot("5.10", &["auto"]),
+        boot("6.1", &["kprobe"]),
+    ]
 }
 
 /// Formatting, then clippy on the host crates and on the kernel crate for
@@ -191,9 +268,17 @@ pub fn is_root() -> bool {
         .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
+/// A host test run's totals.
+struct HostTotals {
+    passed: u64,
+    failed: u64,
+    /// `TCPQ-SKIP` lines: tests that returned early, and why.
+    skipped: Vec<String>,
+}
+
 /// Runs `cargo ARGS` (a test run), echoing its output; returns the totals
 /// of every `test result:` line cargo printed.
-fn test_counting(args: &[&str]) -> Result<(u64, u64)> {
+fn test_counting(args: &[&str]) -> Result<HostTotals> {
     use std::io::{BufRead, BufReader};
     let mut cmd = Command::new(env!("CARGO"));
     cmd.args(args)
@@ -202,18 +287,27 @@ fn test_counting(args: &[&str]) -> Result<(u64, u64)> {
     eprintln!("xtask: $ {}", show(&cmd));
     let mut child = cmd.spawn().context("starting cargo test")?;
     let mut summaries = Vec::new();
+    let mut skipped = Vec::new();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line?;
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
             summaries.push(rest.to_string());
         }
+        if let Some(rest) = line.split(vm::SKIP_MARK).nth(1) {
+            skipped.push(rest.trim().to_string());
+        }
     }
     let status = child.wait()?;
     if !status.success() {
         bail!("`{}` failed ({status})", show(&cmd));
     }
-    Ok(totals(summaries.iter().map(String::as_str)))
+    let (passed, failed) = totals(summaries.iter().map(String::as_str));
+    Ok(HostTotals {
+        passed,
+        failed,
+        skipped,
+    })
 }
 
 /// (passed, failed) summed over cargo's "ok. 6 passed; 0 failed; ..." lines.

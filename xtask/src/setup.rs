@@ -9,7 +9,8 @@
 //!   redis-server and nginx-light (real servers for scenario tests), wrk,
 //!   hping3 (SYN floods) and bpftrace (the benchmark's peer);
 //!   prometheus and rsyslog (real receivers for the sidecar's exporters);
-//!   qemu, busybox-static and cpio for the VM tests; tmux (a real terminal
+//!   qemu, busybox-static, cpio and xz-utils (6.12's modules are `.ko.xz`)
+//!   for the VM tests; tmux (a real terminal
 //!   for `top`'s test), imagemagick and fonts-dejavu-core (its screenshot),
 //!   python3-venv (the OTLP test receiver's venv);
 //! - PyPI, in ~/.cache/tcpq/py: opentelemetry-proto (the receiver decodes
@@ -42,6 +43,7 @@ const DEBIAN: &[&str] = &[
     "imagemagick",
     "fonts-dejavu-core",
     "python3-venv",
+    "xz-utils",
 ];
 
 pub fn all() -> Result<()> {

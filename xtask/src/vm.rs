@@ -1,13 +1,16 @@
-//! `cargo xtask vm`: the scenario tests inside Debian's 6.1 cloud kernel
-//! (kprobes, fentry, BTF), booted by QEMU with TCG.
+//! `cargo xtask vm`: the scenario tests inside Debian's LTS cloud kernels
+//! (5.10, 6.1, 6.12: kprobes, fentry, BTF), booted by QEMU with TCG.
 //!
-//! 1. kernel: `apt-get download` of the newest
-//!    `linux-image-6.1.0-*-cloud-amd64-unsigned`; its `vmlinuz-*` and the
-//!    two modules sock_diag needs for TCP (`inet_diag`, `tcp_diag`: `=m` in
-//!    Debian) are kept in `${XDG_CACHE_HOME:-~/.cache}/tcpq/vm/RELEASE/`.
+//! 1. kernel: the newest `linux-image-*-cloud-amd64-unsigned` of the
+//!    series' suite (`SERIES`), fetched by `apt-get download` with a private
+//!    sources list and state under `${XDG_CACHE_HOME:-~/.cache}/tcpq/vm/apt`
+//!    (the mirror of this machine's /etc/apt, which stays untouched); its
+//!    `vmlinuz-*` and the modules sock_diag needs for TCP (`MODULES` not in
+//!    `modules.builtin`, uncompressed) are kept in `.../tcpq/vm/RELEASE/`.
 //!    `--kernel PATH` boots a bzImage instead (with INET_DIAG and
 //!    INET_TCP_DIAG built in, as no module is loaded then);
-//! 2. build the agent, tcpq-scenario and the integration-test executables;
+//! 2. build the agent (release: the guest's TCG is slow), tcpq-scenario
+//!    and the integration-test executables;
 //! 3. initramfs (newc, gzip), written here: busybox and its applets,
 //!    iproute2's `ip`/`ss` and the other tools the tests run, each dynamic
 //!    ELF with its shared libraries and interpreter at the host's paths, our
@@ -17,10 +20,13 @@
 //!    `TCPQ_EXPECT_HOOK` to the hook kind the tests must then see — `kfunc`
 //!    (fentry or kprobe) for auto; `tracepoint`: the host's expectations) and prints `TCPQ-VM:
 //!    PASS|FAIL <name>@<mode>`, then `TCPQ-VM: DONE`, then powers off;
-//! 4. QEMU, serial console streamed as `vm| ...` and saved to
-//!    target/vm/console.log; the verdict comes from the marker lines.
+//!    The parts every boot shares are one archive, the modules and /init
+//!    of each boot a second one appended to it;
+//! 4. QEMU, `--jobs` at a time, each serial console streamed as `vm| ...`
+//!    (`vm LABEL| ...`) and saved to target/vm/LABEL/console.log; the
+//!    verdict comes from the marker lines.
 //!
-//! No root needed, except for `apt-get update` when apt knows no such kernel.
+//! No root needed.
 
 use std::{
     cmp::Ordering,
@@ -38,73 +44,215 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::{cargo, is_root, root, sh};
 
-const KERNEL_PREFIX: &str = "linux-image-6.1.0-";
-const KERNEL_SUFFIX: &str = "-cloud-amd64-unsigned";
-/// Modules to load, in order (tcp_diag needs inet_diag), under
-/// `lib/modules/RELEASE/` in the package.
-const MODULES: &[&str] = &[
-    "kernel/net/ipv4/inet_diag.ko",
-    "kernel/net/ipv4/tcp_diag.ko",
-];
 const MARK: &str = "TCPQ-VM: ";
+/// What `tcpq_tests::skip` prints for a test that cannot hold on this
+/// kernel (followed by `NAME: needs …`).
+pub const SKIP_MARK: &str = "TCPQ-SKIP ";
 /// Where the guest finds our binaries: the layout of `target/`, so the
 /// tests find tcpq-scenario next to themselves (`deps/../tcpq-scenario`).
 const GUEST_BIN: &str = "tcpq/target/debug";
 /// Host tools the tests run besides busybox (`cargo xtask setup` installs
 /// them): iproute2's, util-linux's `setpriv --reuid` (busybox's lacks it),
-/// the real redis-server.
-const TOOLS: &[&str] = &["ip", "ss", "setpriv", "redis-server"];
+/// the real redis-server;
+/// nginx, wrk and hping3 for the healthy-path and load tests.
+const TOOLS: &[&str] = &[
+    "ip",
+    "ss",
+    "setpriv",
+    "redis-server",
+    "nginx",
+    "wrk",
+    "hping3",
+];
+/// Data files tools need, copied when the host has them.
+const EXTRA_FILES: &[&str] = &["/etc/nginx/mime.types"];
 const TOOL_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 /// `--attach` values: the agent's `--attach` modes the tests can check.
 pub const ATTACH_MODES: [&str; 4] = ["auto", "fentry", "kprobe", "tracepoint"];
 
-pub struct Opts {
-    pub kernel: Option<PathBuf>,
-    pub timeout: Duration,
+/// One boot: a kernel, the attach modes to run every executable in, and
+/// optionally only some of the executables (to split a long suite).
+#[derive(Debug)]
+pub struct Boot {
+    pub kernel: KernelArg,
     /// Attach modes (`ATTACH_MODES`), one run of every executable each.
     pub attach: Vec<String>,
+    /// Only these test executables (by name); all when `None`.
+    pub only: Option<Vec<String>>,
+}
+
+impl Boot {
+    /// `5.10-auto`, `6.1-auto+kprobe`, `bzImage-auto`: its directory
+    /// under target/vm/ and its console prefix.
+    pub fn label(&self) -> String {
+        let k = match &self.kernel {
+            KernelArg::Debian(s) => s.name.to_string(),
+            KernelArg::Image(p) => p
+                .file_name()
+                .map_or("image".into(), |n| n.to_string_lossy().into_owned()),
+        };
+        let mut l = format!("{k}-{}", self.attach.join("+"));
+        if let Some(only) = &self.only {
+            l += &format!("-{}", only.join("+"));
+        }
+        l
+    }
+}
+
+pub struct Opts {
+    pub boots: Vec<Boot>,
+    pub timeout: Duration,
+    /// Boots running at once.
+    pub jobs: usize,
     pub args: Vec<String>,
 }
 
-pub fn run(opts: Opts) -> Result<()> {
-    let kernel = match opts.kernel {
-        Some(vmlinuz) => Kernel {
-            vmlinuz,
-            modules: vec![],
-        },
-        None => debian_kernel()?,
-    };
-    ensure!(
-        kernel.vmlinuz.is_file(),
-        "no kernel at {}",
-        kernel.vmlinuz.display()
-    );
+/// What one boot gave.
+pub struct Outcome {
+    pub label: String,
+    pub kernel: Option<String>,
+    pub ok: bool,
+    /// libtest's totals over the boot's `test result:` lines.
+    pub passed: u64,
+    pub failed: u64,
+    /// `TCPQ-SKIP` lines: tests that returned early, and why.
+    pub skipped: Vec<String>,
+    pub booted_after: Option<Duration>,
+    pub total: Duration,
+}
+
+/// Builds once, then boots each of `opts.boots`, `opts.jobs` at a time.
+/// Errs only when nothing could be booted; a boot whose tests failed is an
+/// `Outcome` with `ok: false`.
+pub fn run(opts: Opts) -> Result<Vec<Outcome>> {
+    // Kernels first (a download problem shows before the long build).
+    let mut kernels = Vec::new();
+    for b in &opts.boots {
+        let k = match &b.kernel {
+            KernelArg::Image(vmlinuz) => Kernel {
+                vmlinuz: vmlinuz.clone(),
+                modules: vec![],
+            },
+            KernelArg::Debian(series) => debian_kernel(series)?,
+        };
+        ensure!(k.vmlinuz.is_file(), "no kernel at {}", k.vmlinuz.display());
+        kernels.push(k);
+    }
     let tests = build()?;
     let out = root().join("target/vm");
     fs::create_dir_all(&out)?;
-    let initrd = out.join("initramfs.cpio.gz");
+    // What every boot shares (binaries, tools, libraries), one archive;
+    // each boot appends its own small one (modules, /init): the kernel
+    // unpacks concatenated archives in order.
     let t = Instant::now();
-    let runs: Vec<Run> = opts
-        .attach
-        .iter()
-        .flat_map(|mode| tests.iter().map(move |t| Run::new(t, mode)))
-        .collect();
-    initramfs(&tests, &runs, &kernel.modules, &opts.args, &initrd)?;
+    let common = out.join("common.cpio.gz");
+    common_initramfs(&tests, &common)?;
     eprintln!(
         "xtask: vm: {} ({} MiB) in {:.1?}",
-        initrd.display(),
-        fs::metadata(&initrd)?.len() >> 20,
+        common.display(),
+        fs::metadata(&common)?.len() >> 20,
         t.elapsed()
     );
-    let log = out.join("console.log");
-    let v = boot(&kernel.vmlinuz, &initrd, &log, opts.timeout)?;
-    let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
-    eprintln!("{}", v.summary(&names));
-    eprintln!("xtask: vm: console log in {}", log.display());
-    if !v.all_passed(&names) {
-        bail!("vm: not every test executable passed");
+    let mut jobs = Vec::new();
+    for (b, k) in opts.boots.iter().zip(kernels) {
+        let selected: Vec<&TestExe> = tests
+            .iter()
+            .filter(|t| b.only.as_ref().is_none_or(|o| o.contains(&t.name)))
+            .collect();
+        ensure!(
+            !selected.is_empty(),
+            "{}: no such test executable",
+            b.label()
+        );
+        let runs: Vec<Run> = b
+            .attach
+            .iter()
+            .flat_map(|mode| selected.iter().map(move |t| Run::new(t, mode)))
+            .collect();
+        let dir = out.join(b.label());
+        fs::create_dir_all(&dir)?;
+        let initrd = dir.join("initramfs.cpio.gz");
+        boot_initramfs(&common, &runs, &k.modules, &opts.args, &initrd)?;
+        jobs.push((b.label(), k, runs, dir, initrd));
     }
-    Ok(())
+    // Popped from the end: the first boot starts first.
+    let mut jobs: Vec<_> = jobs.into_iter().enumerate().collect();
+    jobs.reverse();
+    let queue = std::sync::Mutex::new(jobs);
+    let results = std::sync::Mutex::new(Vec::new());
+    let prefix_console = opts.jobs > 1;
+    std::thread::scope(|s| {
+        for _ in 0..opts.jobs.max(1) {
+            s.spawn(|| loop {
+                let Some((i, (label, k, runs, dir, initrd))) = queue.lock().unwrap().pop() else {
+                    break;
+                };
+                let log = dir.join("console.log");
+                let prefix = if prefix_console {
+                    format!("vm {label}| ")
+                } else {
+                    "vm| ".into()
+                };
+                let outcome = match boot(&k.vmlinuz, &initrd, &log, opts.timeout, &prefix) {
+                    Ok(v) => {
+                        let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+                        eprintln!("xtask: vm: {label}:\n{}", v.summary(&names));
+                        eprintln!("xtask: vm: console log in {}", log.display());
+                        Outcome {
+                            label: label.clone(),
+                            kernel: v.kernel.clone(),
+                            ok: v.all_passed(&names),
+                            passed: v.totals.0,
+                            failed: v.totals.1,
+                            skipped: v.skipped.clone(),
+                            booted_after: v.booted_after,
+                            total: v.total,
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("xtask: vm: {label}: {e:#}");
+                        Outcome {
+                            label: label.clone(),
+                            kernel: None,
+                            ok: false,
+                            passed: 0,
+                            failed: 1,
+                            skipped: vec![],
+                            booted_after: None,
+                            total: Duration::ZERO,
+                        }
+                    }
+                };
+                results.lock().unwrap().push((i, outcome));
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    results.sort_by_key(|(i, _)| *i);
+    Ok(results.into_iter().map(|(_, o)| o).collect())
+}
+
+/// One line per boot: kernel, verdict, counts, times.
+pub fn report(outcomes: &[Outcome]) -> String {
+    let mut s = String::new();
+    for o in outcomes {
+        s += &format!(
+            "xtask: vm: {:<22} {} kernel {}: {} passed, {} failed, {} skipped; booted in {}, whole run {:.0?}\n",
+            o.label,
+            if o.ok { "PASS" } else { "FAIL" },
+            o.kernel.as_deref().unwrap_or("?"),
+            o.passed,
+            o.failed,
+            o.skipped.len(),
+            o.booted_after
+                .map_or("?".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+            o.total
+        );
+        for k in &o.skipped {
+            s += &format!("xtask: vm:     skipped {k}\n");
+        }
+    }
+    s.trim_end().to_string()
 }
 
 // ---- kernel ---------------------------------------------------------------
@@ -117,17 +265,84 @@ fn cache_dir() -> Result<PathBuf> {
     Ok(base.join("tcpq/vm"))
 }
 
+/// A Debian cloud kernel series `cargo xtask vm --kernel SERIES` boots.
+#[derive(Debug, PartialEq)]
+pub struct Series {
+    /// What `--kernel` takes: `5.10`, `6.1`, `6.12`.
+    pub name: &'static str,
+    /// The Debian suite that ships it.
+    suite: &'static str,
+    /// `uname -r` of its releases starts with this (`6.1.0-`, not `6.1`,
+    /// which would match 6.12 too).
+    release_prefix: &'static str,
+}
+
+/// Debian's LTS kernels: Debian 11, 12, 13.
+pub const SERIES: &[Series] = &[
+    Series {
+        name: "5.10",
+        suite: "bullseye",
+        release_prefix: "5.10.0-",
+    },
+    Series {
+        name: "6.1",
+        suite: "bookworm",
+        release_prefix: "6.1.0-",
+    },
+    Series {
+        name: "6.12",
+        suite: "trixie",
+        release_prefix: "6.12.",
+    },
+];
+
+/// `--kernel`: a Debian series or a bzImage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KernelArg {
+    Debian(&'static Series),
+    Image(PathBuf),
+}
+
+impl std::str::FromStr for KernelArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(series) = SERIES.iter().find(|k| k.name == s) {
+            return Ok(KernelArg::Debian(series));
+        }
+        if s.contains('/') || Path::new(s).is_file() {
+            return Ok(KernelArg::Image(PathBuf::from(s)));
+        }
+        let names: Vec<&str> = SERIES.iter().map(|k| k.name).collect();
+        Err(format!(
+            "{s:?} is neither a Debian kernel series ({}) nor a bzImage file",
+            names.join(", ")
+        ))
+    }
+}
+
+const KERNEL_SUFFIX: &str = "-cloud-amd64-unsigned";
+/// Modules sock_diag needs for TCP, in load order (tcp_diag needs
+/// inet_diag; ipv6 before both where it is a module). Each is taken from the
+/// package unless the kernel's `modules.builtin` lists it; `=m` in every
+/// Debian kernel so far for the two diag modules, ipv6 built in.
+const MODULES: &[&str] = &["ipv6", "inet_diag", "tcp_diag"];
+/// Cache file naming the modules kept next to it, in load order.
+const MODULE_LIST: &str = "modules.load";
+
 struct Kernel {
     vmlinuz: PathBuf,
+    /// Uncompressed `.ko` files, in load order.
     modules: Vec<PathBuf>,
 }
 
 impl Kernel {
     /// What `debian_kernel` keeps in `dir` (`RELEASE/`), if complete.
     fn cached(dir: &Path) -> Option<Kernel> {
-        let modules: Vec<PathBuf> = MODULES
-            .iter()
-            .map(|m| dir.join(Path::new(m).file_name().unwrap()))
+        let list = fs::read_to_string(dir.join(MODULE_LIST)).ok()?;
+        let modules: Vec<PathBuf> = list
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|m| dir.join(format!("{m}.ko")))
             .collect();
         let vmlinuz = dir.join("vmlinuz");
         (vmlinuz.is_file() && modules.iter().all(|m| m.is_file()))
@@ -135,14 +350,187 @@ impl Kernel {
     }
 }
 
-/// The newest cached 6.1 cloud kernel, else the newest one apt knows
-/// (running `apt-get update` once if it knows none), downloaded.
-fn debian_kernel() -> Result<Kernel> {
+/// apt with a private sources list and state under the cache: the Debian
+/// archive this machine's apt uses (its mirror URI and keyring, read from
+/// /etc/apt), the suites of `SERIES`, and nothing of the system's apt state
+/// touched.
+struct PrivateApt {
+    dir: PathBuf,
+}
+
+impl PrivateApt {
+    fn new(cache: &Path) -> Result<PrivateApt> {
+        let dir = cache.join("apt");
+        for d in ["lists/partial", "archives/partial", "sources.list.d"] {
+            fs::create_dir_all(dir.join(d))?;
+        }
+        let (uri, keyring) = system_debian_mirror();
+        let list: String = SERIES
+            .iter()
+            .map(|k| format!("deb [signed-by={keyring}] {uri} {} main\n", k.suite))
+            .collect();
+        let path = dir.join("sources.list");
+        if fs::read_to_string(&path).ok().as_deref() != Some(list.as_str()) {
+            fs::write(&path, &list)?;
+            // A new mirror or suite: what was fetched before is stale.
+            let _ = fs::remove_file(dir.join("updated"));
+        }
+        if !dir.join("status").exists() {
+            fs::write(dir.join("status"), "")?;
+        }
+        Ok(PrivateApt { dir })
+    }
+
+    fn cmd(&self, program: &str) -> Command {
+        let d = self.dir.display();
+        let mut c = Command::new(program);
+        c.arg("-q")
+            .arg(format!("-o=Dir::Etc::SourceList={d}/sources.list"))
+            .arg(format!("-o=Dir::Etc::SourceParts={d}/sources.list.d"))
+            .arg(format!("-o=Dir::State={d}"))
+            .arg(format!("-o=Dir::State::Lists={d}/lists"))
+            .arg(format!("-o=Dir::State::status={d}/status"))
+            .arg(format!("-o=Dir::Cache={d}"))
+            .arg("-o=Debug::NoLocking=1")
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        if is_root() {
+            // Our cache is not the `_apt` user's to write.
+            c.arg("-o=APT::Sandbox::User=root");
+        }
+        c
+    }
+
+    fn update(&self) -> Result<()> {
+        sh(self.cmd("apt-get").arg("update"))?;
+        fs::write(self.dir.join("updated"), "")?;
+        Ok(())
+    }
+
+    /// The newest cloud kernel package of `series`, updating the private
+    /// lists first if they were never fetched or know none.
+    fn newest_kernel(&self, series: &Series) -> Result<String> {
+        let search = || -> Result<Option<String>> {
+            let out = self
+                .cmd("apt-cache")
+                .args([
+                    "search",
+                    "--names-only",
+                    &format!("^linux-image-{}", series.release_prefix.replace('.', "\\.")),
+                ])
+                .output()
+                .context("running apt-cache")?;
+            Ok(newest_kernel_package(
+                &String::from_utf8_lossy(&out.stdout),
+                series,
+            ))
+        };
+        if self.dir.join("updated").exists() {
+            if let Some(p) = search()? {
+                return Ok(p);
+            }
+        }
+        self.update()?;
+        search()?.with_context(|| {
+            format!(
+                "Debian {} has no linux-image-{}*{KERNEL_SUFFIX}",
+                series.suite, series.release_prefix
+            )
+        })
+    }
+}
+
+/// The Debian archive URI and keyring the system's apt uses (one-line
+/// `.list` or deb822 `.sources` files; security and update suites aside),
+/// else deb.debian.org with Debian's archive keyring.
+fn system_debian_mirror() -> (String, String) {
+    let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg".to_string();
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = rd.filter_map(|e| Some(e.ok()?.path())).collect();
+        more.sort();
+        files.extend(more);
+    }
+    for f in files {
+        let name = f.to_string_lossy();
+        let Ok(text) = fs::read_to_string(&f) else {
+            continue;
+        };
+        let found = if name.ends_with(".sources") {
+            debian_uri_deb822(&text)
+        } else if name.ends_with(".list") {
+            debian_uri_one_line(&text)
+        } else {
+            None
+        };
+        if let Some((uri, key)) = found {
+            return (uri, key.unwrap_or(keyring));
+        }
+    }
+    ("http://deb.debian.org/debian".into(), keyring)
+}
+
+/// Whether a sources entry is Debian's main archive: a `…/debian` URI
+/// (not `debian-security`, not a third party's).
+fn is_debian_archive(uri: &str) -> bool {
+    uri.trim_end_matches('/').ends_with("/debian")
+}
+
+fn debian_uri_deb822(text: &str) -> Option<(String, Option<String>)> {
+    for stanza in text.split("\n\n") {
+        let field = |k: &str| {
+            stanza
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+        };
+        if field("Enabled").is_some_and(|v| v == "no")
+            || !field("Types").is_some_and(|t| t.split_whitespace().any(|t| t == "deb"))
+        {
+            continue;
+        }
+        let Some(uri) = field("URIs").and_then(|u| {
+            u.split_whitespace()
+                .find(|u| is_debian_archive(u))
+                .map(str::to_string)
+        }) else {
+            continue;
+        };
+        return Some((uri, field("Signed-By").filter(|k| k.starts_with('/'))));
+    }
+    None
+}
+
+fn debian_uri_one_line(text: &str) -> Option<(String, Option<String>)> {
+    for line in text.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix("deb ") else {
+            continue;
+        };
+        let (opts, rest) = match rest.trim_start().strip_prefix('[') {
+            Some(r) => r.split_once(']')?,
+            None => ("", rest),
+        };
+        let uri = rest.split_whitespace().next()?;
+        if !is_debian_archive(uri) {
+            continue;
+        }
+        let key = opts
+            .split_whitespace()
+            .find_map(|o| o.strip_prefix("signed-by="))
+            .map(str::to_string);
+        return Some((uri.to_string(), key));
+    }
+    None
+}
+
+/// The newest cached kernel of `series`, else the newest one Debian's
+/// suite has, downloaded with the private apt and unpacked into the cache.
+fn debian_kernel(series: &Series) -> Result<Kernel> {
     let cache = cache_dir()?;
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     let cached = fs::read_dir(&cache)?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with("6.1.0-") && n.ends_with("-cloud-amd64"))
+        .filter(|n| n.starts_with(series.release_prefix) && n.ends_with("-cloud-amd64"))
         .filter_map(|n| Some((Kernel::cached(&cache.join(&n))?, n)))
         .max_by(|a, b| version_cmp(&a.1, &b.1));
     if let Some((kernel, release)) = cached {
@@ -152,37 +540,18 @@ fn debian_kernel() -> Result<Kernel> {
         );
         return Ok(kernel);
     }
-    let search = || -> Result<Option<String>> {
-        let out = Command::new("apt-cache")
-            .args(["search", "--names-only", &format!("^{KERNEL_PREFIX}")])
-            .output()
-            .context("running apt-cache")?;
-        Ok(newest_kernel_package(&String::from_utf8_lossy(&out.stdout)))
-    };
-    let package = match search()? {
-        Some(p) => p,
-        None => {
-            let mut c = Command::new(if is_root() { "apt-get" } else { "sudo" });
-            if !is_root() {
-                c.arg("apt-get");
-            }
-            sh(c.args(["update", "-q"]))?;
-            search()?.with_context(|| {
-                format!("apt knows no {KERNEL_PREFIX}*{KERNEL_SUFFIX} (Debian 12 repositories)")
-            })?
-        }
-    };
-    // apt-get warns that `_apt` cannot write here and downloads anyway.
-    sh(Command::new("apt-get")
-        .args(["download", "-q", &package])
-        .current_dir(&cache))?;
-    let deb = fs::read_dir(&cache)?
+    let apt = PrivateApt::new(&cache)?;
+    let package = apt.newest_kernel(series)?;
+    let debs = cache.join("debs");
+    let _ = fs::remove_dir_all(&debs);
+    fs::create_dir_all(&debs)?;
+    sh(apt
+        .cmd("apt-get")
+        .args(["download", &package])
+        .current_dir(&debs))?;
+    let deb = fs::read_dir(&debs)?
         .filter_map(|e| Some(e.ok()?.path()))
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
-        })
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
         .with_context(|| format!("apt-get download left no {package}_*.deb"))?;
     let tmp = cache.join("extract");
     let _ = fs::remove_dir_all(&tmp);
@@ -192,30 +561,102 @@ fn debian_kernel() -> Result<Kernel> {
         .find(|n| n.starts_with("vmlinuz-"))
         .context("no boot/vmlinuz-* in the package")?;
     let release = &vmlinuz["vmlinuz-".len()..];
+    // bullseye and bookworm: /lib/modules; trixie: /usr/lib/modules.
+    let moddir = ["lib", "usr/lib"]
+        .iter()
+        .map(|l| tmp.join(l).join("modules").join(release))
+        .find(|p| p.is_dir())
+        .with_context(|| format!("no lib/modules/{release} in {package}"))?;
+    let builtin = fs::read_to_string(moddir.join("modules.builtin")).unwrap_or_default();
+    let files = module_files(&moddir)?;
     let dir = cache.join(release);
+    let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
+    let mut load = String::new();
     for m in MODULES {
-        let src = ["lib", "usr/lib"]
-            .iter()
-            .map(|l| tmp.join(l).join("modules").join(release).join(m))
-            .find(|p| p.is_file())
-            .with_context(|| format!("no {m} in {package}"))?;
-        fs::rename(&src, dir.join(src.file_name().unwrap()))?;
+        if is_builtin(&builtin, m) {
+            continue;
+        }
+        let src = files
+            .get(*m)
+            .with_context(|| format!("{package}: {m} is neither built in nor a module"))?;
+        unpack_module(src, &dir.join(format!("{m}.ko")))?;
+        load += &format!("{m}\n");
     }
+    fs::write(dir.join(MODULE_LIST), load)?;
     fs::rename(tmp.join("boot").join(&vmlinuz), dir.join("vmlinuz"))?;
     fs::remove_dir_all(&tmp)?;
-    fs::remove_file(&deb)?;
+    fs::remove_dir_all(&debs)?;
     eprintln!("xtask: vm: kernel {release} kept in {}", dir.display());
     Kernel::cached(&dir).context("kernel cache incomplete")
 }
 
-/// The newest `linux-image-6.1.0-N-cloud-amd64-unsigned` in `apt-cache
-/// search` output (`NAME - description` lines).
-fn newest_kernel_package(apt_cache: &str) -> Option<String> {
+/// Whether `modules.builtin` (one `kernel/…/NAME.ko` per line) has `name`.
+fn is_builtin(modules_builtin: &str, name: &str) -> bool {
+    modules_builtin
+        .lines()
+        .any(|l| l.rsplit('/').next() == Some(&format!("{name}.ko")))
+}
+
+/// Module name (`tcp_diag`) → its file under `dir`, whatever the
+/// compression (`.ko` on 5.10 and 6.1, `.ko.xz` on 6.12).
+fn module_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![dir.join("kernel")];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if let Some(name) = p.file_name().and_then(|n| n.to_str()) {
+                if let Some((stem, _)) = module_name(name) {
+                    out.insert(stem.to_string(), p.clone());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `tcp_diag.ko.xz` → (`tcp_diag`, `xz`); `ipv6.ko` → (`ipv6`, ``).
+fn module_name(file: &str) -> Option<(&str, &str)> {
+    let (stem, rest) = file.split_once(".ko")?;
+    let comp = match rest {
+        "" => "",
+        ".xz" => "xz",
+        ".zst" => "zstd",
+        ".gz" => "gzip",
+        _ => return None,
+    };
+    Some((stem, comp))
+}
+
+/// Copies a module, decompressed: busybox's insmod loads plain ELF only.
+fn unpack_module(src: &Path, dst: &Path) -> Result<()> {
+    let name = src.file_name().unwrap().to_string_lossy();
+    let (_, comp) = module_name(&name).context("not a module")?;
+    if comp.is_empty() {
+        fs::copy(src, dst)?;
+        return Ok(());
+    }
+    let out = Command::new(comp)
+        .arg("-dc")
+        .arg(src)
+        .output()
+        .with_context(|| format!("running {comp} (to unpack {name})"))?;
+    ensure!(out.status.success(), "{comp} -dc {}: failed", src.display());
+    fs::write(dst, out.stdout)?;
+    Ok(())
+}
+
+/// The newest `linux-image-RELEASE-cloud-amd64-unsigned` of `series` in
+/// `apt-cache search` output (`NAME - description` lines).
+fn newest_kernel_package(apt_cache: &str, series: &Series) -> Option<String> {
+    let prefix = format!("linux-image-{}", series.release_prefix);
     apt_cache
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(KERNEL_PREFIX) && n.ends_with(KERNEL_SUFFIX))
+        .filter(|n| n.starts_with(&prefix) && n.ends_with(KERNEL_SUFFIX))
         .max_by(|a, b| version_cmp(a, b))
         .map(str::to_string)
 }
@@ -272,6 +713,10 @@ const HOST_ONLY: &[&str] = &["sidecar"];
 
 fn build() -> Result<Vec<TestExe>> {
     cargo(&["build", "-p", "tcpq-agent", "-p", "tcpq-tests", "--bins"])?;
+    // The guest runs the release agent: under TCG a debug build takes tens
+    // of seconds to parse the kernel's BTF, longer than some scenarios
+    // hold their listeners.
+    cargo(&["build", "--release", "-p", "tcpq-agent"])?;
     let args = [
         "test",
         "-p",
@@ -341,25 +786,46 @@ impl Run {
     }
 }
 
-fn initramfs(
-    tests: &[TestExe],
-    runs: &[Run],
-    modules: &[PathBuf],
-    args: &[String],
-    out: &Path,
-) -> Result<()> {
+/// The part of the initramfs every boot shares: directories, our binaries
+/// in cargo's layout, the host tools with their libraries, busybox.
+fn common_initramfs(tests: &[TestExe], out: &Path) -> Result<()> {
     let mut fs = Tree::default();
     for d in ["dev", "proc", "sys", "run", "tmp", "root", "etc"] {
         fs.dir(d);
     }
     // iproute2 keeps namespaces in /var/run/netns, the tests look in /run.
     fs.symlink("var/run", "../run");
+    // nginx writes its default error log and temp files here before it
+    // reads the configuration it is given; it switches workers to nobody.
+    for d in ["var/log/nginx", "var/lib/nginx", "var/tmp"] {
+        fs.dir(d);
+    }
+    fs.bytes(
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\n\
+          www-data:x:33:33:www-data:/var/www:/bin/false\n\
+          nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+            .to_vec(),
+    );
+    fs.bytes(
+        "etc/group",
+        b"root:x:0:\nwww-data:x:33:\nnogroup:x:65534:\n".to_vec(),
+    );
+    for f in EXTRA_FILES {
+        if Path::new(f).is_file() {
+            fs.file(f, Path::new(f))?;
+        }
+    }
 
     // Cargo's layout: target/debug/{tcpq-agent,tcpq-scenario}, tests in deps/.
     let host_bin = tests[0].path.parent().and_then(Path::parent).unwrap();
     let mut elves = Vec::new();
-    for name in ["tcpq-agent", "tcpq-scenario"] {
-        let src = host_bin.join(name);
+    let release = host_bin.parent().unwrap().join("release");
+    for (name, dir) in [
+        ("tcpq-agent", &release),
+        ("tcpq-scenario", &host_bin.to_path_buf()),
+    ] {
+        let src = dir.join(name);
         ensure!(src.is_file(), "{} is not built", src.display());
         fs.file(&format!("{GUEST_BIN}/{name}"), &src)?;
         elves.push(src);
@@ -401,6 +867,19 @@ fn initramfs(
             fs.symlink(&format!("bin/{applet}"), "busybox");
         }
     }
+    write_gz(&fs, out)
+}
+
+/// One boot's initramfs: the common archive followed by this boot's
+/// modules and `/init`.
+fn boot_initramfs(
+    common: &Path,
+    runs: &[Run],
+    modules: &[PathBuf],
+    args: &[String],
+    out: &Path,
+) -> Result<()> {
+    let mut fs = Tree::default();
     let mut guest_modules = Vec::new();
     for m in modules {
         let guest = format!("lib/modules/{}", m.file_name().unwrap().to_string_lossy());
@@ -410,11 +889,22 @@ fn initramfs(
     let agent = format!("/{GUEST_BIN}/tcpq-agent");
     let init = render_init(runs, &guest_modules, &agent, args);
     fs.bytes("init", init.into_bytes());
+    let own = out.with_extension("own.gz");
+    write_gz(&fs, &own)?;
+    let mut w = fs::File::create(out)?;
+    io::copy(&mut fs::File::open(common)?, &mut w)?;
+    io::copy(&mut fs::File::open(&own)?, &mut w)?;
+    fs::remove_file(&own)?;
+    Ok(())
+}
 
+/// `tree` as a gzip-compressed newc archive at `out` (`X.gz`).
+fn write_gz(tree: &Tree, out: &Path) -> Result<()> {
     let cpio = out.with_extension("");
-    fs.write_cpio(&cpio)
+    tree.write_cpio(&cpio)
         .with_context(|| format!("writing {}", cpio.display()))?;
     sh(Command::new("gzip").args(["-1", "-f"]).arg(&cpio))?;
+    ensure!(out.is_file(), "gzip left no {}", out.display());
     Ok(())
 }
 
@@ -640,6 +1130,10 @@ struct Verdict {
     panic: bool,
     booted_after: Option<Duration>,
     total: Duration,
+    /// (passed, failed) summed over libtest's `test result:` lines.
+    totals: (u64, u64),
+    /// `TCPQ-SKIP NAME: REASON` lines (`tcpq_tests::skip`).
+    skipped: Vec<String>,
 }
 
 /// `(test, "ok" | "FAILED" | "ignored")`; `""` until its result is seen.
@@ -656,6 +1150,13 @@ impl Verdict {
     fn scan(&mut self, line: &str) {
         if line.contains("Kernel panic") {
             self.panic = true;
+        }
+        if let Some(rest) = line.split("test result: ").nth(1) {
+            let (p, f) = crate::totals(std::iter::once(rest));
+            self.totals = (self.totals.0 + p, self.totals.1 + f);
+        }
+        if let Some(rest) = line.split(SKIP_MARK).nth(1) {
+            self.skipped.push(rest.trim().to_string());
         }
         // `test NAME ... ok`; what a test's child processes print to the
         // console can come between `... ` and the result word.
@@ -735,7 +1236,13 @@ impl Verdict {
     }
 }
 
-fn boot(kernel: &Path, initrd: &Path, log: &Path, timeout: Duration) -> Result<Verdict> {
+fn boot(
+    kernel: &Path,
+    initrd: &Path,
+    log: &Path,
+    timeout: Duration,
+    prefix: &str,
+) -> Result<Verdict> {
     let mut cmd = Command::new("qemu-system-x86_64");
     // TCG only: KVM hangs on some hosts, and TCG runs anywhere.
     cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
@@ -780,7 +1287,7 @@ fn boot(kernel: &Path, initrd: &Path, log: &Path, timeout: Duration) -> Result<V
                 break;
             }
         };
-        println!("vm| {line}");
+        println!("{prefix}{line}");
         writeln!(console, "{line}")?;
         let had_kernel = v.kernel.is_some();
         v.scan(&line);
@@ -819,16 +1326,101 @@ linux-image-6.1.0-56-cloud-amd64-unsigned - Linux 6.1 for x86-64 cloud
 linux-image-6.1.0-56-cloud-amd64-dbg - Debug symbols for linux-image-6.1.0-56-cloud-amd64
 linux-image-6.1.0-100-amd64-unsigned - Linux 6.1 for 64-bit PCs
 linux-image-6.1.0-47-cloud-amd64-unsigned - Linux 6.1 for x86-64 cloud
+linux-image-6.12.107+deb13-cloud-amd64-unsigned - Linux 6.12 for x86-64 cloud
+linux-image-6.12.117+deb13-cloud-amd64-unsigned - Linux 6.12 for x86-64 cloud
+linux-image-5.10.0-32-cloud-amd64-unsigned - Linux 5.10 for x86-64 cloud
 ";
+        let series = |n: &str| match n.parse::<KernelArg>() {
+            Ok(KernelArg::Debian(s)) => s,
+            other => panic!("{n}: {other:?}"),
+        };
         assert_eq!(
-            newest_kernel_package(apt).as_deref(),
+            newest_kernel_package(apt, series("6.1")).as_deref(),
             Some("linux-image-6.1.0-56-cloud-amd64-unsigned")
         );
-        assert_eq!(newest_kernel_package(""), None);
+        assert_eq!(
+            newest_kernel_package(apt, series("6.12")).as_deref(),
+            Some("linux-image-6.12.117+deb13-cloud-amd64-unsigned")
+        );
+        assert_eq!(
+            newest_kernel_package(apt, series("5.10")).as_deref(),
+            Some("linux-image-5.10.0-32-cloud-amd64-unsigned")
+        );
+        assert_eq!(newest_kernel_package("", series("6.1")), None);
         assert_eq!(version_cmp("6.1.0-9", "6.1.0-56"), Ordering::Less);
         assert_eq!(version_cmp("6.1.0-056", "6.1.0-56"), Ordering::Equal);
         assert_eq!(version_cmp("6.1.0-56", "6.1.0-56a"), Ordering::Less);
         assert_eq!(version_cmp("", "1"), Ordering::Less);
+    }
+
+    #[test]
+    fn kernel_argument_is_a_series_or_an_image() {
+        assert_eq!(series_suite("5.10"), "bullseye");
+        assert_eq!(series_suite("6.1"), "bookworm");
+        assert_eq!(series_suite("6.12"), "trixie");
+        assert_eq!(
+            "/boot/vmlinuz-x".parse::<KernelArg>(),
+            Ok(KernelArg::Image("/boot/vmlinuz-x".into()))
+        );
+        let err = "6.2".parse::<KernelArg>().unwrap_err();
+        assert!(err.contains("5.10, 6.1, 6.12"), "{err}");
+    }
+
+    fn series_suite(n: &str) -> &'static str {
+        match n.parse::<KernelArg>() {
+            Ok(KernelArg::Debian(s)) => s.suite,
+            other => panic!("{n}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn system_mirror_is_read_from_either_sources_format() {
+        let deb822 = "\
+Types: deb
+# http://snapshot.debian.org/archive/debian/20250520T000000Z
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+";
+        assert_eq!(
+            debian_uri_deb822(deb822),
+            Some((
+                "http://deb.debian.org/debian".into(),
+                Some("/usr/share/keyrings/debian-archive-keyring.gpg".into())
+            ))
+        );
+        let third_party =
+            "Types: deb\nURIs: https://deb.nodesource.com/node_20.x\nSuites: nodistro\n";
+        assert_eq!(debian_uri_deb822(third_party), None);
+        let list = "# comment\n\
+deb https://packages.cloud.google.com/apt cloud-sdk-bookworm main\n\
+deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian/ bookworm main\n";
+        assert_eq!(
+            debian_uri_one_line(list),
+            Some((
+                "http://mirror.example/debian/".into(),
+                Some("/k.gpg".into())
+            ))
+        );
+        assert!(!is_debian_archive("http://deb.debian.org/debian-security"));
+    }
+
+    #[test]
+    fn modules_are_found_builtin_or_compressed() {
+        let builtin = "kernel/net/ipv6/ipv6.ko\nkernel/net/ipv4/tcp_cubic.ko\n";
+        assert!(is_builtin(builtin, "ipv6"));
+        assert!(!is_builtin(builtin, "tcp_diag"));
+        assert!(!is_builtin(builtin, "ipv"));
+        assert_eq!(module_name("tcp_diag.ko.xz"), Some(("tcp_diag", "xz")));
+        assert_eq!(module_name("inet_diag.ko"), Some(("inet_diag", "")));
+        assert_eq!(module_name("x.ko.zst"), Some(("x", "zstd")));
+        assert_eq!(module_name("modules.dep"), None);
+        assert_eq!(module_name("x.ko.bz2"), None);
     }
 
     #[test]

@@ -706,10 +706,11 @@ struct TestExe {
     path: PathBuf,
 }
 
-/// Test executables that run on the host only: the sidecar's tests need
-/// Debian's prometheus and rsyslogd, which the guest does not carry; the
-/// kernel side they drive is the engine the other tests run in the guest.
-const HOST_ONLY: &[&str] = &["sidecar"];
+/// Test executables that run on the host only: they need Debian's
+/// prometheus and rsyslogd (sidecar, prometheus), tmux (top) or the Python
+/// venv and collector (otlp), which the guest does not carry; the kernel
+/// side they drive is the engine the other tests run in the guest.
+const HOST_ONLY: &[&str] = &["sidecar", "top", "otlp", "prometheus"];
 
 fn build() -> Result<Vec<TestExe>> {
     cargo(&["build", "-p", "tcpq-agent", "-p", "tcpq-tests", "--bins"])?;

@@ -184,9 +184,7 @@ pub fn plan(
                     config.drop_reason_listen_overflow = v;
                     hooks.push(KFREE_SKB);
                 }
-                (None, ..) => {
-                    skipped.push((KFREE_SKB, "record has no rx_sk (Linux 6.11+)".into()))
-                }
+                (None, ..) => skipped.push((KFREE_SKB, "record has no rx_sk (Linux 6.11+)".into())),
                 _ => skipped.push((
                     KFREE_SKB,
                     format!("BTF's btf_trace_kfree_skb has no reason or rx_sk argument: {args:?}"),

@@ -211,11 +211,15 @@ fn healthy_connection_per_request_traffic_sends_nothing_to_user_space() {
     let (kfunc, _) = expected_sources();
     if kfunc != "sock_diag" {
         // Kernels with kprobes or fentry hook the design card's functions.
-        for p in ["conn_request", "check_req", "syn_recv", "accept_"] {
-            assert!(
-                runs.iter().any(|(n, &r)| n.contains(p) && r > 0),
-                "no kernel-function hook on {p} ran: {runs:?}"
-            );
+        // Program names: tcpq_<function>[4|6]_{fentry,fexit,kprobe,kretprobe}.
+        const KINDS: [&str; 4] = ["_fentry", "_fexit", "_kprobe", "_kretprobe"];
+        for f in ["conn_request", "syn_recv", "check_req", "accept"] {
+            let ran = runs.iter().any(|(n, &r)| {
+                r > 0
+                    && n.strip_prefix(&format!("tcpq_{f}"))
+                        .is_some_and(|rest| KINDS.iter().any(|k| rest.ends_with(k)))
+            });
+            assert!(ran, "no kernel-function hook on {f} ran: {runs:?}");
         }
     }
     let mut bad = Vec::new();

@@ -191,9 +191,17 @@ fn healthy_connection_per_request_traffic_sends_nothing_to_user_space() {
         .map(|(_, l)| l)
         .filter(|l| l["network.netns"] == ns.inode())
         .filter(|l| !(l["event"] == "close_wait" && l["close_wait.oldest_seconds"] == 0.0))
-        .filter(|l| !(rsts > 0 && l["event"] == "reset_received"))
+        .filter(|l| !(rsts > 0 && (l["event"] == "reset_received" || l["event"] == "reset_sent")))
         .collect();
     assert!(ours.is_empty(), "healthy traffic was reported: {ours:#?}");
+    // The RSTs the kernel did send are reported, never more.
+    let sent_rsts: u64 = lines
+        .iter()
+        .map(|(_, l)| l)
+        .filter(|l| l["network.netns"] == ns.inode() && l["event"] == "reset_sent")
+        .filter_map(|l| l["count"].as_u64())
+        .sum();
+    assert!(sent_rsts <= rsts, "{sent_rsts} reset_sent for {rsts} RSTs");
 
     let sent = records_sent(&stderr);
     eprintln!("healthy: {ok} requests, {sent} ring-buffer records");

@@ -291,11 +291,28 @@ impl Bpftrace {
         Ok(Bpftrace(child))
     }
 
+    /// SIGINT (bpftrace prints its maps and exits); a first SIGINT is
+    /// sometimes not acted on, so again, then SIGKILL: never a hang.
     fn stop(mut self) -> Result<()> {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let mut rest = String::new();
-        let _ = self.0.stdout.take().unwrap().read_to_string(&mut rest);
+        // Drain its output (the maps) so it never blocks on a full pipe.
+        let mut out = self.0.stdout.take().unwrap();
+        let drain = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = out.read_to_string(&mut rest);
+        });
+        for sig in [libc::SIGINT, libc::SIGINT, libc::SIGKILL] {
+            unsafe { libc::kill(self.0.id() as i32, sig) };
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if self.0.try_wait()?.is_some() {
+                    let _ = drain.join();
+                    return Ok(());
+                }
+                sleep(Duration::from_millis(50));
+            }
+        }
         self.0.wait()?;
+        let _ = drain.join();
         Ok(())
     }
 }

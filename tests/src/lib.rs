@@ -477,3 +477,21 @@ pub fn sockstat_tw(ns: &Netns) -> u64 {
         })
         .expect("no TCP tw in /proc/net/sockstat")
 }
+
+/// Waits for a scenario to finish and returns what it printed after its
+/// `ready` line; a failed scenario fails the test.
+pub fn finish(mut child: Child) -> String {
+    use std::io::Read;
+    let mut s = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut s).unwrap();
+    assert!(child.wait().unwrap().success(), "scenario failed: {s}");
+    s
+}
+
+/// `NAME=N` from a scenario's result line.
+pub fn field(out: &str, name: &str) -> u64 {
+    out.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= in {out:?}"))
+}

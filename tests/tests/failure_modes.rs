@@ -3,12 +3,10 @@
 //! user runs it, and the namespace's own counters (or sock_diag, through
 //! `ss`, where the kernel keeps no counter) as the judge. Needs root.
 
-use std::{io::Read, process::Child};
-
 use serde_json::Value;
 use tcpq_tests::{
-    delta, expected_sources, kernel_version, root_or_skip, run, skip, sockstat_tw, source_matches,
-    Agent, Netns,
+    delta, expected_sources, field, finish, kernel_version, root_or_skip, run, skip, sockstat_tw,
+    source_matches, Agent, Netns,
 };
 
 /// Before this fix the kernel calls a SYN queue full one request earlier
@@ -36,22 +34,6 @@ fn assert_syn_source(lines: &[&Value]) {
             "seen by {got}, expected {want}: {l}"
         );
     }
-}
-
-/// The rest of a scenario's stdout after its `ready` line, once it exits.
-fn finish(mut child: Child) -> String {
-    let mut s = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut s).unwrap();
-    assert!(child.wait().unwrap().success(), "scenario failed: {s}");
-    s
-}
-
-/// `NAME=N` from a scenario's result line.
-fn field(out: &str, name: &str) -> u64 {
-    out.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name}= in {out:?}"))
 }
 
 fn lines_of<'a>(lines: &'a [Value], event: &str, netns: u64) -> Vec<&'a Value> {

@@ -9,12 +9,13 @@
 
 use std::{
     collections::BTreeMap,
-    io::Read,
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
-use tcpq_tests::{delta, expected_sources, root_or_skip, source_matches, sum, Agent, Netns};
+use tcpq_tests::{
+    delta, expected_sources, field, finish, root_or_skip, source_matches, sum, Agent, Netns,
+};
 
 /// Requests in the healthy run (the floor: 20,000).
 const REQUESTS: u64 = 20_000;
@@ -78,21 +79,9 @@ impl Drop for Nginx {
 
 /// `n` sequential `Connection: close` requests from inside `ns`: (200s, failures).
 fn http_close(ns: &Netns, port: u16, n: u64) -> (u64, u64) {
-    let (mut child, _) = ns.scenario(&["http-close", &port.to_string(), &n.to_string()]);
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child.wait().unwrap();
-    let field = |k: &str| -> u64 {
-        out.split_whitespace()
-            .find_map(|w| w.strip_prefix(k)?.parse().ok())
-            .unwrap_or_else(|| panic!("no {k} in {out:?}"))
-    };
-    (field("ok="), field("failed="))
+    let (child, _) = ns.scenario(&["http-close", &port.to_string(), &n.to_string()]);
+    let out = finish(child);
+    (field(&out, "ok"), field(&out, "failed"))
 }
 
 /// The agent's exit summary: ring-buffer records the kernel sent, or at

@@ -243,6 +243,11 @@ impl Resolver {
         self.owners.len()
     }
 
+    /// Whether no owner is cached.
+    pub fn is_empty(&self) -> bool {
+        self.owners.is_empty()
+    }
+
     fn scan(&mut self, wanted: &HashSet<u32>) {
         self.last_scan = Some(Instant::now());
         let mut holders: HashMap<u32, Vec<u32>> = HashMap::new();

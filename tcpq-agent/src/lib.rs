@@ -1,0 +1,110 @@
+//! tcpq-agent: which listening socket of which process is losing TCP
+//! connections, and why.
+//!
+//! Data flows one way: kernel (tracepoints, sock_diag) → decode → aggregate
+//! → resolve (owner) → export. `main` only parses, dispatches and prints
+//! errors as one line.
+//!
+//! The library holds every stage so the pure parts (decoders, parsers,
+//! formatters) can be unit-tested and fuzzed; `main.rs` is a thin binary.
+
+pub mod accepts;
+pub mod aggregate;
+pub mod btf;
+pub mod caps;
+pub mod cgroup;
+pub mod cli;
+pub mod config;
+pub mod decode;
+pub mod doctor;
+pub mod explain;
+pub mod export;
+pub mod kernel;
+pub mod latency;
+pub mod load;
+pub mod metrics;
+pub mod model;
+pub mod netns;
+pub mod netstat;
+pub mod otlp;
+pub mod poll;
+pub mod resolve;
+pub mod run;
+pub mod sink;
+pub mod sockdiag;
+pub mod status;
+pub mod storm;
+pub mod syslog;
+pub mod top;
+pub mod trace;
+pub mod tracefs;
+pub mod verdict;
+
+use std::process::ExitCode;
+
+use clap::{error::ErrorKind, Parser};
+
+/// The whole command line program: parse, dispatch, print errors as one line.
+pub fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        eprintln!("tcpq-agent: internal error: {}", one_line(&msg));
+    }));
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
+    if let Some(path) = &cli.btf {
+        if let Err(e) = btf::use_file(path) {
+            eprintln!("tcpq-agent: {}", one_line(&format!("{e:#}")));
+            return ExitCode::FAILURE;
+        }
+    }
+    let result = match cli.command {
+        cli::Command::Trace(args) => cli::validate(&args).and_then(|()| trace::run(args)),
+        cli::Command::Run(args) => run::main(args),
+        cli::Command::Top(args) => top::run(args),
+        cli::Command::Doctor { attach } => doctor::run(attach),
+        cli::Command::Status { port, output } => {
+            cli::require_root().and_then(|()| status::run(output, port))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tcpq-agent: {}", one_line(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Help and version go to stdout as clap renders them; anything else is one
+/// line on stderr and exit status 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(2)
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("tcpq-agent: {} (see --help)", first.trim());
+            ExitCode::from(2)
+        }
+    }
+}
+
+pub fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}

@@ -13,12 +13,17 @@ use crate::{aggregate::NetnsSnapshot, netns, netstat, sockdiag, storm::Storms};
 /// slow-moving anyway.
 pub const SLOW_EVERY: u32 = 16;
 
-/// One namespace, read from inside it.
+/// One namespace, read from inside it. The walk for CLOSE_WAIT and
+/// SYN_RECV sockets visits the whole connection table, which every
+/// namespace shares (hundreds of thousands of TIME_WAIT entries on a busy
+/// server): only where there is a listener to attribute them to.
 fn read_ns(
     slow: bool,
 ) -> anyhow::Result<(Vec<sockdiag::DiagSock>, Option<Vec<sockdiag::DiagSock>>)> {
     let listeners = sockdiag::dump(sockdiag::TCPF_LISTEN)?;
-    let others = if slow {
+    let others = if slow && listeners.is_empty() {
+        Some(Vec::new())
+    } else if slow {
         Some(sockdiag::dump(
             sockdiag::TCPF_CLOSE_WAIT | sockdiag::TCPF_SYN_RECV,
         )?)
@@ -40,14 +45,25 @@ pub fn monotonic_ns() -> u64 {
 
 /// The sum of a namespace's listener-drop counters: when it moves, the
 /// SYN queues are dumped at once (drops are classified by their depth).
-fn drop_counters(s: &netstat::NetnsState) -> u64 {
-    s.counter("TcpExt.ListenDrops") + s.counter("TcpExt.TCPReqQFullDoCookies")
+fn drop_counters(c: &std::collections::HashMap<String, u64>) -> u64 {
+    let get = |k: &str| c.get(k).copied().unwrap_or(0);
+    get("TcpExt.ListenDrops") + get("TcpExt.TCPReqQFullDoCookies")
+}
+
+/// What a round keeps for the next: each namespace's drop counters and
+/// settings, and which namespace each process is in.
+#[derive(Default)]
+pub struct Memory {
+    last: std::collections::HashMap<u32, u64>,
+    settings: std::collections::HashMap<u32, netstat::Sysctls>,
+    netns: netns::Cache,
 }
 
 /// One round over every namespace: its listeners, its counters and
 /// settings, and on `slow` rounds (or when its drop counters moved) its
 /// CLOSE_WAIT and SYN_RECV sockets. `last` keeps each namespace's drop
-/// counters between rounds, `settings` its sysctls (re-read on slow rounds).
+/// counters between rounds, `settings` its sysctls (re-read on slow rounds),
+/// `netns` the namespaces found (listed from scratch on slow rounds).
 /// The kernel's counts (`storms`) are read before the first dump and after
 /// each: what moved in between happened around that dump.
 pub fn round(
@@ -55,14 +71,14 @@ pub fn round(
     home_ino: u32,
     baseline: bool,
     slow: bool,
-    last: &mut std::collections::HashMap<u32, u64>,
-    settings: &mut std::collections::HashMap<u32, netstat::Sysctls>,
+    memory: &mut Memory,
     mut storms: Option<&mut Storms>,
 ) -> Vec<NetnsSnapshot> {
     let mut out = Vec::new();
     let mut take = || storms.as_mut().map(|s| s.take()).unwrap_or_default();
     let mut before = take();
-    let listed = netns::list();
+    let listed = memory.netns.list(slow);
+    let Memory { last, settings, .. } = memory;
     last.retain(|ino, _| listed.contains_key(ino));
     settings.retain(|ino, _| listed.contains_key(ino));
     for (ino, path) in listed {
@@ -72,7 +88,7 @@ pub fn round(
             // Counters before the dump say whether the SYN queues are
             // worth dumping; after it, they cover every drop the dump saw
             // (a drop between the two is matched one round later).
-            let moved = prev.is_some_and(|p| p != drop_counters(&netstat::read_current(false)));
+            let moved = prev.is_some_and(|p| p != drop_counters(&netstat::read_counters()));
             let socks = read_ns(slow || moved)?;
             // Settings change rarely: read on slow rounds, else reused.
             Ok((
@@ -89,7 +105,7 @@ pub fn round(
         let after = take();
         // A namespace can vanish between listing and entering it.
         if let Ok(((listeners, others), mut state)) = dumped {
-            last.insert(ino, drop_counters(&state));
+            last.insert(ino, drop_counters(&state.counters));
             match settings.get(&ino) {
                 Some(s) if state.sysctls == netstat::Sysctls::default() => {
                     state.sysctls = s.clone()
@@ -137,16 +153,14 @@ pub fn spawn(
         .spawn(move || {
             let mut baseline = true;
             let mut n = 0u32;
-            let mut last = std::collections::HashMap::new();
-            let mut settings = std::collections::HashMap::new();
+            let mut memory = Memory::default();
             loop {
                 let snaps = round(
                     &home,
                     home_ino,
                     baseline,
                     n.is_multiple_of(SLOW_EVERY),
-                    &mut last,
-                    &mut settings,
+                    &mut memory,
                     storms.as_mut(),
                 );
                 if let Some(s) = storms.as_mut() {

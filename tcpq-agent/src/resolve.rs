@@ -158,10 +158,11 @@ pub fn process_name(pid: u32) -> Option<String> {
 
 /// Caches inode → owner. An owner is looked up as soon as its socket is
 /// first seen (the process may be gone by the time the report is printed);
-/// `/proc` is rescanned for unknown inodes at most once per `min_rescan`,
-/// and every `reconcile` for the known ones, so holders that fork or exit
-/// are followed: an owner that exited is replaced by a remaining holder,
-/// and forgotten with its socket (`retain`).
+/// `/proc` is rescanned for unknown inodes at most once per `min_rescan`.
+/// Every `reconcile` the known holders are checked (their own fd tables
+/// only), so an owner that exited is replaced by a remaining holder, and
+/// forgotten with its socket (`retain`); every `full_reconcile` the whole of
+/// `/proc` is read again, which also finds holders that forked since.
 pub struct Resolver {
     owners: HashMap<u32, Owner>,
     /// Seeded from listen() but not yet checked against /proc (a fork
@@ -171,6 +172,8 @@ pub struct Resolver {
     min_rescan: Duration,
     last_reconcile: Instant,
     reconcile: Duration,
+    last_full: Instant,
+    full_reconcile: Duration,
 }
 
 impl Resolver {
@@ -182,6 +185,8 @@ impl Resolver {
             min_rescan,
             last_reconcile: Instant::now(),
             reconcile: Duration::from_secs(5),
+            last_full: Instant::now(),
+            full_reconcile: Duration::from_secs(60),
         }
     }
 
@@ -208,14 +213,65 @@ impl Resolver {
                 .last_scan
                 .is_none_or(|t| t.elapsed() >= self.min_rescan);
         let reconcile = !self.owners.is_empty() && self.last_reconcile.elapsed() >= self.reconcile;
-        if (!missing.is_empty() && due) || reconcile {
-            let mut all = missing;
-            if reconcile {
+        let mut all = if due || reconcile {
+            missing
+        } else {
+            HashSet::new()
+        };
+        if reconcile {
+            self.last_reconcile = Instant::now();
+            if self.last_full.elapsed() >= self.full_reconcile {
+                self.last_full = Instant::now();
                 all.extend(self.owners.keys().copied());
-                self.last_reconcile = Instant::now();
+            } else {
+                all.extend(self.check_holders());
             }
+        }
+        if !all.is_empty() {
             self.scan(&all);
         }
+    }
+
+    /// Re-checks each known socket against its holders' fd tables alone
+    /// (a few directories, where a scan reads every process's): holders
+    /// that closed it or exited are dropped, and the lowest remaining one
+    /// becomes the owner. Returns the sockets no known holder has any more,
+    /// for a scan to find who else does.
+    fn check_holders(&mut self) -> HashSet<u32> {
+        let mut tables: HashMap<u32, HashSet<u32>> = HashMap::new();
+        let mut lost = HashSet::new();
+        for (ino, owner) in self.owners.iter_mut() {
+            if self.provisional.contains(ino) {
+                continue;
+            }
+            let known = if owner.holders.is_empty() {
+                vec![owner.pid]
+            } else {
+                owner.holders.clone()
+            };
+            let still: Vec<u32> = known
+                .into_iter()
+                .filter(|p| {
+                    tables
+                        .entry(*p)
+                        .or_insert_with(|| sockets_of(*p))
+                        .contains(ino)
+                })
+                .collect();
+            match still.first() {
+                None => {
+                    lost.insert(*ino);
+                }
+                Some(&first) if first != owner.pid => {
+                    *owner = Owner {
+                        holders: still,
+                        ..Owner::of(first)
+                    }
+                }
+                Some(_) => owner.holders = still,
+            }
+        }
+        lost
     }
 
     /// The kernel saw `pid` call listen() on socket `inode`: its owner,
@@ -348,6 +404,32 @@ mod tests {
         r.seed(ino, 1);
         assert_eq!(r.get(ino).unwrap().pid, 1);
         r.learn([ino]);
+        assert_eq!(r.get(ino).unwrap().holders, vec![me]);
+    }
+
+    #[test]
+    fn reconciling_checks_the_known_holders_and_scans_only_for_lost_sockets() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", l.as_raw_fd())).unwrap();
+        let ino = socket_inode(link.to_str().unwrap()).unwrap();
+        let me = std::process::id();
+        let mut r = Resolver::new(Duration::ZERO);
+        r.learn([ino]);
+        // A holder that is gone (no such pid) is dropped, the
+        // owner stays.
+        r.owners.get_mut(&ino).unwrap().holders = vec![me, u32::MAX];
+        assert!(r.check_holders().is_empty());
+        assert_eq!(r.get(ino).unwrap().holders, vec![me]);
+        // An owner that no longer holds it, with a holder that does: the
+        // holder becomes the owner without a scan.
+        r.owners.get_mut(&ino).unwrap().pid = u32::MAX;
+        r.owners.get_mut(&ino).unwrap().holders = vec![me];
+        assert!(r.check_holders().is_empty());
+        assert_eq!(r.get(ino).unwrap().pid, me);
+        // No known holder has it: it is handed to a scan, which finds us.
+        r.owners.get_mut(&ino).unwrap().holders = vec![u32::MAX];
+        assert_eq!(r.check_holders(), HashSet::from([ino]));
+        r.scan(&HashSet::from([ino]));
         assert_eq!(r.get(ino).unwrap().holders, vec![me]);
     }
 }

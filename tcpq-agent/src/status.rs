@@ -218,8 +218,7 @@ pub fn collect(port: Option<u16>) -> Result<(Vec<Row>, BTreeMap<u32, verdict::Ve
         home_ino,
         true,
         true,
-        &mut HashMap::new(),
-        &mut HashMap::new(),
+        &mut poll::Memory::default(),
         None,
     );
     let mut resolver = Resolver::new(std::time::Duration::ZERO);

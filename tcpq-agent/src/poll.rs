@@ -2,16 +2,45 @@
 //! fixed pace and sends one snapshot of all TCP listeners per round. It
 //! runs on its own OS thread because it changes that thread's namespace.
 
-use std::{fs::File, sync::mpsc as std_mpsc, time::Duration};
+use std::{
+    fs::File,
+    sync::mpsc as std_mpsc,
+    time::{Duration, Instant},
+};
 
 use tokio::sync::mpsc;
 
 use crate::{aggregate::NetnsSnapshot, netns, netstat, sockdiag, storm::Storms};
 
-/// Every this many rounds (4 s at the default pace), also the sockets that need a walk of the whole
-/// connection table (CLOSE_WAIT, SYN_RECV): costlier on a busy host, and
-/// slow-moving anyway.
+/// Every this many rounds (4 s at the default pace) at most, also the
+/// sockets that need a walk of the whole connection table (CLOSE_WAIT,
+/// SYN_RECV): costlier on a busy host, and slow-moving anyway.
 pub const SLOW_EVERY: u32 = 16;
+
+/// A slow round may cost at most 1/`SLOW_BUDGET` of a core: a round that
+/// took 10 ms of CPU (a table with 130,000 TIME_WAIT entries, walked once
+/// per namespace with listeners) is followed by the next 5 s later, never
+/// later than [`SLOW_MAX`].
+pub const SLOW_BUDGET: u32 = 500;
+pub const SLOW_MAX: Duration = Duration::from_secs(30);
+
+/// When the next slow round is due after one that took `cost` of CPU, at a
+/// pace of `every`.
+pub fn slow_gap(cost: Duration, every: Duration) -> Duration {
+    let min = every * SLOW_EVERY;
+    (cost * SLOW_BUDGET).clamp(min, SLOW_MAX.max(min))
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
 
 /// One namespace, read from inside it. The walk for CLOSE_WAIT and
 /// SYN_RECV sockets visits the whole connection table, which every
@@ -152,22 +181,26 @@ pub fn spawn(
         .name("tcpq-sockdiag".into())
         .spawn(move || {
             let mut baseline = true;
-            let mut n = 0u32;
+            let mut next_slow = Instant::now();
             let mut memory = Memory::default();
             loop {
+                let slow = Instant::now() >= next_slow;
+                let cpu = thread_cpu();
                 let snaps = round(
                     &home,
                     home_ino,
                     baseline,
-                    n.is_multiple_of(SLOW_EVERY),
+                    slow,
                     &mut memory,
                     storms.as_mut(),
                 );
+                if slow {
+                    next_slow = Instant::now() + slow_gap(thread_cpu() - cpu, every);
+                }
                 if let Some(s) = storms.as_mut() {
                     s.sweep();
                 }
                 baseline = false;
-                n = n.wrapping_add(1);
                 if tx.blocking_send(snaps).is_err() {
                     return;
                 }
@@ -177,4 +210,29 @@ pub fn spawn(
                 }
             }
         })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_rounds_keep_to_their_cpu_budget() {
+        let every = Duration::from_millis(250);
+        // Cheap walks: every 16th round, as always.
+        assert_eq!(
+            slow_gap(Duration::from_micros(300), every),
+            Duration::from_secs(4)
+        );
+        // A 20 ms walk: 10 s apart (0.2 % of a core).
+        assert_eq!(
+            slow_gap(Duration::from_millis(20), every),
+            Duration::from_secs(10)
+        );
+        // Never more than 30 s apart, however costly.
+        assert_eq!(slow_gap(Duration::from_secs(1), every), SLOW_MAX);
+        // A slow pace of its own is kept.
+        let lazy = Duration::from_secs(5);
+        assert_eq!(slow_gap(Duration::ZERO, lazy), lazy * SLOW_EVERY);
+    }
 }

@@ -13,7 +13,7 @@
 //! runs go without) gives each program's runs and ns per request and the
 //! ring-buffer records per request; and a SYN flood (hping3 into a full
 //! accept queue) gives drops per second, exactness against ListenOverflows,
-//! the agent's CPU and memory, and records per drop. Bounded: ROUNDS × 2
+//! the agent's CPU and memory, and records per drop. Bounded: `--rounds` × 2
 //! loads × 3 runs of SECS seconds, plus two more runs and a FLOOD_SECS flood.
 
 use std::{
@@ -27,7 +27,6 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 const NS: &str = "tcpq-bench";
-const ROUNDS: usize = 5;
 const SECS: u32 = 5;
 const FLOOD_SECS: u32 = 4;
 /// Where nginx listens, and the listener the SYN flood hits.
@@ -359,7 +358,7 @@ fn nginx_conf(dir: &std::path::Path) -> Result<PathBuf> {
     Ok(conf)
 }
 
-pub fn run_bench(agent_bin: PathBuf, scenario_bin: PathBuf) -> Result<()> {
+pub fn run_bench(agent_bin: PathBuf, scenario_bin: PathBuf, rounds: usize) -> Result<()> {
     let _ns = Netns::new()?;
     let dir = std::env::temp_dir().join(format!("tcpq-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -375,9 +374,9 @@ pub fn run_bench(agent_bin: PathBuf, scenario_bin: PathBuf) -> Result<()> {
         .context("starting nginx (apt-get install nginx-light)")?;
     sleep(Duration::from_millis(500));
     let result = (|| -> Result<()> {
-        header()?;
+        header(rounds)?;
         wrk(false)?; // warm-up
-        loads(&agent_bin)?;
+        loads(&agent_bin, rounds)?;
         stats_run(&agent_bin)?;
         flood(&agent_bin, &scenario_bin)
     })();
@@ -387,11 +386,11 @@ pub fn run_bench(agent_bin: PathBuf, scenario_bin: PathBuf) -> Result<()> {
     result
 }
 
-fn header() -> Result<()> {
+fn header(rounds: usize) -> Result<()> {
     let kernel = run(Command::new("uname").arg("-r"))?;
     let date = run(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?;
     println!(
-        "tcpq bench, {}, kernel {}, {} CPUs; nginx-light 1 worker + wrk -t1 -c32, {SECS} s per run, {ROUNDS} rounds",
+        "tcpq bench, {}, kernel {}, {} CPUs; nginx-light 1 worker + wrk -t1 -c32, {SECS} s per run, {rounds} rounds",
         date.trim(),
         kernel.trim(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -399,9 +398,9 @@ fn header() -> Result<()> {
     Ok(())
 }
 
-/// The ratio runs: per load, ROUNDS rounds of untraced / tcpq / bpftrace
+/// The ratio runs: per load, `rounds` rounds of untraced / tcpq / bpftrace
 /// in a rotating order.
-fn loads(agent_bin: &PathBuf) -> Result<()> {
+fn loads(agent_bin: &PathBuf, rounds: usize) -> Result<()> {
     let orders = [
         [Tracer::None, Tracer::Tcpq, Tracer::Bpftrace],
         [Tracer::Tcpq, Tracer::Bpftrace, Tracer::None],
@@ -411,7 +410,7 @@ fn loads(agent_bin: &PathBuf) -> Result<()> {
     println!("\nload                     untraced req/s   tcpq/untraced   bpftrace/untraced   (per round: tcpq | bpftrace)");
     for (close, name) in [(false, "keep-alive"), (true, "connection-per-request")] {
         let (mut off, mut tcpq, mut bpft) = (Vec::new(), Vec::new(), Vec::new());
-        for round in 0..ROUNDS {
+        for round in 0..rounds {
             let mut got = [0.0; 3];
             for &t in &orders[round % orders.len()] {
                 let (rps, agent) = measure(agent_bin, close, t)?;

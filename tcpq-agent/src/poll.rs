@@ -42,25 +42,33 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// One namespace, read from inside it. The walk for CLOSE_WAIT and
-/// SYN_RECV sockets visits the whole connection table, which every
+/// One namespace, read from inside it: its listeners, then its counters
+/// and settings (re-read with `sysctls`), which then cover every drop the
+/// listener dump saw (a drop just after is matched one round later). On
+/// `slow` rounds, or when its drop counters moved since `prev` (the SYN
+/// queues say how drops are classified), also its CLOSE_WAIT and SYN_RECV
+/// sockets. That walk visits the whole connection table, which every
 /// namespace shares (hundreds of thousands of TIME_WAIT entries on a busy
 /// server): only where there is a listener to attribute them to.
-fn read_ns(
-    slow: bool,
-) -> anyhow::Result<(Vec<sockdiag::DiagSock>, Option<Vec<sockdiag::DiagSock>>)> {
+fn read_ns(slow: bool, sysctls: bool, prev: Option<u64>) -> anyhow::Result<NsReading> {
     let listeners = sockdiag::dump(sockdiag::TCPF_LISTEN)?;
-    let others = if slow && listeners.is_empty() {
-        Some(Vec::new())
-    } else if slow {
-        Some(sockdiag::dump(
+    let state = netstat::read_current(sysctls);
+    let moved = prev.is_some_and(|p| p != drop_counters(&state.counters));
+    let others = match (slow || moved, listeners.is_empty()) {
+        (false, _) => None,
+        (true, true) => Some(Vec::new()),
+        (true, false) => Some(sockdiag::dump(
             sockdiag::TCPF_CLOSE_WAIT | sockdiag::TCPF_SYN_RECV,
-        )?)
-    } else {
-        None
+        )?),
     };
-    Ok((listeners, others))
+    Ok(((listeners, others), state))
 }
+
+/// A namespace's listeners, its other sockets when dumped, and its state.
+type NsReading = (
+    (Vec<sockdiag::DiagSock>, Option<Vec<sockdiag::DiagSock>>),
+    netstat::NetnsState,
+);
 
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -113,18 +121,9 @@ pub fn round(
     for (ino, path) in listed {
         let start_ns = monotonic_ns();
         let prev = last.get(&ino).copied();
-        let read = || {
-            // Counters before the dump say whether the SYN queues are
-            // worth dumping; after it, they cover every drop the dump saw
-            // (a drop between the two is matched one round later).
-            let moved = prev.is_some_and(|p| p != drop_counters(&netstat::read_counters()));
-            let socks = read_ns(slow || moved)?;
-            // Settings change rarely: read on slow rounds, else reused.
-            Ok((
-                socks,
-                netstat::read_current(slow || !settings.contains_key(&ino)),
-            ))
-        };
+        // Settings change rarely: read on slow rounds, else reused.
+        let sysctls = slow || !settings.contains_key(&ino);
+        let read = || read_ns(slow, sysctls, prev);
         let dumped = if ino == home_ino {
             read()
         } else {

@@ -760,9 +760,10 @@ impl Aggregator {
     }
 
     /// After a full round: forgets namespaces the round did not see.
-    pub fn end_round(&mut self, round: &[NetnsSnapshot]) {
-        let seen: std::collections::HashSet<u32> = round.iter().map(|s| s.netns).collect();
-        self.ns.retain(|n, _| seen.contains(n));
+    /// Forgets namespaces that are gone (`alive`: every one still there,
+    /// read this round or not).
+    pub fn end_round(&mut self, alive: &[u32]) {
+        self.ns.retain(|n, _| alive.contains(n));
     }
 
     /// Stores the namespace's reading; returns how much TCPReqQFullDrop,

@@ -3,6 +3,7 @@
 //! runs on its own OS thread because it changes that thread's namespace.
 
 use std::{
+    collections::{HashMap, HashSet},
     fs::File,
     sync::mpsc as std_mpsc,
     time::{Duration, Instant},
@@ -50,7 +51,7 @@ fn thread_cpu() -> Duration {
 /// sockets. That walk visits the whole connection table, which every
 /// namespace shares (hundreds of thousands of TIME_WAIT entries on a busy
 /// server): only where there is a listener to attribute them to.
-fn read_ns(slow: bool, sysctls: bool, prev: Option<u64>) -> anyhow::Result<NsReading> {
+fn read_ns(slow: bool, sysctls: bool, prev: Option<u64>) -> anyhow::Result<Reading> {
     let listeners = sockdiag::dump(sockdiag::TCPF_LISTEN)?;
     let state = netstat::read_current(sysctls);
     let moved = prev.is_some_and(|p| p != drop_counters(&state.counters));
@@ -61,14 +62,39 @@ fn read_ns(slow: bool, sysctls: bool, prev: Option<u64>) -> anyhow::Result<NsRea
             sockdiag::TCPF_CLOSE_WAIT | sockdiag::TCPF_SYN_RECV,
         )?),
     };
-    Ok(((listeners, others), state))
+    Ok(Reading {
+        listeners,
+        others,
+        state,
+        moved,
+    })
 }
 
-/// A namespace's listeners, its other sockets when dumped, and its state.
-type NsReading = (
-    (Vec<sockdiag::DiagSock>, Option<Vec<sockdiag::DiagSock>>),
-    netstat::NetnsState,
-);
+/// A namespace's listeners, its other sockets when dumped, its state, and
+/// whether its drop counters moved.
+struct Reading {
+    listeners: Vec<sockdiag::DiagSock>,
+    others: Option<Vec<sockdiag::DiagSock>>,
+    state: netstat::NetnsState,
+    moved: bool,
+}
+
+/// After this many readings in a row with nothing going on (no drop
+/// counter moved, no connection waiting in an accept queue, nothing the
+/// kernel counted about it), a namespace is quiet: read every
+/// [`QUIET_EVERY`]th round (1 s at the default pace) instead of every round,
+/// and at once when the kernel counts something about it. A host with
+/// fifty pods pays for the busy ones only.
+pub const QUIET_AFTER: u32 = 4;
+pub const QUIET_EVERY: u32 = 4;
+
+/// One round's snapshots (of the namespaces read), and every namespace
+/// that is still there.
+#[derive(Default)]
+pub struct Round {
+    pub snaps: Vec<NetnsSnapshot>,
+    pub alive: Vec<u32>,
+}
 
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -82,25 +108,46 @@ pub fn monotonic_ns() -> u64 {
 
 /// The sum of a namespace's listener-drop counters: when it moves, the
 /// SYN queues are dumped at once (drops are classified by their depth).
-fn drop_counters(c: &std::collections::HashMap<String, u64>) -> u64 {
+fn drop_counters(c: &HashMap<String, u64>) -> u64 {
     let get = |k: &str| c.get(k).copied().unwrap_or(0);
     get("TcpExt.ListenDrops") + get("TcpExt.TCPReqQFullDoCookies")
 }
 
-/// What a round keeps for the next: each namespace's drop counters and
-/// settings, and which namespace each process is in.
+/// What a round keeps for the next: each namespace's drop counters,
+/// settings and quiet readings in a row, and which namespace each process
+/// is in.
 #[derive(Default)]
 pub struct Memory {
-    last: std::collections::HashMap<u32, u64>,
-    settings: std::collections::HashMap<u32, netstat::Sysctls>,
+    last: HashMap<u32, u64>,
+    settings: HashMap<u32, netstat::Sysctls>,
+    quiet: HashMap<u32, u32>,
+    rounds: u32,
     netns: netns::Cache,
 }
 
-/// One round over every namespace: its listeners, its counters and
-/// settings, and on `slow` rounds (or when its drop counters moved) its
-/// CLOSE_WAIT and SYN_RECV sockets. `last` keeps each namespace's drop
-/// counters between rounds, `settings` its sysctls (re-read on slow rounds),
-/// `netns` the namespaces found (listed from scratch on slow rounds).
+impl Memory {
+    /// Whether namespace `ino` is read this round: always on a `full` one,
+    /// when the kernel counted something about it (`hot`), or while it is
+    /// not quiet; else on its turn (spread over the rounds by inode).
+    fn due(&self, ino: u32, full: bool, hot: &HashSet<u32>) -> bool {
+        full || hot.contains(&ino)
+            || self.quiet.get(&ino).is_none_or(|&q| q < QUIET_AFTER)
+            || self.rounds.wrapping_add(ino).is_multiple_of(QUIET_EVERY)
+    }
+
+    /// Counts a reading of `ino` as quiet or not.
+    fn note(&mut self, ino: u32, busy: bool) {
+        let q = self.quiet.entry(ino).or_default();
+        *q = if busy { 0 } else { q.saturating_add(1) };
+    }
+}
+
+/// One round over the namespaces due (every one when `full`; see
+/// [`Memory::due`]): its listeners, its counters and settings, and on
+/// `slow` rounds (or when its drop counters moved) its CLOSE_WAIT and
+/// SYN_RECV sockets. `memory` keeps what a round needs of the previous
+/// ones: drop counters, sysctls (re-read on slow rounds), quiet readings,
+/// the namespaces found (listed from scratch on slow rounds).
 /// The kernel's counts (`storms`) are read before the first dump and after
 /// each: what moved in between happened around that dump.
 pub fn round(
@@ -108,21 +155,29 @@ pub fn round(
     home_ino: u32,
     baseline: bool,
     slow: bool,
+    full: bool,
     memory: &mut Memory,
     mut storms: Option<&mut Storms>,
-) -> Vec<NetnsSnapshot> {
-    let mut out = Vec::new();
+) -> Round {
+    let mut out = Round::default();
     let mut take = || storms.as_mut().map(|s| s.take()).unwrap_or_default();
     let mut before = take();
+    let mut hot: HashSet<u32> = before.iter().map(|d| d.ev.netns).collect();
     let listed = memory.netns.list(slow);
-    let Memory { last, settings, .. } = memory;
-    last.retain(|ino, _| listed.contains_key(ino));
-    settings.retain(|ino, _| listed.contains_key(ino));
+    memory.rounds = memory.rounds.wrapping_add(1);
+    memory.last.retain(|ino, _| listed.contains_key(ino));
+    memory.settings.retain(|ino, _| listed.contains_key(ino));
+    memory.quiet.retain(|ino, _| listed.contains_key(ino));
+    out.alive = listed.keys().copied().collect();
+    let full = full || slow || baseline;
     for (ino, path) in listed {
+        if !memory.due(ino, full, &hot) {
+            continue;
+        }
         let start_ns = monotonic_ns();
-        let prev = last.get(&ino).copied();
+        let prev = memory.last.get(&ino).copied();
         // Settings change rarely: read on slow rounds, else reused.
-        let sysctls = slow || !settings.contains_key(&ino);
+        let sysctls = slow || !memory.settings.contains_key(&ino);
         let read = || read_ns(slow, sysctls, prev);
         let dumped = if ino == home_ino {
             read()
@@ -131,18 +186,27 @@ pub fn round(
         };
         let end_ns = monotonic_ns();
         let after = take();
+        hot.extend(after.iter().map(|d| d.ev.netns));
         // A namespace can vanish between listing and entering it.
-        if let Ok(((listeners, others), mut state)) = dumped {
-            last.insert(ino, drop_counters(&state.counters));
-            match settings.get(&ino) {
+        if let Ok(Reading {
+            listeners,
+            others,
+            mut state,
+            moved,
+        }) = dumped
+        {
+            let busy = moved || hot.contains(&ino) || listeners.iter().any(|l| l.rqueue > 0);
+            memory.note(ino, busy);
+            memory.last.insert(ino, drop_counters(&state.counters));
+            match memory.settings.get(&ino) {
                 Some(s) if state.sysctls == netstat::Sysctls::default() => {
                     state.sysctls = s.clone()
                 }
                 _ => {
-                    settings.insert(ino, state.sysctls.clone());
+                    memory.settings.insert(ino, state.sysctls.clone());
                 }
             }
-            out.push(NetnsSnapshot {
+            out.snaps.push(NetnsSnapshot {
                 netns: ino,
                 listeners,
                 others,
@@ -159,19 +223,21 @@ pub fn round(
         }
     }
     if !before.is_empty() {
-        if let Some(first) = out.first_mut() {
+        if let Some(first) = out.snaps.first_mut() {
             first.storm_before.extend(before);
         }
     }
     out
 }
 
-/// Starts the poller. A message on `wake` asks for a round now (used to
-/// take a last snapshot before exiting); the thread ends when `tx` closes.
+/// Starts the poller. A message on `wake` asks for a round now: `false`
+/// when the kernel sent news (the namespaces it counted something about
+/// are read), `true` for a last snapshot of every namespace before
+/// exiting; the thread ends when `tx` closes.
 pub fn spawn(
     every: Duration,
-    tx: mpsc::Sender<Vec<NetnsSnapshot>>,
-    wake: std_mpsc::Receiver<()>,
+    tx: mpsc::Sender<Round>,
+    wake: std_mpsc::Receiver<bool>,
     mut storms: Option<Storms>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let home = File::open("/proc/thread-self/ns/net")?;
@@ -182,6 +248,7 @@ pub fn spawn(
             let mut baseline = true;
             let mut next_slow = Instant::now();
             let mut memory = Memory::default();
+            let mut woken = false;
             loop {
                 let slow = Instant::now() >= next_slow;
                 let cpu = thread_cpu();
@@ -190,6 +257,7 @@ pub fn spawn(
                     home_ino,
                     baseline,
                     slow,
+                    woken,
                     &mut memory,
                     storms.as_mut(),
                 );
@@ -203,10 +271,11 @@ pub fn spawn(
                 if tx.blocking_send(snaps).is_err() {
                     return;
                 }
-                match wake.recv_timeout(every) {
-                    Ok(()) | Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                woken = match wake.recv_timeout(every) {
+                    Ok(full) => full,
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => false,
                     Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
-                }
+                };
             }
         })?)
 }
@@ -233,5 +302,40 @@ mod tests {
         // A slow pace of its own is kept.
         let lazy = Duration::from_secs(5);
         assert_eq!(slow_gap(Duration::ZERO, lazy), lazy * SLOW_EVERY);
+    }
+
+    #[test]
+    fn a_quiet_namespace_is_read_on_its_turn_and_at_once_when_hot() {
+        let mut m = Memory::default();
+        let none = HashSet::new();
+        let ino = 4026531840;
+        // New, then busy: every round.
+        assert!(m.due(ino, false, &none));
+        for _ in 0..QUIET_AFTER - 1 {
+            m.note(ino, false);
+        }
+        m.note(ino, true);
+        assert!(m.due(ino, false, &none));
+        // Quiet: one round in QUIET_EVERY.
+        for _ in 0..QUIET_AFTER {
+            m.note(ino, false);
+        }
+        let turns = (0..QUIET_EVERY * 10)
+            .filter(|_| {
+                m.rounds = m.rounds.wrapping_add(1);
+                m.due(ino, false, &none)
+            })
+            .count();
+        assert_eq!(turns, 10);
+        // The kernel counted something about it, or a full round: now.
+        let hot = HashSet::from([ino]);
+        let off_turn = (1..QUIET_EVERY)
+            .map(|k| m.rounds.wrapping_add(k))
+            .find(|r| !r.wrapping_add(ino).is_multiple_of(QUIET_EVERY))
+            .unwrap();
+        m.rounds = off_turn;
+        assert!(!m.due(ino, false, &none));
+        assert!(m.due(ino, false, &hot));
+        assert!(m.due(ino, true, &none));
     }
 }

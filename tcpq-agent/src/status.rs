@@ -218,9 +218,11 @@ pub fn collect(port: Option<u16>) -> Result<(Vec<Row>, BTreeMap<u32, verdict::Ve
         home_ino,
         true,
         true,
+        true,
         &mut poll::Memory::default(),
         None,
-    );
+    )
+    .snaps;
     let mut resolver = Resolver::new(std::time::Duration::ZERO);
     resolver.learn(
         snaps

@@ -13,7 +13,9 @@
 //! runs go without) gives each program's runs and ns per request and the
 //! ring-buffer records per request; and a SYN flood (hping3 into a full
 //! accept queue) gives drops per second, exactness against ListenOverflows,
-//! the agent's CPU and memory, and records per drop. Bounded: `--rounds` × 2
+//! the agent's CPU and memory, and records per drop; and the agent's idle
+//! CPU with 50 quiet namespaces, a listener each (a node full of pods).
+//! Bounded: `--rounds` × 2
 //! loads × 3 runs of SECS seconds, plus two more runs and a FLOOD_SECS flood.
 
 use std::{
@@ -378,7 +380,8 @@ pub fn run_bench(agent_bin: PathBuf, scenario_bin: PathBuf, rounds: usize) -> Re
         wrk(false)?; // warm-up
         loads(&agent_bin, rounds)?;
         stats_run(&agent_bin)?;
-        flood(&agent_bin, &scenario_bin)
+        flood(&agent_bin, &scenario_bin)?;
+        namespaces(&agent_bin, &scenario_bin)
     })();
     let _ = nginx.kill();
     let _ = nginx.wait();
@@ -535,6 +538,63 @@ fn flood(agent_bin: &PathBuf, scenario_bin: &PathBuf) -> Result<()> {
 }
 
 /// A TcpExt field of /proc/net/netstat (header line, then values).
+/// Quiet namespaces (a pod each, with a listener and nothing going on).
+const QUIET_NETNS: usize = 50;
+const IDLE_SECS: u64 = 10;
+
+/// What many quiet namespaces cost the agent: idle CPU with none and with
+/// QUIET_NETNS, each with one listener (a host full of pods).
+fn namespaces(agent_bin: &PathBuf, scenario_bin: &PathBuf) -> Result<()> {
+    let idle = |what: &str| -> Result<f64> {
+        let agent = Agent::start(agent_bin, false)?;
+        sleep(Duration::from_secs(IDLE_SECS));
+        let r = agent.stop()?;
+        println!(
+            "  {what:<40} agent {:.2}% of a core, peak RSS {} KiB",
+            r.cpu, r.hwm_kib
+        );
+        Ok(r.cpu)
+    };
+    println!(
+        "
+quiet namespaces (no load, {IDLE_SECS} s each):"
+    );
+    let base = idle("no namespace added")?;
+    let names: Vec<String> = (0..QUIET_NETNS)
+        .map(|i| format!("tcpq-bench-q{i}"))
+        .collect();
+    let mut servers = Vec::new();
+    let result = (|| -> Result<f64> {
+        for n in &names {
+            run(Command::new("ip").args(["netns", "add", n]))?;
+            run(Command::new("ip").args(["-n", n, "link", "set", "lo", "up"]))?;
+            servers.push(
+                Command::new("ip")
+                    .args(["netns", "exec", n])
+                    .arg(scenario_bin)
+                    .args(["listen", "8000", "16", "60"])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .context("starting tcpq-scenario")?,
+            );
+        }
+        sleep(Duration::from_millis(500));
+        idle(&format!("{QUIET_NETNS} namespaces with a listener each"))
+    })();
+    for mut s in servers {
+        let _ = (s.kill(), s.wait());
+    }
+    for n in &names {
+        let _ = Command::new("ip").args(["netns", "del", n]).status();
+    }
+    let many = result?;
+    println!(
+        "  each quiet namespace: {:.1} µs of agent CPU per second",
+        (many - base).max(0.0) / 100.0 * 1e6 / QUIET_NETNS as f64
+    );
+    Ok(())
+}
+
 fn netstat_field(text: &str, name: &str) -> Option<u64> {
     let lines: Vec<&str> = text.lines().collect();
     lines.chunks(2).find_map(|pair| {

@@ -10,8 +10,9 @@ use std::{
 /// The process that owns a socket, and every process holding it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Owner {
-    /// The lowest pid holding the socket (usually the parent of forked
-    /// workers).
+    /// The process that owns the socket ([`choose_owner`]): for an
+    /// SO_REUSEPORT member beside a master, the worker that holds it;
+    /// else the lowest pid holding it (the parent of forked workers).
     pub pid: u32,
     /// `comm`: see [`process_name`].
     pub name: String,
@@ -23,7 +24,7 @@ pub struct Owner {
     pub user: Option<String>,
     /// cgroup, container, systemd unit, pod.
     pub placement: Option<crate::cgroup::Placement>,
-    /// Every process holding the socket, ascending (the owner first).
+    /// Every process holding the socket, ascending.
     pub holders: Vec<u32>,
 }
 
@@ -102,6 +103,24 @@ pub fn pids() -> impl Iterator<Item = u32> {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
 }
 
+/// Who owns a socket that `holders` (ascending) hold, when the other
+/// members of its SO_REUSEPORT group are held by `siblings`: the one holder
+/// that holds no other member (a worker with its own member, beside a
+/// master that holds them all, as nginx `listen … reuseport` does); else
+/// the lowest pid (the parent of forked workers sharing one socket: the
+/// service). None when nobody holds it.
+pub fn choose_owner(holders: &[u32], siblings: &[&[u32]]) -> Option<u32> {
+    let own: Vec<u32> = holders
+        .iter()
+        .copied()
+        .filter(|p| !siblings.iter().any(|s| s.contains(p)))
+        .collect();
+    match own.as_slice() {
+        [only] if holders.len() > 1 => Some(*only),
+        _ => holders.first().copied(),
+    }
+}
+
 /// Parses a `/proc/PID/fd/N` link target `socket:[12345]`.
 pub fn socket_inode(link: &str) -> Option<u32> {
     link.strip_prefix("socket:[")?
@@ -174,6 +193,8 @@ pub struct Resolver {
     reconcile: Duration,
     last_full: Instant,
     full_reconcile: Duration,
+    /// SO_REUSEPORT groups: each member's inode → the other members'.
+    groups: HashMap<u32, Vec<u32>>,
 }
 
 impl Resolver {
@@ -187,6 +208,7 @@ impl Resolver {
             reconcile: Duration::from_secs(5),
             last_full: Instant::now(),
             full_reconcile: Duration::from_secs(60),
+            groups: HashMap::new(),
         }
     }
 
@@ -240,7 +262,8 @@ impl Resolver {
     fn check_holders(&mut self) -> HashSet<u32> {
         let mut tables: HashMap<u32, HashSet<u32>> = HashMap::new();
         let mut lost = HashSet::new();
-        for (ino, owner) in self.owners.iter_mut() {
+        let mut still_of: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (ino, owner) in &self.owners {
             if self.provisional.contains(ino) {
                 continue;
             }
@@ -250,7 +273,8 @@ impl Resolver {
                 owner.holders.clone()
             };
             let still: Vec<u32> = known
-                .into_iter()
+                .iter()
+                .copied()
                 .filter(|p| {
                     tables
                         .entry(*p)
@@ -258,20 +282,48 @@ impl Resolver {
                         .contains(ino)
                 })
                 .collect();
-            match still.first() {
-                None => {
-                    lost.insert(*ino);
-                }
-                Some(&first) if first != owner.pid => {
-                    *owner = Owner {
-                        holders: still,
-                        ..Owner::of(first)
-                    }
-                }
-                Some(_) => owner.holders = still,
+            // A holder that went may have been replaced (a respawned
+            // worker is a new fork of its master): a scan finds out.
+            if still.len() < known.len() {
+                lost.insert(*ino);
             }
+            still_of.insert(*ino, still);
+        }
+        for (ino, still) in &still_of {
+            let sib: Vec<&[u32]> = self
+                .siblings(*ino)
+                .iter()
+                .filter_map(|s| still_of.get(s).map(Vec::as_slice))
+                .collect();
+            let Some(pid) = choose_owner(still, &sib) else {
+                continue;
+            };
+            let Some(owner) = self.owners.get_mut(ino) else {
+                continue;
+            };
+            if owner.pid != pid {
+                *owner = Owner::of(pid);
+            }
+            owner.holders = still.clone();
         }
         lost
+    }
+
+    /// The current SO_REUSEPORT groups (listeners sharing a namespace,
+    /// address and port), each as its members' inodes: a member's owner is
+    /// the holder that holds no other member (see [`choose_owner`]).
+    pub fn set_groups(&mut self, groups: impl IntoIterator<Item = Vec<u32>>) {
+        self.groups.clear();
+        for g in groups {
+            for &m in &g {
+                let others = g.iter().copied().filter(|&o| o != m).collect();
+                self.groups.insert(m, others);
+            }
+        }
+    }
+
+    fn siblings(&self, ino: u32) -> &[u32] {
+        self.groups.get(&ino).map_or(&[], Vec::as_slice)
     }
 
     /// The kernel saw `pid` call listen() on socket `inode`: its owner,
@@ -306,25 +358,43 @@ impl Resolver {
 
     fn scan(&mut self, wanted: &HashSet<u32>) {
         self.last_scan = Some(Instant::now());
+        // The other members of their groups too: who holds them decides
+        // who owns a member.
+        let mut looked: HashSet<u32> = wanted.clone();
+        for &ino in wanted {
+            looked.extend(self.siblings(ino));
+        }
         let mut holders: HashMap<u32, Vec<u32>> = HashMap::new();
         let mut pids: Vec<u32> = pids().collect();
         pids.sort_unstable();
         for pid in pids {
             for ino in sockets_of(pid) {
-                if wanted.contains(&ino) {
+                if looked.contains(&ino) {
                     holders.entry(ino).or_default().push(pid);
                 }
+            }
+        }
+        let mut owners_of: HashMap<u32, u32> = HashMap::new();
+        for &ino in wanted {
+            if let Some(h) = holders.get(&ino) {
+                let sib: Vec<&[u32]> = self
+                    .siblings(ino)
+                    .iter()
+                    .filter_map(|s| holders.get(s).map(Vec::as_slice))
+                    .collect();
+                owners_of.extend(choose_owner(h, &sib).map(|o| (ino, o)));
             }
         }
         for ino in wanted {
             self.provisional.remove(ino);
             match holders.remove(ino) {
                 Some(h) => {
+                    let owner = owners_of.get(ino).copied().unwrap_or(h[0]);
                     // Keep what is known of a still-present owner; look up
                     // a new one (the old owner exited, or first sighting).
-                    let same = self.owners.get(ino).is_some_and(|o| o.pid == h[0]);
+                    let same = self.owners.get(ino).is_some_and(|o| o.pid == owner);
                     if !same {
-                        self.owners.insert(*ino, Owner::of(h[0]));
+                        self.owners.insert(*ino, Owner::of(owner));
                     }
                     if let Some(o) = self.owners.get_mut(ino) {
                         o.holders = h;
@@ -415,13 +485,15 @@ mod tests {
         let me = std::process::id();
         let mut r = Resolver::new(Duration::ZERO);
         r.learn([ino]);
-        // A holder that is gone (no such pid) is dropped, the
-        // owner stays.
-        r.owners.get_mut(&ino).unwrap().holders = vec![me, u32::MAX];
+        // Holders unchanged: nothing to scan for.
         assert!(r.check_holders().is_empty());
+        // A holder that is gone (no such pid) is dropped, the owner stays,
+        // and a scan looks for a replacement.
+        r.owners.get_mut(&ino).unwrap().holders = vec![me, u32::MAX];
+        assert_eq!(r.check_holders(), HashSet::from([ino]));
         assert_eq!(r.get(ino).unwrap().holders, vec![me]);
         // An owner that no longer holds it, with a holder that does: the
-        // holder becomes the owner without a scan.
+        // holder becomes the owner at once.
         r.owners.get_mut(&ino).unwrap().pid = u32::MAX;
         r.owners.get_mut(&ino).unwrap().holders = vec![me];
         assert!(r.check_holders().is_empty());
@@ -431,5 +503,22 @@ mod tests {
         assert_eq!(r.check_holders(), HashSet::from([ino]));
         r.scan(&HashSet::from([ino]));
         assert_eq!(r.get(ino).unwrap().holders, vec![me]);
+    }
+
+    #[test]
+    fn a_reuseport_member_belongs_to_the_worker_that_holds_it_alone() {
+        // nginx `listen … reuseport`, 2 workers: the master (10) holds
+        // every member, each worker its own.
+        assert_eq!(choose_owner(&[10, 11], &[&[10, 12]]), Some(11));
+        assert_eq!(choose_owner(&[10, 12], &[&[10, 11]]), Some(12));
+        // Two unrelated processes, a member each.
+        assert_eq!(choose_owner(&[20], &[&[21]]), Some(20));
+        // One socket shared by a master and its workers: the master.
+        assert_eq!(choose_owner(&[10, 11, 12], &[]), Some(10));
+        // Every holder holds every member: the lowest pid.
+        assert_eq!(choose_owner(&[10, 11], &[&[10, 11]]), Some(10));
+        // A master alone (its workers gone): the master.
+        assert_eq!(choose_owner(&[10], &[&[10]]), Some(10));
+        assert_eq!(choose_owner(&[], &[]), None);
     }
 }

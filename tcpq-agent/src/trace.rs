@@ -829,6 +829,7 @@ impl Session {
         if let Some(f) = &mut self.pid_filter {
             f.sockets.extend(resolve::sockets_of(f.owner.pid));
         }
+        self.resolver.set_groups(self.agg.reuseport_groups());
         self.resolver.learn(inodes);
     }
 }

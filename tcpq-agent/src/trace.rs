@@ -603,7 +603,13 @@ impl Session {
             if let Some(f) = &self.pid_filter {
                 let mine = match (p.pid, p.key) {
                     (Some(pid), _) => pid == f.owner.pid,
-                    (None, Some(k)) => f.sockets.contains(&k.inode),
+                    // A socket it holds; of an SO_REUSEPORT group whose
+                    // every member it holds (an nginx worker), its own.
+                    (None, Some(k)) => {
+                        f.sockets.contains(&k.inode)
+                            && (!self.resolver.in_group(k.inode)
+                                || owner.is_none_or(|o| o.pid == f.owner.pid))
+                    }
                     (None, None) => owner.is_some_and(|o| o.pid == f.owner.pid),
                 };
                 if !mine {

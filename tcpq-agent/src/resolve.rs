@@ -192,6 +192,13 @@ fn polls_of<'a>(
     polled
 }
 
+/// A kernel `comm` buffer (NUL-padded, at most 16 bytes) as a name; None
+/// when empty.
+pub fn comm_name(comm: &[u8]) -> Option<String> {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    (end > 0).then(|| String::from_utf8_lossy(&comm[..end]).into_owned())
+}
+
 /// Parses a `/proc/PID/fd/N` link target `socket:[12345]`.
 pub fn socket_inode(link: &str) -> Option<u32> {
     link.strip_prefix("socket:[")?
@@ -609,6 +616,19 @@ mod tests {
         let shared = HashMap::from([(11, HashSet::from([1])), (12, HashSet::from([1]))]);
         assert_eq!(choose_owner(1, all, &[], &shared), Some(10));
         assert_eq!(choose_owner(1, &[], &[], &none), None);
+    }
+
+    #[test]
+    fn reads_a_kernel_comm() {
+        assert_eq!(
+            comm_name(b"redis-cli\0\0\0\0\0\0\0").as_deref(),
+            Some("redis-cli")
+        );
+        assert_eq!(
+            comm_name(b"exactly15chars!\0").as_deref(),
+            Some("exactly15chars!")
+        );
+        assert_eq!(comm_name(&[0; 16]), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{anyhow, Context, Result};
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 
 use crate::storm::Storms;
 use std::collections::HashMap;
@@ -102,6 +102,9 @@ struct Session {
     latency_ports: Option<LatencyPorts>,
     /// On-demand syscall hooks: attached while a queue is filling.
     demand: Demand,
+    /// Names the kernel took in the process's own context (tgid → comm),
+    /// for a process gone before /proc is read.
+    comms: Option<BpfHashMap<MapData, u32, [u8; 16]>>,
     /// Asks the sock_diag thread for a round now (it also reads the
     /// kernel's counts): sent on news of a counted kind, at most every
     /// [`NEWS_WAKE_EVERY`].
@@ -221,6 +224,11 @@ pub async fn engine(
         }
         None => None,
     };
+    let comms = loaded
+        .ebpf
+        .take_map("COMMS")
+        .map(BpfHashMap::try_from)
+        .transpose()?;
     let accept_errors = match loaded.has_syscall_hooks() {
         true => loaded
             .ebpf
@@ -294,6 +302,7 @@ pub async fn engine(
         latency,
         latency_ports,
         demand: Demand::default(),
+        comms,
         wake: wake.clone(),
         last_wake: std::time::Instant::now(),
         received: 0,
@@ -581,7 +590,7 @@ impl Session {
         for p in pending {
             // The process the kernel named, else the holder of the
             // listener, else the holder of the socket the line is about.
-            let named = p.pid.map(Owner::of);
+            let named = p.pid.map(|pid| self.owner_of(pid));
             let owner = match &named {
                 Some(o) => Some(o),
                 None => p
@@ -826,6 +835,19 @@ impl Session {
             .map(|(sk, per_cpu)| (sk, accepts::sum_cpus(per_cpu.iter())))
             .collect();
         Some(counter.update(entries))
+    }
+
+    /// Everything /proc says about `pid`, named by the kernel when /proc
+    /// no longer can (the process exited).
+    fn owner_of(&self, pid: u32) -> Owner {
+        let mut o = Owner::of(pid);
+        if o.name == "?" {
+            let comm = self.comms.as_ref().and_then(|m| m.get(&pid, 0).ok());
+            if let Some(name) = comm.as_ref().and_then(|c| resolve::comm_name(c)) {
+                o.name = name;
+            }
+        }
+        o
     }
 
     /// Learns the owners of listeners that just showed up, while their

@@ -147,6 +147,23 @@ impl Netns {
         out
     }
 
+    /// Waits (up to 10 s) until something listens on `port` here.
+    pub fn wait_listening(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let out = self
+                .cmd("ss")
+                .args(["-Hltn", &format!("sport = :{port}")])
+                .output()
+                .unwrap();
+            if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nothing listening on {port} after 10 s");
+    }
+
     /// Starts the scenario helper (IPv4) inside the namespace and waits for
     /// its `ready` line. Returns the child and its pid.
     pub fn scenario(&self, args: &[&str]) -> (Child, u32) {

@@ -30,6 +30,7 @@ const DEBIAN: &[&str] = &[
     "util-linux",
     "procps",
     "redis-server",
+    "strace",
     "nginx-light",
     "wrk",
     "hping3",

@@ -53,13 +53,16 @@ pub const SKIP_MARK: &str = "TCPQ-SKIP ";
 const GUEST_BIN: &str = "tcpq/target/debug";
 /// Host tools the tests run besides busybox (`cargo xtask setup` installs
 /// them): iproute2's, util-linux's `setpriv --reuid` (busybox's lacks it),
-/// the real redis-server;
+/// the real redis-server and redis-cli (with strace, which counts the
+/// client's own failed connects);
 /// nginx, wrk and hping3 for the healthy-path and load tests.
 const TOOLS: &[&str] = &[
     "ip",
     "ss",
     "setpriv",
     "redis-server",
+    "redis-cli",
+    "strace",
     "nginx",
     "wrk",
     "hping3",

@@ -39,10 +39,7 @@ use crate::{
 
 pub fn main(args: RunArgs) -> Result<()> {
     let cfg = config::Run::load(&args)?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        anyhow::bail!("run needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN; see packaging/systemd): run it with sudo or as the packaged service");
-    }
+    crate::privs::require("run", crate::privs::Mode::Trace)?;
     // The exporters (the /metrics server, the syslog sender) run on a
     // thread of their own: the engine's thread does blocking work (sock_diag
     // dumps, /proc walks, writes to a full pipe) that must not stall a

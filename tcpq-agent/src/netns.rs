@@ -180,6 +180,9 @@ pub fn list() -> BTreeMap<u32, PathBuf> {
 #[derive(Default)]
 pub struct Cache {
     by_pid: HashMap<u32, u32>,
+    /// Processes whose `/proc/PID/ns/net` the last listing could not read
+    /// for lack of permission (their namespaces may be missing from it).
+    pub denied: u64,
 }
 
 impl Cache {
@@ -187,6 +190,7 @@ impl Cache {
         if full {
             self.by_pid.clear();
         }
+        self.denied = 0;
         let mut out = BTreeMap::new();
         if let Ok(rd) = std::fs::read_dir("/run/netns") {
             for e in rd.flatten() {
@@ -200,8 +204,12 @@ impl Cache {
             let p = PathBuf::from(format!("/proc/{pid}/ns/net"));
             let ino = match self.by_pid.get(&pid) {
                 Some(&ino) => ino,
-                None => match inode_of(&p) {
-                    Ok(ino) => ino,
+                None => match std::fs::metadata(&p) {
+                    Ok(md) => md.ino() as u32,
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                        self.denied += 1;
+                        continue;
+                    }
                     Err(_) => continue,
                 },
             };

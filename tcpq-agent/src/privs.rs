@@ -84,8 +84,10 @@ pub fn parse_name(s: &str) -> Option<u32> {
 /// What a capability is for, in one phrase (errors and `doctor`).
 pub fn purpose(cap: u32) -> &'static str {
     match cap {
-        CAP_BPF => "load eBPF programs and create their maps",
-        CAP_PERFMON => "attach tracepoints/kprobes/fentry and read kernel memory from them",
+        CAP_BPF => "load eBPF programs and create their maps (or CAP_SYS_ADMIN)",
+        CAP_PERFMON => {
+            "attach tracepoints/kprobes/fentry and read kernel memory from them (or CAP_SYS_ADMIN)"
+        }
         CAP_SYS_ADMIN => "setns() into other network namespaces (and BPF_ENABLE_STATS)",
         CAP_SYS_PTRACE => "read /proc/PID/fd, exe and ns/net of other users' processes",
         CAP_DAC_READ_SEARCH => "read tracefs (mode 0700) and other users' /proc/PID/fd",
@@ -148,18 +150,16 @@ pub fn has(eff: u64, cap: u32) -> bool {
     cap < 64 && eff & (1u64 << cap) != 0
 }
 
-/// The capabilities of `needed` that `eff` lacks (on a kernel without
-/// CAP_BPF/CAP_PERFMON, CAP_SYS_ADMIN stands for them).
+/// The capabilities of `needed` that `eff` lacks. CAP_SYS_ADMIN stands
+/// for CAP_BPF and CAP_PERFMON, as in the kernel (`bpf_capable()`,
+/// `perfmon_capable()`; kernels before 5.8 have only CAP_SYS_ADMIN).
 pub fn missing(eff: u64, needed: &[u32], last_cap: u32) -> Vec<u32> {
     needed
         .iter()
         .copied()
         .filter(|&c| {
-            if c > last_cap {
-                !has(eff, CAP_SYS_ADMIN)
-            } else {
-                !has(eff, c)
-            }
+            let covered = (c == CAP_BPF || c == CAP_PERFMON) && has(eff, CAP_SYS_ADMIN);
+            !covered && (c > last_cap || !has(eff, c))
         })
         .collect()
 }
@@ -201,6 +201,14 @@ pub fn require(what: &str, mode: Mode) -> Result<()> {
         .into_iter()
         .filter(|c| !allowed.contains(c))
         .collect();
+    // CAP_SYS_ADMIN, once granted, brings CAP_BPF and CAP_PERFMON along.
+    let miss: Vec<u32> = if miss.contains(&CAP_SYS_ADMIN) {
+        miss.into_iter()
+            .filter(|&c| c != CAP_BPF && c != CAP_PERFMON)
+            .collect()
+    } else {
+        miss
+    };
     if !miss.is_empty() {
         bail!("{}", refusal(what, &miss));
     }
@@ -272,6 +280,100 @@ pub fn missing_for_setns() -> String {
     }
 }
 
+/// What the agent could not see, for stderr (once per reason) and the
+/// health metrics: namespaces it could not enter, owners it could not read.
+#[derive(Debug, Default)]
+struct Losses {
+    /// (reason, missing capability) → namespaces (or, for
+    /// `proc_ns_denied`, processes whose namespace is unknown) in the last
+    /// round.
+    netns: std::collections::BTreeMap<(&'static str, String), u64>,
+    /// (reason, missing capability) → failed owner lookups so far.
+    owners: std::collections::BTreeMap<(&'static str, String), u64>,
+    warned: std::collections::BTreeSet<(&'static str, String)>,
+}
+
+static LOSSES: std::sync::Mutex<Option<Losses>> = std::sync::Mutex::new(None);
+
+fn losses<T>(f: impl FnOnce(&mut Losses) -> T) -> T {
+    let mut g = LOSSES.lock().unwrap_or_else(|e| e.into_inner());
+    f(g.get_or_insert_with(Losses::default))
+}
+
+/// Namespaces (or processes, for `proc_ns_denied`) a sock_diag round
+/// could not read, alike in reason and missing capability.
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    /// A metric label: `setns_denied`, `open_denied`, `proc_ns_denied`, …
+    pub reason: &'static str,
+    /// What happened, for stderr.
+    pub detail: String,
+    /// The missing capability, or "none".
+    pub capability: String,
+    pub count: u64,
+}
+
+/// One sock_diag round's losses; they replace the previous round's. Each
+/// (reason, capability) is printed once.
+pub fn netns_round(unreadable: &[Unreadable]) {
+    let mut lines = Vec::new();
+    losses(|l| {
+        l.netns.clear();
+        for u in unreadable {
+            let (reason, cap) = (u.reason, u.capability.as_str());
+            *l.netns.entry((reason, cap.to_string())).or_default() += u.count;
+            if l.warned.insert(("netns", format!("{reason}/{cap}"))) {
+                let missing = match cap {
+                    "none" => String::new(),
+                    c => format!(" (missing {c})"),
+                };
+                let detail = &u.detail;
+                let what = match reason {
+                    "proc_ns_denied" => format!("the network namespace of some processes cannot be identified: {detail}{missing}; a namespace only they are in is not watched"),
+                    _ => format!("cannot read a network namespace: {detail}{missing}; its listeners are not watched"),
+                };
+                lines.push(format!(
+                    "tcpq: {what} (counted in tcpq_netns_unreadable{{reason=\"{reason}\"}}; not printed again)"
+                ));
+            }
+        }
+    });
+    for l in lines {
+        eprintln!("{l}");
+    }
+}
+
+/// An owner lookup that failed for `reason` (`fd_denied`: some process's
+/// /proc/PID/fd could not be read, and the socket's owner was not found).
+pub fn owner_failure(reason: &'static str, detail: &str, cap: &str) {
+    let first = losses(|l| {
+        *l.owners.entry((reason, cap.to_string())).or_default() += 1;
+        l.warned.insert(("owner", format!("{reason}/{cap}")))
+    });
+    if first {
+        eprintln!(
+            "tcpq: socket owners cannot be looked up: {detail}{}; such lines carry no owner (counted in tcpq_owner_lookup_failures_total{{reason=\"{reason}\"}}; not printed again)",
+            match cap {
+                "none" => String::new(),
+                c => format!(" (missing {c})"),
+            }
+        );
+    }
+}
+
+/// (reason, missing capability, value) of `tcpq_netns_unreadable` and of
+/// `tcpq_owner_lookup_failures_total`.
+pub type LossSeries = Vec<(&'static str, String, u64)>;
+
+pub fn loss_metrics() -> (LossSeries, LossSeries) {
+    losses(|l| {
+        let flat = |m: &std::collections::BTreeMap<(&'static str, String), u64>| {
+            m.iter().map(|((r, c), v)| (*r, c.clone(), *v)).collect()
+        };
+        (flat(&l.netns), flat(&l.owners))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,18 +390,27 @@ mod tests {
 
     #[test]
     fn names_what_is_missing() {
-        let eff = (1 << CAP_BPF) | (1 << CAP_SYS_ADMIN) | (1 << CAP_SYS_PTRACE);
+        let eff = (1 << CAP_BPF) | (1 << CAP_SYS_PTRACE);
         assert_eq!(
             missing(eff, Mode::Trace.required(), 40),
-            vec![CAP_PERFMON, CAP_DAC_READ_SEARCH]
+            vec![CAP_PERFMON, CAP_SYS_ADMIN, CAP_DAC_READ_SEARCH]
         );
         let r = refusal("trace", &[CAP_PERFMON]);
         assert!(r.starts_with("trace needs CAP_PERFMON (missing"), "{r}");
         assert!(!r.contains('\n'));
-        // A kernel without CAP_BPF/CAP_PERFMON (< 5.8): CAP_SYS_ADMIN.
+        // CAP_SYS_ADMIN covers CAP_BPF and CAP_PERFMON (also on kernels
+        // before 5.8, which have neither).
         assert_eq!(
             missing(1 << CAP_SYS_ADMIN, &[CAP_BPF, CAP_PERFMON], 37),
             Vec::<u32>::new()
+        );
+        assert_eq!(
+            missing(1 << CAP_SYS_ADMIN, &[CAP_BPF, CAP_PERFMON], 40),
+            Vec::<u32>::new()
+        );
+        assert_eq!(
+            missing(1 << CAP_BPF, &[CAP_BPF, CAP_PERFMON], 40),
+            vec![CAP_PERFMON]
         );
         assert!(missing(0, Mode::Status.required(), 40).len() == 3);
     }
@@ -322,6 +433,9 @@ mod tests {
         assert!(r.contains("status         needs"), "{r}");
         let r = report(1 << CAP_BPF, 40);
         assert!(r.contains("CAP_BPF\n"), "{r}");
-        assert!(r.contains("missing CAP_PERFMON, CAP_SYS_ADMIN"), "{r}");
+        assert!(
+            r.contains("missing CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE"),
+            "{r}"
+        );
     }
 }

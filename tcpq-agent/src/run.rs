@@ -305,6 +305,8 @@ fn describe(r: &mut Registry) {
         ("tcpq_metric_series", "Metric series the agent exports.", Type::Gauge),
         ("tcpq_metric_series_overflowed_total", "Updates folded into overflow series because a family reached metrics.max_series.", Type::Counter),
         ("tcpq_output_errors_total", "JSON lines that could not be written.", Type::Counter),
+        ("tcpq_netns_unreadable", "Network namespaces the agent could not read in its last sock_diag round (their listeners are not watched), by reason (open_denied, setns_denied, setns_failed, open_failed; proc_ns_denied: processes whose namespace could not be identified) and missing capability.", Type::Gauge),
+        ("tcpq_owner_lookup_failures_total", "Socket owner lookups that failed, by reason (fd_denied: other processes' /proc/PID/fd unreadable) and missing capability.", Type::Counter),
     ] {
         r.describe(name, help, ty);
     }
@@ -485,6 +487,20 @@ impl Sidecar {
         );
         r.set("tcpq_tracked_listeners", &none, h.tracked_listeners as f64);
         r.set("tcpq_owners_cached", &none, h.owners_cached as f64);
+        let (unreadable, owner_failures) = crate::privs::loss_metrics();
+        let labels = |reason: &'static str, cap: String| -> Labels {
+            vec![("reason", reason.to_string()), ("capability", cap)]
+        };
+        r.replace_gauges(
+            "tcpq_netns_unreadable",
+            unreadable
+                .into_iter()
+                .map(|(reason, cap, n)| (labels(reason, cap), n as f64))
+                .collect(),
+        );
+        for (reason, cap, n) in owner_failures {
+            r.set_counter("tcpq_owner_lookup_failures_total", &labels(reason, cap), n);
+        }
         if let Some(s) = syslog {
             use std::sync::atomic::Ordering::Relaxed;
             r.describe(

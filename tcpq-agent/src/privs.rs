@@ -196,23 +196,28 @@ fn allowed() -> Vec<u32> {
 /// Refuses unless this process has `mode`'s capabilities, except the ones
 /// `--allow-missing-caps` lets go (run degraded, reported as such).
 pub fn require(what: &str, mode: Mode) -> Result<()> {
-    let allowed = allowed();
-    let miss: Vec<u32> = missing(effective(), mode.required(), last_cap())
+    let miss = to_grant(effective(), mode, last_cap(), &allowed());
+    if !miss.is_empty() {
+        bail!("{}", refusal(what, &miss));
+    }
+    Ok(())
+}
+
+/// What must be granted for `mode`, beyond `allowed` to miss: CAP_SYS_ADMIN,
+/// once granted, brings CAP_BPF and CAP_PERFMON along, so they are named
+/// only when CAP_SYS_ADMIN is there or let go.
+pub fn to_grant(eff: u64, mode: Mode, last_cap: u32, allowed: &[u32]) -> Vec<u32> {
+    let miss: Vec<u32> = missing(eff, mode.required(), last_cap)
         .into_iter()
         .filter(|c| !allowed.contains(c))
         .collect();
-    // CAP_SYS_ADMIN, once granted, brings CAP_BPF and CAP_PERFMON along.
-    let miss: Vec<u32> = if miss.contains(&CAP_SYS_ADMIN) {
+    if miss.contains(&CAP_SYS_ADMIN) {
         miss.into_iter()
             .filter(|&c| c != CAP_BPF && c != CAP_PERFMON)
             .collect()
     } else {
         miss
-    };
-    if !miss.is_empty() {
-        bail!("{}", refusal(what, &miss));
     }
-    Ok(())
 }
 
 /// Parses `--allow-missing-caps CAP_SYS_ADMIN,CAP_SYS_PTRACE`.
@@ -240,11 +245,17 @@ pub fn report(eff: u64, last_cap: u32) -> String {
             have.join(" ")
         }
     );
-    for (what, mode) in [("trace/run/top", Mode::Trace), ("status", Mode::Status)] {
-        let m = missing(eff, mode.required(), last_cap);
+    for (what, mode, needs) in [
+        (
+            "trace/run/top",
+            Mode::Trace,
+            "CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH (CAP_SYS_ADMIN includes CAP_BPF and CAP_PERFMON; without it, those two)",
+        ),
+        ("status", Mode::Status, "CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH"),
+    ] {
+        let m = to_grant(eff, mode, last_cap, &[]);
         s.push_str(&format!(
-            "  {what:<14} needs {}: {}\n",
-            names(mode.required()),
+            "  {what:<14} needs {needs}: {}\n",
             if m.is_empty() {
                 "ok".to_string()
             } else {
@@ -434,7 +445,12 @@ mod tests {
         let r = report(1 << CAP_BPF, 40);
         assert!(r.contains("CAP_BPF\n"), "{r}");
         assert!(
-            r.contains("missing CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE"),
+            r.contains("missing CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH\n"),
+            "{r}"
+        );
+        let r = report((1 << CAP_BPF) | (1 << CAP_SYS_ADMIN), 40);
+        assert!(
+            r.contains("missing CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH\n"),
             "{r}"
         );
     }

@@ -290,3 +290,38 @@ fn capabilities_let_go_are_losses_reported_not_silent() {
     );
     drop(ns);
 }
+
+/// The DaemonSet's way (packaging/kubernetes): no ambient capabilities,
+/// the binary's file capabilities, the bounding set as the cap.
+#[test]
+fn file_capabilities_as_in_the_daemonset() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tcpq-fcaps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("tcpq-agent");
+    std::fs::copy(agent_bin(), &bin).unwrap();
+    let set = Command::new("setcap")
+        .arg("cap_sys_admin,cap_sys_ptrace,cap_dac_read_search+ep")
+        .arg(&bin)
+        .status()
+        .expect("setcap (libcap2-bin)");
+    assert!(set.success());
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--bounding-set=-all,+sys_admin,+sys_ptrace,+dac_read_search",
+        ])
+        .arg(&bin)
+        .args(["trace", "--duration", "1"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("tcpq: tracing"), "{err}");
+    assert!(!err.contains("(missing CAP_"), "{err}");
+}

@@ -268,6 +268,14 @@ fn capabilities_let_go_are_losses_reported_not_silent() {
             "0",
         ],
     );
+    assert!(
+        agent
+            .early
+            .iter()
+            .any(|l| l.contains("cannot be identified") && l.contains("missing CAP_SYS_PTRACE")),
+        "no word about the namespaces it cannot identify: {:?}",
+        agent.early
+    );
     let (mut child, _pid) = ns2.scenario(&["syn-overflow", &port.to_string(), "6", "1", "3.5"]);
     let said = match agent
         .early

@@ -466,6 +466,33 @@ mod tests {
     }
 
     #[test]
+    fn negative_numbers_are_named_as_such() {
+        for bad in [
+            vec!["trace", "--duration", "-1"],
+            vec!["trace", "--interval", "-0.5"],
+            vec!["trace", "--port", "-80"],
+            vec!["trace", "--pid", "-1"],
+            vec!["trace", "--accept-latency-ms", "-3"],
+            vec!["run", "--max-series", "-5"],
+            vec!["top", "--poll-interval", "-1"],
+        ] {
+            let e = parse(&bad).unwrap_err().to_string();
+            assert!(
+                e.contains("negative values are not allowed"),
+                "{bad:?}: {e}"
+            );
+        }
+        assert!(
+            parse(&["trace", "--netns", "-3"]).is_ok(),
+            "validated later"
+        );
+        assert_eq!(
+            netns_inode("-3").unwrap_err().to_string(),
+            "--netns -3: negative values are not allowed (a namespace inode is a positive number)"
+        );
+    }
+
+    #[test]
     fn a_missing_process_is_named() {
         let c = parse(&["trace", "--pid", "4000000"]).unwrap();
         let Command::Trace(t) = c.command else {

@@ -431,6 +431,22 @@ mod tests {
     }
 
     #[test]
+    fn only_a_bounded_regular_file_is_read() {
+        assert_eq!(
+            read_bounded(Path::new("/dev/zero")).unwrap_err(),
+            "a character device, not a regular file"
+        );
+        assert_eq!(
+            read_bounded(Path::new("/")).unwrap_err(),
+            "a directory, not a regular file"
+        );
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/tcpq.toml");
+        assert!(read_bounded(Path::new(example))
+            .unwrap()
+            .contains("[detect]"));
+    }
+
+    #[test]
     fn defaults_without_a_file() {
         let r = load("", &[]).unwrap();
         assert_eq!(r.metrics_address.as_deref(), Some(METRICS_ADDRESS));

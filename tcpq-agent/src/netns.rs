@@ -238,3 +238,31 @@ fn setns(f: &File) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_network_namespace_passes() {
+        let own = check(Path::new("/proc/self/ns/net")).unwrap();
+        assert_eq!(own, current().unwrap());
+        assert_eq!(
+            check(Path::new("/proc/self/ns/mnt")).unwrap_err(),
+            "a mount namespace, not a network namespace"
+        );
+        assert_eq!(
+            check(Path::new("/proc")).unwrap_err(),
+            "not a network namespace (a directory)"
+        );
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        assert_eq!(
+            check(Path::new(manifest)).unwrap_err(),
+            "not a network namespace (a regular file)"
+        );
+        assert_eq!(
+            check(Path::new("/nonexistent/ns")).unwrap_err(),
+            "no such file or directory"
+        );
+    }
+}

@@ -585,6 +585,10 @@ impl Sidecar {
             "agent.metric_series_overflowed": r.overflowed(),
             "agent.probes": h.probes.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
         });
+        let (unreadable, owner_failures) = crate::privs::loss_metrics();
+        let total = |s: &crate::privs::LossSeries| s.iter().map(|(_, _, n)| n).sum::<u64>();
+        v["agent.netns_unreadable"] = json!(total(&unreadable));
+        v["agent.owner_lookup_failures"] = json!(total(&owner_failures));
         if let Some(s) = &self.syslog {
             v["agent.syslog_dropped"] =
                 json!(s.stats().dropped.load(std::sync::atomic::Ordering::Relaxed));

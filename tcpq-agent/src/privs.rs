@@ -129,21 +129,28 @@ pub fn parse_status(status: &str, key: &str) -> Option<u64> {
     })
 }
 
-/// This process's effective capabilities.
+/// This process's effective capabilities (read once: the agent never
+/// changes them, and the loss accounting asks every round).
 pub fn effective() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| parse_status(&s, "CapEff"))
-        .unwrap_or(0)
+    static EFF: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *EFF.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| parse_status(&s, "CapEff"))
+            .unwrap_or(0)
+    })
 }
 
 /// The highest capability this kernel knows (`cap_last_cap`); kernels
 /// before 5.8 have no CAP_PERFMON/CAP_BPF, where CAP_SYS_ADMIN covers them.
 pub fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
+    static LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40)
+    })
 }
 
 pub fn has(eff: u64, cap: u32) -> bool {

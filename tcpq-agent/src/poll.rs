@@ -170,6 +170,18 @@ pub fn round(
     memory.quiet.retain(|ino, _| listed.contains_key(ino));
     out.alive = listed.keys().copied().collect();
     let full = full || slow || baseline;
+    // What could not be read, for stderr and the health metrics. A
+    // namespace that could not be read is never quiet: tried every round.
+    let mut unreadable: Vec<crate::privs::Unreadable> = Vec::new();
+    let denied = memory.netns.denied;
+    if denied > 0 {
+        unreadable.push(crate::privs::Unreadable {
+            reason: "proc_ns_denied",
+            detail: format!("{denied} processes' /proc/PID/ns/net: permission denied"),
+            capability: crate::privs::missing_for_proc(),
+            count: denied,
+        });
+    }
     for (ino, path) in listed {
         if !memory.due(ino, full, &hot) {
             continue;
@@ -180,10 +192,23 @@ pub fn round(
         let sysctls = slow || !memory.settings.contains_key(&ino);
         let read = || read_ns(slow, sysctls, prev);
         let dumped = if ino == home_ino {
-            read()
+            read().map_err(netns::NsError::Inside)
         } else {
-            netns::run_in(&path, home, read)
+            netns::try_run_in(&path, home, read)
         };
+        if let Err(netns::NsError::Unreadable { reason, detail }) = &dumped {
+            let cap = match *reason {
+                "setns_denied" => crate::privs::missing_for_setns(),
+                "open_denied" => crate::privs::missing_for_proc(),
+                _ => "none".to_string(),
+            };
+            unreadable.push(crate::privs::Unreadable {
+                reason,
+                detail: format!("namespace {ino}: {detail}"),
+                capability: cap,
+                count: 1,
+            });
+        }
         let end_ns = monotonic_ns();
         let after = take();
         hot.extend(after.iter().map(|d| d.ev.netns));
@@ -222,6 +247,7 @@ pub fn round(
             before.extend(after);
         }
     }
+    crate::privs::netns_round(&unreadable);
     if !before.is_empty() {
         if let Some(first) = out.snaps.first_mut() {
             first.storm_before.extend(before);

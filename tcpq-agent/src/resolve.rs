@@ -209,17 +209,26 @@ pub fn socket_inode(link: &str) -> Option<u32> {
 
 /// Socket inodes `pid` holds.
 pub fn sockets_of(pid: u32) -> HashSet<u32> {
+    sockets_of_checked(pid).unwrap_or_default()
+}
+
+/// [`sockets_of`], or the error that kept `/proc/PID/fd` (or one of its
+/// links) from being read: permission denied means the agent lacks
+/// CAP_SYS_PTRACE / CAP_DAC_READ_SEARCH for another user's process.
+pub fn sockets_of_checked(pid: u32) -> std::io::Result<HashSet<u32>> {
     let mut out = HashSet::new();
-    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
-        for e in rd.flatten() {
-            if let Ok(t) = std::fs::read_link(e.path()) {
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
+        match std::fs::read_link(e.path()) {
+            Ok(t) => {
                 if let Some(ino) = t.to_str().and_then(socket_inode) {
                     out.insert(ino);
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(e),
+            Err(_) => {}
         }
     }
-    out
+    Ok(out)
 }
 
 /// How many file descriptors `pid` has open.
@@ -451,11 +460,32 @@ impl Resolver {
         let mut holders: HashMap<u32, Vec<u32>> = HashMap::new();
         let mut pids: Vec<u32> = pids().collect();
         pids.sort_unstable();
+        let mut denied = 0u32;
         for pid in pids {
-            for ino in sockets_of(pid) {
+            let socks = match sockets_of_checked(pid) {
+                Ok(s) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    denied += 1;
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            for ino in socks {
                 if looked.contains(&ino) {
                     holders.entry(ino).or_default().push(pid);
                 }
+            }
+        }
+        // Sockets nobody we could read holds, while some processes could
+        // not be read: their owners are unknown for lack of permission.
+        if denied > 0 {
+            let unfound = wanted.iter().filter(|i| !holders.contains_key(i)).count();
+            for _ in 0..unfound {
+                crate::privs::owner_failure(
+                    "fd_denied",
+                    &format!("/proc/PID/fd of {denied} processes: permission denied"),
+                    &crate::privs::missing_for_proc(),
+                );
             }
         }
         let polled = polls_of(

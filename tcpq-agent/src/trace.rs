@@ -149,6 +149,7 @@ pub async fn engine(
     };
     let (plan, facts) = kernel::discover(&tracefs, args.port.unwrap_or(0), filter_netns)?;
     let choices = caps::plan(&facts, args.attach);
+    caps::check_plan(args.attach, &choices).map_err(|e| anyhow!(e))?;
     // Run-time stats cost a clock read per program run: only on request.
     let _stats_fd = if args.bpf_stats {
         Some(
@@ -175,6 +176,15 @@ pub async fn engine(
         args.ring_buffer_bytes,
         syscall_mode == SyscallHooks::OnDemand,
     )?;
+    let refused: Vec<(&str, String)> = loaded
+        .kfuncs
+        .iter()
+        .filter(|k| k.kind.is_none())
+        .map(|k| (k.function, k.notes.join("; ")))
+        .collect();
+    if let Some(e) = caps::forced_error(args.attach, &refused) {
+        anyhow::bail!(e);
+    }
     // Functions that could not be hooked, grouped by the reason (on a
     // kernel without fentry/kprobes they all fail alike: say it once).
     let mut unhooked: Vec<(String, Vec<&str>)> = Vec::new();

@@ -254,6 +254,8 @@ pub struct Agent {
     child: Child,
     /// The agent's "tcpq: tracing ..." line (lists the hooks in use).
     pub ready_line: String,
+    /// What it said on stderr before that line.
+    pub early: Vec<String>,
     stderr_lines: mpsc::Receiver<String>,
     stdout_lines: mpsc::Receiver<(Instant, String)>,
     pub started: Instant,
@@ -273,8 +275,31 @@ impl Agent {
         Agent::start(&["run"], extra)
     }
 
+    /// Starts `tcpq-agent trace --output json` through `wrapper` (a program
+    /// and its arguments that then exec the agent, e.g. `setpriv ...`).
+    pub fn trace_via(wrapper: &[String], extra: &[&str]) -> Agent {
+        Agent::start_via(wrapper, &["trace", "--output", "json"], extra)
+    }
+
+    /// Like [`Agent::run`], through `wrapper`.
+    pub fn run_via(wrapper: &[String], extra: &[&str]) -> Agent {
+        Agent::start_via(wrapper, &["run"], extra)
+    }
+
     fn start(sub: &[&str], extra: &[&str]) -> Agent {
-        let mut child = Command::new(agent_bin())
+        Agent::start_via(&[], sub, extra)
+    }
+
+    fn start_via(wrapper: &[String], sub: &[&str], extra: &[&str]) -> Agent {
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(agent_bin());
+                c
+            }
+            None => Command::new(agent_bin()),
+        };
+        let mut child = cmd
             .args(sub)
             .args(extra)
             .args(match std::env::var("TCPQ_ATTACH") {
@@ -302,6 +327,7 @@ impl Agent {
             Duration::from_secs(30)
         };
         let deadline = Instant::now() + start_within;
+        let mut early = Vec::new();
         let ready_line = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -313,7 +339,7 @@ impl Agent {
                     );
                     break l;
                 }
-                Ok(_) => continue,
+                Ok(l) => early.push(l),
                 Err(_) => {
                     let _ = child.kill();
                     panic!("agent did not start tracing within {start_within:?}");
@@ -330,6 +356,7 @@ impl Agent {
         Agent {
             child,
             ready_line,
+            early,
             stderr_lines: rx,
             stdout_lines: orx,
             started: Instant::now(),

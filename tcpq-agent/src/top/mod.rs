@@ -51,7 +51,7 @@ pub fn run(args: TopArgs) -> Result<()> {
         bail!("top needs a terminal (stdin and stdout are not a TTY): use `tcpq-agent trace` for a line per event, or `tcpq-agent status` for one table");
     }
     let trace_args = args.to_trace();
-    crate::cli::validate(&trace_args)?;
+    crate::cli::validate("top", &trace_args)?;
     let filter = OwnerFilter {
         pid: args.pid,
         comm: args.comm.clone(),

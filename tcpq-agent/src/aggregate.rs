@@ -143,6 +143,8 @@ struct ListenerState {
     syn_queue: u32,
     /// `take`s in a row without a sighting; forgotten after a few.
     unseen: u8,
+    /// What its listen() asked for, when the kernel saw the call.
+    backlog_requested: Option<i32>,
 }
 
 type Endpoint = (std::net::IpAddr, u16);
@@ -563,7 +565,15 @@ impl Aggregator {
             }
             // Owners are the resolver's business; a closed listener is
             // forgotten at the next report instead of after a few polls.
-            EventKind::ListenerUp => {}
+            EventKind::ListenerUp => {
+                if let Some(b) = ev.backlog_requested {
+                    let key = ListenerKey {
+                        netns: ev.netns,
+                        inode: ev.inode,
+                    };
+                    self.listeners.entry(key).or_default().backlog_requested = Some(b);
+                }
+            }
             EventKind::ListenerDown => {
                 if let Some(st) = self.listeners.get_mut(&ListenerKey {
                     netns: ev.netns,
@@ -968,6 +978,12 @@ impl Aggregator {
             .into_iter()
             .map(|((key, kind, source, _, pid, netns), s)| {
                 let mut attrs = s.attrs;
+                let requested = key
+                    .and_then(|k| self.listeners.get(&k))
+                    .and_then(|st| st.backlog_requested);
+                if let Some(b) = requested {
+                    attrs.push(("listen.backlog_requested", json!(b)));
+                }
                 if kind.error() == Some("EADDRNOTAVAIL") {
                     if let Some(st) = netns.and_then(|n| self.ns.get(&n)?.last.as_ref()) {
                         port_headroom(st, &mut attrs);

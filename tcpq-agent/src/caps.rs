@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 /// The functions tcpq hooks, with what each contributes.
-pub const FUNCTIONS: [(&str, &str); 5] = [
+pub const FUNCTIONS: [(&str, &str); 6] = [
     (
         "tcp_conn_request",
         "SYN-time drops, exact (sk_drops before/after)",
@@ -24,6 +24,10 @@ pub const FUNCTIONS: [(&str, &str); 5] = [
     (
         "inet_csk_accept",
         "accepts per listener, counted in the kernel",
+    ),
+    (
+        "__sys_listen",
+        "the backlog listen() asked for, before the somaxconn cap",
     ),
 ];
 
@@ -339,7 +343,7 @@ mod tests {
         let f = facts((6, 18), false, 4);
         let e = check_plan(AttachMode::Kprobe, &plan(&f, AttachMode::Kprobe)).unwrap_err();
         assert!(
-            e.starts_with("--attach kprobe cannot be honoured on this kernel (tcp_conn_request, tcp_v4_syn_recv_sock, tcp_v6_syn_recv_sock, tcp_check_req, inet_csk_accept: kernel has no kprobes"),
+            e.starts_with("--attach kprobe cannot be honoured on this kernel (tcp_conn_request, tcp_v4_syn_recv_sock, tcp_v6_syn_recv_sock, tcp_check_req, inet_csk_accept, __sys_listen: kernel has no kprobes"),
             "{e}"
         );
         assert!(check_plan(AttachMode::Auto, &plan(&f, AttachMode::Auto)).is_ok());

@@ -25,6 +25,9 @@ pub struct KernelEvent {
     /// A kind counted in the kernel: this record is news (the counts come
     /// from the `STORM` map), not an occurrence to add.
     pub counted: bool,
+    /// For a listener born while tracing: the backlog its listen() asked
+    /// for, before the somaxconn cap (kernels with `__sys_listen` hooked).
+    pub backlog_requested: Option<i32>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -92,6 +95,9 @@ pub fn decode_event(ev: &Event) -> Result<KernelEvent, DecodeError> {
         netns: ev.netns,
         inode: ev.sock_ino,
         counted: ev.flags & event::flags::COUNTED != 0,
+        backlog_requested: (kind == EventKind::ListenerUp
+            && ev.flags & event::flags::BACKLOG_REQUESTED != 0)
+            .then_some(ev.detail as i32),
     })
 }
 
@@ -153,6 +159,21 @@ pub mod tests {
         assert_eq!(info.addr, "127.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!((info.port, info.queue_len, info.queue_limit), (8080, 2, 1));
         assert!(info.queue_full());
+    }
+
+    #[test]
+    fn a_new_listener_carries_the_backlog_it_asked_for() {
+        let mut r = raw(EventKind::ListenerUp);
+        assert_eq!(decode(&bytes(&r)).unwrap().backlog_requested, None);
+        r.detail = 8192;
+        r.flags = event::flags::BACKLOG_REQUESTED;
+        assert_eq!(decode(&bytes(&r)).unwrap().backlog_requested, Some(8192));
+        r.detail = -1i32 as u32;
+        assert_eq!(decode(&bytes(&r)).unwrap().backlog_requested, Some(-1));
+        // Only a listener's birth carries it.
+        let mut o = raw(EventKind::ListenOverflowAck);
+        o.flags = event::flags::BACKLOG_REQUESTED;
+        assert_eq!(decode(&bytes(&o)).unwrap().backlog_requested, None);
     }
 
     #[test]

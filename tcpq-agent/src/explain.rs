@@ -28,6 +28,13 @@ pub fn line(p: &Pending, owner: Option<&Owner>, st: Option<&NetnsState>) -> Opti
     }
     let mut e = ListenerEvidence {
         endpoint: crate::export::endpoint(p.info.addr, p.info.port),
+        // A negative listen() backlog means the largest (the kernel caps it).
+        backlog_requested: p
+            .attrs
+            .iter()
+            .find(|(k, _)| *k == "listen.backlog_requested")
+            .and_then(|(_, v)| v.as_i64())
+            .map(|b| u32::try_from(b).unwrap_or(u32::MAX)),
         process: owner.map(|o| format!("{} (pid {})", o.name, o.pid)),
         queue_len: p.info.queue_len,
         queue_limit: p.info.queue_limit,
@@ -114,6 +121,29 @@ mod tests {
         let p = pending(Kind::ListenOverflow(Stage::Syn, Next::Unknown), 7);
         let v = line(&p, None, Some(&ns())).unwrap();
         assert!(v.cause.contains("128"), "{}", v.cause);
+    }
+
+    #[test]
+    fn a_requested_backlog_names_both_numbers() {
+        let mut p = pending(Kind::ListenOverflow(Stage::Syn, Next::Unknown), 7);
+        p.attrs
+            .push(("listen.backlog_requested", serde_json::json!(8192)));
+        let v = line(&p, None, Some(&ns())).unwrap();
+        assert!(
+            v.cause
+                .contains("because listen(…, 8192) was capped to net.core.somaxconn=128"),
+            "{}",
+            v.cause
+        );
+        assert!(v.remedy.contains("at least 8192"), "{}", v.remedy);
+        // Unknown: said plainly.
+        let p = pending(Kind::ListenOverflow(Stage::Syn, Next::Unknown), 7);
+        let v = line(&p, None, Some(&ns())).unwrap();
+        assert!(
+            v.cause.contains("the backlog it asked for is not known"),
+            "{}",
+            v.cause
+        );
     }
 
     #[test]

@@ -365,6 +365,8 @@ fn programs(function: &str, kind: HookKind) -> &'static [&'static str] {
         }
         ("inet_csk_accept", HookKind::Fentry) => &["tcpq_accept_fexit"],
         ("inet_csk_accept", HookKind::Kprobe) => &["tcpq_accept_kretprobe", "tcpq_accept_kprobe"],
+        ("__sys_listen", HookKind::Fentry) => &["tcpq_sys_listen_fentry"],
+        ("__sys_listen", HookKind::Kprobe) => &["tcpq_sys_listen_kprobe"],
         _ => &[],
     }
 }

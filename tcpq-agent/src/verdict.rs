@@ -301,7 +301,7 @@ fn accept_overflow(e: &ListenerEvidence) -> Verdict {
             )
         }
         Limit::ProbablyCapped { s } => format!(
-            ", probably because the application's listen() backlog was capped to net.core.somaxconn={s}"
+            ", probably because the application's listen() backlog was capped to net.core.somaxconn={s} (the backlog it asked for is not known: tcpq sees it only in listen() calls made while it runs, on kernels with kprobes or fentry)"
         ),
         Limit::Own { b: Some(b), .. } => {
             format!(" because the application asked listen() for a backlog of only {b}")
@@ -883,7 +883,7 @@ mod tests {
         let v = verdict(&e);
         assert_eq!(
             v.cause,
-            "The accept queue of [::]:443 overflowed 667399 times (129 queued now, limit 128), probably because the application's listen() backlog was capped to net.core.somaxconn=128; all 667399 were answered with a RST because net.ipv4.tcp_abort_on_overflow=1, so clients saw \"connection reset by peer\"."
+            "The accept queue of [::]:443 overflowed 667399 times (129 queued now, limit 128), probably because the application's listen() backlog was capped to net.core.somaxconn=128 (the backlog it asked for is not known: tcpq sees it only in listen() calls made while it runs, on kernels with kprobes or fentry); all 667399 were answered with a RST because net.ipv4.tcp_abort_on_overflow=1, so clients saw \"connection reset by peer\"."
         );
         assert_eq!(
             v.remedy,

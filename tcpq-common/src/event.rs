@@ -109,6 +109,9 @@ pub mod flags {
     /// that CPU's running total for the key. Through the ring buffer it is
     /// only news ("this key moved"); the counts come from reading the map.
     pub const COUNTED: u32 = 1;
+    /// A [`super::EventKind::ListenerUp`] whose `detail` is the backlog the
+    /// application passed to listen() (as an i32), before the somaxconn cap.
+    pub const BACKLOG_REQUESTED: u32 = 2;
 }
 
 /// Which kind of kernel hook produced an event.

@@ -495,3 +495,50 @@ fn accepts_during_overflow_are_counted() {
         .max();
     assert_eq!(queue_max, Some(2), "{lines:#?}");
 }
+
+/// `listen(fd, 64)` under `somaxconn=4`: the queue limit is 4. Where the
+/// kernel-function hooks run (`__sys_listen`), the line carries the 64 the
+/// application asked for and the verdict names both numbers; elsewhere the
+/// verdict says the requested value is not known.
+#[test]
+fn a_capped_backlog_is_named_with_what_listen_asked_for() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("cap9120");
+    ns.sysctl("net.core.somaxconn", "4");
+    let port = 9120;
+    let p = port.to_string();
+    // The agent first: the listener is born while it traces.
+    let agent = Agent::trace(&["--port", &p]);
+    let before = ns.counters();
+    let (mut server, _) = ns.scenario(&["listen", &p, "64", "8"]);
+    let (mut clients, _) = ns.scenario(&["connect", &p, "10", "1", "3"]);
+    clients.wait().unwrap();
+    let after = ns.counters();
+    let lines = agent.stop();
+    let _ = (server.kill(), server.wait());
+    assert_counts_match(&lines, port, &ns, &before, &after, 3);
+    let ov: Vec<_> = lines
+        .iter()
+        .filter(|l| l["event"] == "listen_overflow" && l["server.port"] == port)
+        .collect();
+    let kfunc = matches!(expected_sources().0.as_str(), "fentry" | "kprobe");
+    for l in &ov {
+        assert_eq!(l["queue.limit"], 4, "{l}");
+        let cause = l["verdict.cause"].as_str().unwrap_or_default();
+        if kfunc {
+            assert_eq!(l["listen.backlog_requested"], 64, "{l}");
+            assert!(
+                cause.contains("listen(…, 64) was capped to net.core.somaxconn=4"),
+                "{cause}"
+            );
+        } else {
+            assert!(l.get("listen.backlog_requested").is_none(), "{l}");
+            assert!(
+                cause.contains("the backlog it asked for is not known"),
+                "{cause}"
+            );
+        }
+    }
+}

@@ -3,6 +3,7 @@
 
 mod accept;
 mod accept_error;
+pub mod backlog;
 mod connect;
 mod kfunc;
 pub mod latency;

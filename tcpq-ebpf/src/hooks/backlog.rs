@@ -1,0 +1,55 @@
+//! The backlog an application asked `listen()` for, before the kernel caps
+//! it to `net.core.somaxconn` (the listener only keeps the capped value,
+//! `sk_max_ack_backlog`, which sock_diag shows).
+//!
+//! Hook: fentry, else kprobe, on
+//!   int __sys_listen(int fd, int backlog);
+//! (every kernel since 4.17's syscall wrappers; where it is inlined into
+//! `__x64_sys_listen` it has no symbol and is not hooked). Its entry stores
+//! the backlog under the calling thread; the CLOSE → LISTEN state change
+//! inside the same call (`connect`'s `inet_sock_set_state` hook) takes it
+//! into the listener's `ListenerUp` event. listen() through io_uring
+//! (`__sys_listen_socket`, 6.11+) is not seen. Kernels with neither kind of
+//! hook: the requested value cannot be known, and the verdict says so.
+//!
+//! Cost: runs on listen() calls only, never on the connection path.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{fentry, kprobe, map},
+    maps::LruHashMap,
+    programs::{FEntryContext, ProbeContext},
+};
+
+/// pid_tgid → the backlog its running listen() asked for. LRU: an entry
+/// whose listen() failed before the state change is simply displaced.
+#[map]
+static REQUESTED_BACKLOG: LruHashMap<u64, i32> = LruHashMap::with_max_entries(1024, 0);
+
+#[inline(always)]
+fn requested(backlog: i32) {
+    let _ = REQUESTED_BACKLOG.insert(&bpf_get_current_pid_tgid(), &backlog, 0);
+}
+
+/// The backlog the current thread's listen() asked for, taken.
+#[inline(always)]
+pub fn take() -> Option<i32> {
+    let tid = bpf_get_current_pid_tgid();
+    let b = unsafe { REQUESTED_BACKLOG.get(&tid) }.copied()?;
+    let _ = REQUESTED_BACKLOG.remove(&tid);
+    Some(b)
+}
+
+#[fentry(function = "__sys_listen")]
+pub fn tcpq_sys_listen_fentry(ctx: FEntryContext) -> u32 {
+    requested(ctx.arg::<i32>(1));
+    0
+}
+
+#[kprobe]
+pub fn tcpq_sys_listen_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(b) = ctx.arg::<i32>(1) {
+        requested(b);
+    }
+    0
+}

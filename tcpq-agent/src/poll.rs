@@ -276,7 +276,8 @@ pub fn spawn(
             let mut memory = Memory::default();
             let mut woken = false;
             loop {
-                let slow = Instant::now() >= next_slow;
+                // The last round before exiting is complete (CLOSE_WAIT too).
+                let slow = woken || Instant::now() >= next_slow;
                 let cpu = thread_cpu();
                 let snaps = round(
                     &home,

@@ -174,7 +174,7 @@ pub fn text_table(rows: &[Row]) -> String {
         let owner = r
             .owner
             .as_ref()
-            .map(|o| format!("{} ({})", o.name, o.pid))
+            .map(|o| format!("{} ({})", export::text_safe(&o.name), o.pid))
             .unwrap_or_else(|| "?".into());
         out += &format!(
             "{:<11} {:<28} {:<24} {:>6} {:>6} {:>9} {:>8} {:>6} {:>10}\n",
@@ -191,7 +191,8 @@ pub fn text_table(rows: &[Row]) -> String {
             r.close_wait
         );
         if let Some(v) = &r.verdict {
-            out += &format!("    cause:  {}\n    remedy: {}\n", v.cause, v.remedy);
+            let (cause, remedy) = (export::text_safe(&v.cause), export::text_safe(&v.remedy));
+            out += &format!("    cause:  {cause}\n    remedy: {remedy}\n");
         }
     }
     out
@@ -284,7 +285,7 @@ pub fn run(format: Format, port: Option<u16>) -> Result<()> {
     match format {
         Format::Json => {
             for v in json_lines(&all, &ports, at) {
-                writeln!(out, "{v}")?;
+                writeln!(out, "{}", export::json_line(&v))?;
             }
         }
         Format::Text => {
@@ -293,7 +294,8 @@ pub fn run(format: Format, port: Option<u16>) -> Result<()> {
                 writeln!(
                     out,
                     "netns {ns} local ports:\n    cause:  {}\n    remedy: {}",
-                    v.cause, v.remedy
+                    export::text_safe(&v.cause),
+                    export::text_safe(&v.remedy)
                 )?;
             }
         }

@@ -377,6 +377,26 @@ mod tests {
     }
 
     #[test]
+    fn a_forged_owner_name_stays_in_its_row() {
+        let l = [sock(10, 8080, 129, 128, 40)];
+        let owner = |_| {
+            Some(resolve::Owner {
+                pid: 9,
+                name: "x\n<0>1 F]\"\\".into(),
+                ..Default::default()
+            })
+        };
+        let r = rows(5, &l, &[], &state(128, 1), &owner);
+        let t = text_table(&r);
+        // Header, the row, its cause and remedy: nothing more.
+        assert_eq!(t.lines().count(), 4, "{t}");
+        assert!(t.contains(r#"x\n<0>1 F]"\ (9)"#), "{t}");
+        assert!(!t.chars().any(|c| c != '\n' && c.is_control()));
+        let j = json_row(&r[0]);
+        assert_eq!(j["process.executable.name"], "x\n<0>1 F]\"\\");
+    }
+
+    #[test]
     fn a_healthy_listener_has_no_verdict() {
         let r = rows(5, &[sock(10, 80, 0, 511, 0)], &[], &state(4096, 1), &|_| {
             None

@@ -619,18 +619,32 @@ fn a_full_disk_costs_whole_lines_counted_never_glued() {
     let metrics = format!("127.0.0.1:{}", free_port());
     let events = mnt.join("events.jsonl");
     // A 64 KiB tmpfs in a mount namespace of the agent's own, 60 KiB of it
-    // taken: one page left for the JSON lines.
+    // taken: one page left for the JSON lines. A `sleep` holds the
+    // namespace (and the file) after the agent exits.
+    let holder_pid = dir.path("holder.pid");
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount -t tmpfs -o size=64k tcpq-full "$0" && dd if=/dev/zero of="$0/filler" bs=4096 count=15 2>/dev/null && exec "$@""#)
+        .arg(r#"mount -t tmpfs -o size=64k tcpq-full "$0" && dd if=/dev/zero of="$0/filler" bs=4096 count=15 2>/dev/null && { sleep 600 </dev/null >/dev/null 2>&1 & echo $! > "$0.holder"; } && exec "$@""#)
         .arg(&mnt)
         .arg(agent_bin())
         .args(["run", "--output-file", events.to_str().unwrap(), "--snapshot-interval", "0"])
         .args(["--metrics-address", &metrics, "--syslog", &sink.target()])
         .args(attach_args());
     let agent = Agent::spawn(cmd);
-    let inside =
-        PathBuf::from(format!("/proc/{}/root", agent.pid())).join(mnt.strip_prefix("/").unwrap());
+    std::fs::rename(dir.path("mnt.holder"), &holder_pid).unwrap();
+    let holder: i32 = std::fs::read_to_string(&holder_pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    struct Holder(i32);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _holder = Holder(holder);
+    let inside = PathBuf::from(format!("/proc/{holder}/root")).join(mnt.strip_prefix("/").unwrap());
     let file = inside.join("events.jsonl");
     let scrape = |name: &str| {
         let (_, body) = http_get(&metrics, "/metrics").unwrap();
@@ -675,14 +689,21 @@ fn a_full_disk_costs_whole_lines_counted_never_glued() {
     let recovered = agent
         .wait_stderr("tcpq: output: writing again;", Duration::from_secs(5))
         .expect("the recovery is said");
-    std::thread::sleep(Duration::from_secs(2));
-    let lost = scrape("tcpq_output_lines_lost_total").unwrap() as usize;
+    let (_, err) = agent.stop_with_stderr(libc::SIGTERM);
+    let lost: usize = err
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("tcpq: output: ")?
+                .strip_suffix(" JSON lines could not be written")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no count of lost lines at exit: {err:?}"));
     assert!(
         recovered.contains(&format!(" {lost} JSON lines lost meanwhile")),
         "{recovered}"
     );
     let text = std::fs::read_to_string(&file).unwrap();
-    agent.stop_with(libc::SIGTERM);
 
     // Every line parses but at most one fragment, which is a line of its
     // own (the lines around it parse).

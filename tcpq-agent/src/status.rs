@@ -282,25 +282,29 @@ pub fn run(format: Format, port: Option<u16>) -> Result<()> {
     let (all, ports) = collect(port)?;
     let at = std::time::SystemTime::now();
     let mut out = std::io::stdout().lock();
-    match format {
-        Format::Json => {
-            for v in json_lines(&all, &ports, at) {
-                writeln!(out, "{}", export::json_line(&v))?;
+    let written = (|| -> std::io::Result<()> {
+        match format {
+            Format::Json => {
+                for v in json_lines(&all, &ports, at) {
+                    writeln!(out, "{}", export::json_line(&v))?;
+                }
+            }
+            Format::Text => {
+                write!(out, "{}", text_table(&all))?;
+                for (ns, v) in &ports {
+                    writeln!(
+                        out,
+                        "netns {ns} local ports:\n    cause:  {}\n    remedy: {}",
+                        export::text_safe(&v.cause),
+                        export::text_safe(&v.remedy)
+                    )?;
+                }
             }
         }
-        Format::Text => {
-            write!(out, "{}", text_table(&all))?;
-            for (ns, v) in &ports {
-                writeln!(
-                    out,
-                    "netns {ns} local ports:\n    cause:  {}\n    remedy: {}",
-                    export::text_safe(&v.cause),
-                    export::text_safe(&v.remedy)
-                )?;
-            }
-        }
-    }
-    Ok(())
+        out.flush()
+    })();
+    // "output: No space left on device", as `trace` says it.
+    written.map_err(|e| anyhow::anyhow!("output: {}", crate::trace::os_reason(&e)))
 }
 
 #[cfg(test)]

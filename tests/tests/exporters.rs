@@ -604,6 +604,21 @@ fn trace_exits_non_zero_with_one_line_when_its_output_fails() {
             1
         );
     }
+    // `status` says it the same way.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(agent_bin())
+        .arg("status")
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "tcpq-agent: output: No space left on device\n"
+    );
 }
 
 #[test]

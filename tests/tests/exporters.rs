@@ -633,13 +633,13 @@ fn a_full_disk_costs_whole_lines_counted_never_glued() {
     let sink = StreamSink::start(dir.path("syslog.sock"));
     let metrics = format!("127.0.0.1:{}", free_port());
     let events = mnt.join("events.jsonl");
-    // A 64 KiB tmpfs in a mount namespace of the agent's own, 60 KiB of it
+    // A 1 MiB tmpfs in a mount namespace of the agent's own, all but 4 KiB of it
     // taken: one page left for the JSON lines. A `sleep` holds the
     // namespace (and the file) after the agent exits.
     let holder_pid = dir.path("holder.pid");
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount -t tmpfs -o size=64k tcpq-full "$0" && dd if=/dev/zero of="$0/filler" bs=4096 count=15 2>/dev/null && { sleep 600 </dev/null >/dev/null 2>&1 & echo $! > "$0.holder"; } && exec "$@""#)
+        .arg(r#"mount -t tmpfs -o size=1m tcpq-full "$0" && dd if=/dev/zero of="$0/filler" bs=4096 count=255 2>/dev/null && { sleep 600 </dev/null >/dev/null 2>&1 & echo $! > "$0.holder"; } && exec "$@""#)
         .arg(&mnt)
         .arg(agent_bin())
         .args(["run", "--output-file", events.to_str().unwrap(), "--snapshot-interval", "0"])

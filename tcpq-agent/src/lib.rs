@@ -19,6 +19,7 @@ pub mod decode;
 pub mod doctor;
 pub mod explain;
 pub mod export;
+pub mod k8s;
 pub mod kernel;
 pub mod latency;
 pub mod load;

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fs::File,
     os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
@@ -26,21 +26,48 @@ pub fn current() -> Result<u32> {
 /// inode → a path that opens it. A namespace with neither holds no
 /// listener, since a listening socket needs a process holding its fd.
 pub fn list() -> BTreeMap<u32, PathBuf> {
-    let mut out = BTreeMap::new();
-    if let Ok(rd) = std::fs::read_dir("/run/netns") {
-        for e in rd.flatten() {
-            if let Ok(ino) = inode_of(&e.path()) {
-                out.entry(ino).or_insert(e.path());
+    Cache::default().list(true)
+}
+
+/// [`list`] for a caller that asks several times a second: each process's
+/// namespace is looked up once (a `stat` per new pid, where listing from
+/// scratch costs one per process), and from scratch on a `full` listing,
+/// which follows the rare process that changed namespace (`setns`,
+/// `unshare`) or a reused pid.
+#[derive(Default)]
+pub struct Cache {
+    by_pid: HashMap<u32, u32>,
+}
+
+impl Cache {
+    pub fn list(&mut self, full: bool) -> BTreeMap<u32, PathBuf> {
+        if full {
+            self.by_pid.clear();
+        }
+        let mut out = BTreeMap::new();
+        if let Ok(rd) = std::fs::read_dir("/run/netns") {
+            for e in rd.flatten() {
+                if let Ok(ino) = inode_of(&e.path()) {
+                    out.entry(ino).or_insert(e.path());
+                }
             }
         }
-    }
-    for pid in crate::resolve::pids() {
-        let p = PathBuf::from(format!("/proc/{pid}/ns/net"));
-        if let Ok(ino) = inode_of(&p) {
+        let mut seen = HashMap::with_capacity(self.by_pid.len());
+        for pid in crate::resolve::pids() {
+            let p = PathBuf::from(format!("/proc/{pid}/ns/net"));
+            let ino = match self.by_pid.get(&pid) {
+                Some(&ino) => ino,
+                None => match inode_of(&p) {
+                    Ok(ino) => ino,
+                    Err(_) => continue,
+                },
+            };
+            seen.insert(pid, ino);
             out.entry(ino).or_insert(p);
         }
+        self.by_pid = seen;
+        out
     }
-    out
 }
 
 /// Runs `f` with the calling thread moved into the namespace at `path`,

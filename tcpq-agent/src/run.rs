@@ -284,12 +284,14 @@ fn otlp_attr(label: &str) -> String {
 
 /// A line's labels: where, whose, and the kind's dimensions. Every family
 /// has all of them (empty ones are not rendered); no pid (pids churn).
-const LABELS: [(&str, &str); 10] = [
+const LABELS: [(&str, &str); 12] = [
     ("server_address", "server.address"),
     ("server_port", "server.port"),
     ("netns", "network.netns"),
     ("process", "process.executable.name"),
     ("container_id", "container.id"),
+    ("k8s_namespace", "k8s.namespace.name"),
+    ("k8s_pod", "k8s.pod.name"),
     ("stage", "stage"),
     ("next", "next"),
     ("reason", "reason"),

@@ -23,7 +23,7 @@ use tokio::{
 
 use crate::{
     accepts::{self, AcceptCounter, Accepts},
-    aggregate::{Aggregator, Hooked, NetnsSnapshot},
+    aggregate::{Aggregator, Hooked},
     caps,
     cli::{SyscallHooks, TraceArgs},
     decode, export, kernel,
@@ -102,7 +102,7 @@ struct Session {
     /// Asks the sock_diag thread for a round now (it also reads the
     /// kernel's counts): sent on news of a counted kind, at most every
     /// [`NEWS_WAKE_EVERY`].
-    wake: std_mpsc::Sender<()>,
+    wake: std_mpsc::Sender<bool>,
     last_wake: std::time::Instant,
     received: u64,
     undecodable: u64,
@@ -269,7 +269,7 @@ pub async fn engine(
         )?,
         tally: Default::default(),
     };
-    let (tx, mut rx) = mpsc::channel::<Vec<NetnsSnapshot>>(4);
+    let (tx, mut rx) = mpsc::channel::<poll::Round>(4);
     let (wake, wake_rx) = std_mpsc::channel();
     let _poller = poll::spawn(args.poll_interval, tx, wake_rx, Some(storms))?;
 
@@ -314,8 +314,8 @@ pub async fn engine(
         .await
         .ok_or_else(|| anyhow!("the sock_diag poller stopped"))?;
     s.drain(ring.get_mut());
-    let listeners: usize = first.iter().map(|n| n.listeners.len()).sum();
-    let namespaces = first.len();
+    let listeners: usize = first.snaps.iter().map(|n| n.listeners.len()).sum();
+    let namespaces = first.snaps.len();
     s.apply(first);
     // Start-up parsed the kernel's BTF twice (ours and aya's); give that
     // memory back to the system rather than keep it for the agent's life.
@@ -413,7 +413,7 @@ pub async fn engine(
     // Last round: count what happened up to the stop, then flush (unless
     // the output already failed: nothing more can be written).
     if output_failed.is_none() {
-        if wake.send(()).is_ok() {
+        if wake.send(true).is_ok() {
             if let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
                 s.drain(ring.get_mut());
                 s.apply(r);
@@ -478,7 +478,7 @@ impl Session {
                     self.received += 1;
                     if self.last_wake.elapsed() >= NEWS_WAKE_EVERY {
                         self.last_wake = std::time::Instant::now();
-                        let _ = self.wake.send(());
+                        let _ = self.wake.send(false);
                     }
                 }
                 Ok(ev) => {
@@ -493,7 +493,11 @@ impl Session {
         }
     }
 
-    fn apply(&mut self, mut round: Vec<NetnsSnapshot>) {
+    fn apply(&mut self, round: poll::Round) {
+        let poll::Round {
+            snaps: mut round,
+            alive,
+        } = round;
         // The kernel's counts first, each before the dump it came with:
         // a namespace filtered out below may carry another one's counts.
         for snap in &round {
@@ -510,7 +514,7 @@ impl Session {
         for snap in &round {
             self.agg.on_snapshot(snap);
         }
-        self.agg.end_round(&round);
+        self.agg.end_round(&alive);
         self.choose_latency_ports();
     }
 
@@ -623,7 +627,13 @@ impl Session {
             if let Some(f) = &self.pid_filter {
                 let mine = match (p.pid, p.key) {
                     (Some(pid), _) => pid == f.owner.pid,
-                    (None, Some(k)) => f.sockets.contains(&k.inode),
+                    // A socket it holds; of an SO_REUSEPORT group whose
+                    // every member it holds (an nginx worker), its own.
+                    (None, Some(k)) => {
+                        f.sockets.contains(&k.inode)
+                            && (!self.resolver.in_group(k.inode)
+                                || owner.is_none_or(|o| o.pid == f.owner.pid))
+                    }
                     (None, None) => owner.is_some_and(|o| o.pid == f.owner.pid),
                 };
                 if !mine {
@@ -854,6 +864,7 @@ impl Session {
         if let Some(f) = &mut self.pid_filter {
             f.sockets.extend(resolve::sockets_of(f.owner.pid));
         }
+        self.resolver.set_groups(self.agg.reuseport_groups());
         self.resolver.learn(inodes);
     }
 }

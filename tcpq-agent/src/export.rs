@@ -28,6 +28,66 @@ pub struct Report<'a> {
     pub verdict: Option<crate::verdict::Verdict>,
 }
 
+/// Whether a character must not reach a text line raw: C0 and C1 controls,
+/// DEL, the Unicode line and paragraph separators, and the bidirectional
+/// overrides and isolates (text that reorders what follows it on screen).
+fn unsafe_in_text(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}')
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+/// A text line (or a part of one) with every character that could end it,
+/// forge another, or rewrite it on a terminal shown as an escape: `\n`,
+/// `\r`, `\t`, `\xNN` for other ASCII controls, `\u{NNNN}` for the rest.
+/// Strings from the kernel and /proc (a process name set with
+/// `prctl(PR_SET_NAME)`, a command line, a cgroup path) go through it, so a
+/// text line is always one line. Backslashes are left as they are: the text
+/// is for people; JSON is the exact form.
+pub fn text_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(unsafe_in_text) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_ascii_control() => out += &format!("\\x{:02x}", c as u32),
+            c if unsafe_in_text(c) => out += &format!("\\u{{{:04x}}}", c as u32),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
+/// One JSON object as one line: serde_json's escaping (every C0 control,
+/// `"` and `\`), plus DEL, the C1 controls and U+2028/U+2029 as `\uNNNN`,
+/// so the line holds no control character at all. It parses back to the
+/// same value.
+pub fn json_line(v: &Value) -> String {
+    let s = v.to_string();
+    if !s
+        .chars()
+        .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
+    {
+        return s;
+    }
+    // Outside strings serde_json writes no such character, so every one
+    // found is inside a string, where `\uNNNN` is its escape.
+    let mut out = String::with_capacity(s.len() + 12);
+    for c in s.chars() {
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            out += &format!("\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub fn timestamp(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
@@ -223,8 +283,10 @@ pub fn text(r: &Report) -> String {
         s += &format!(" {k}={v}");
     }
     s += &format!(" source={}", p.source.as_str());
+    let mut s = text_safe(&s).into_owned();
     if let Some(v) = &r.verdict {
-        s += &format!("\n    cause:  {}\n    remedy: {}", v.cause, v.remedy);
+        let (cause, remedy) = (text_safe(&v.cause), text_safe(&v.remedy));
+        s += &format!("\n    cause:  {cause}\n    remedy: {remedy}");
     }
     s
 }
@@ -240,7 +302,7 @@ pub fn endpoint(addr: std::net::IpAddr, port: u16) -> String {
 pub fn render(format: Format, r: &Report) -> String {
     match format {
         Format::Text => text(r),
-        Format::Json => json(r).to_string(),
+        Format::Json => json_line(&json(r)),
     }
 }
 
@@ -259,7 +321,7 @@ pub fn lost_json(at: SystemTime, count: u64) -> Value {
 /// user space.
 pub fn lost(format: Format, at: SystemTime, count: u64) -> String {
     match format {
-        Format::Json => lost_json(at, count).to_string(),
+        Format::Json => json_line(&lost_json(at, count)),
         Format::Text => format!(
             "{} events_lost count={count} (ring buffer full: kernel events not delivered; counts above are low by this much)",
             timestamp(at)
@@ -372,6 +434,73 @@ mod tests {
              netns=4026532000 queue=3/2 pid=? source=sock_diag"
         );
         assert!(lost(Format::Json, at, 7).contains("\"count\":7"));
+    }
+
+    /// A name a process can give itself with prctl(PR_SET_NAME), and
+    /// worse: newlines, a forged syslog header, SD delimiters, a terminal
+    /// escape, C1, a line separator, a bidi override.
+    const FORGED: &str = "x\n<0>1 FORGED\r\"]\\\t\u{1b}[2J\u{7f}\u{85}\u{2028}\u{202e}y";
+
+    #[test]
+    fn text_safe_leaves_no_control_character() {
+        assert_eq!(text_safe("redis-server *:6379"), "redis-server *:6379");
+        assert!(matches!(text_safe("plain"), std::borrow::Cow::Borrowed(_)));
+        let t = text_safe(FORGED);
+        assert_eq!(
+            t,
+            r#"x\n<0>1 FORGED\r"]\\t\x1b[2J\x7f\u{0085}\u{2028}\u{202e}y"#
+        );
+        assert!(!t.chars().any(unsafe_in_text));
+        assert_eq!(text_safe("é ü 名前"), "é ü 名前");
+    }
+
+    #[test]
+    fn json_line_escapes_every_control_and_parses_back() {
+        let v = json!({"process.executable.name": FORGED, "n": 1});
+        let line = json_line(&v);
+        assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
+        assert!(!line.contains('\u{2028}'));
+        assert!(line.contains(r"\u007f") && line.contains(r"\u0085") && line.contains(r"\u2028"));
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), v);
+        let plain = json!({"a": "b"});
+        assert_eq!(json_line(&plain), plain.to_string());
+    }
+
+    #[test]
+    fn a_forged_owner_name_stays_on_its_line() {
+        let p = pending();
+        let owner = Owner {
+            pid: 42,
+            name: FORGED.into(),
+            exe: Some(format!("/tmp/{FORGED}")),
+            cmdline: Some(FORGED.into()),
+            user: None,
+            placement: None,
+            holders: vec![42],
+        };
+        let verdict = crate::verdict::Verdict {
+            cause: format!("{FORGED} (pid 42) does not accept"),
+            remedy: "fix it".into(),
+        };
+        let r = Report {
+            at: UNIX_EPOCH,
+            pending: &p,
+            owner: Some(&owner),
+            accepts: None,
+            verdict: Some(verdict),
+        };
+        let t = text(&r);
+        let lines: Vec<&str> = t.split('\n').collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        assert!(lines[0].contains(r"pid=42 (x\n<0>1 FORGED\r"), "{t}");
+        assert!(lines[1].starts_with("    cause:  x\\n<0>1 FORGED"), "{t}");
+        assert!(lines[2].starts_with("    remedy: "));
+        assert!(!t.chars().any(|c| c != '\n' && unsafe_in_text(c)), "{t:?}");
+        let j = render(Format::Json, &r);
+        assert!(!j.chars().any(|c| c.is_control()));
+        let v: Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["process.executable.name"], FORGED);
+        assert_eq!(v["process.command_line"], FORGED);
     }
 
     #[test]

@@ -256,10 +256,14 @@ pub fn parse_fd_limit(limits: &str) -> Option<u64> {
 /// Linux: `Name` of /proc/PID/status, i.e. `comm` (what `ps` and `top`
 /// show; for a symlinked binary such as Debian's redis-server, the name it
 /// was started as, not the link target).
+///
+/// Exactly what the process named itself (prctl(PR_SET_NAME) takes any
+/// bytes): only the kernel's newline is taken off, and bytes that are not
+/// UTF-8 become U+FFFD instead of hiding the name. The exporters escape it.
 pub fn process_name(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim_end().to_string())
+    let raw = std::fs::read(format!("/proc/{pid}/comm")).ok()?;
+    let raw = raw.strip_suffix(b"\n").unwrap_or(&raw);
+    Some(String::from_utf8_lossy(raw).into_owned())
 }
 
 /// Caches inode → owner. An owner is looked up as soon as its socket is

@@ -12,7 +12,7 @@
 use std::{
     collections::HashMap,
     fs::{File, OpenOptions},
-    io::{self, BufWriter, Write},
+    io,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
@@ -32,7 +32,7 @@ use crate::{
     latency::{self, Summary},
     metrics::{self, Labels, Registry, Type},
     model::{self, Measure},
-    sink::{AgentFilters, Sink, View},
+    sink::{AgentFilters, LineOut, RawStdout, Sink, View},
     syslog::Syslog,
     trace::{self, Control},
 };
@@ -85,6 +85,7 @@ async fn sidecar(args: RunArgs, cfg: config::Run, exporters: tokio::runtime::Han
         }
         None => None,
     };
+    let syslog_stats = syslog.as_ref().map(Syslog::stats);
     let otlp = match cfg.otlp.clone() {
         Some(c) => {
             let o = exporters
@@ -112,7 +113,7 @@ async fn sidecar(args: RunArgs, cfg: config::Run, exporters: tokio::runtime::Han
     tokio::spawn(snapshots(every_rx, cfg.detect.port, tx));
     let mut sink = Sidecar {
         exporters,
-        syslog_base: (0, 0),
+        syslog_stats,
         args,
         cfg: cfg.clone(),
         out,
@@ -126,6 +127,8 @@ async fn sidecar(args: RunArgs, cfg: config::Run, exporters: tokio::runtime::Han
         otlp,
         otlp_next: Instant::now(),
         started: SystemTime::now(),
+        lines_lost: 0,
+        out_failing: None,
     };
     let result = trace::engine(cfg.detect.clone(), &mut sink, Some(rx)).await;
     sink.close().await;
@@ -176,39 +179,39 @@ async fn snapshots(
     }
 }
 
-/// JSON lines: stdout, or a file reopened on SIGHUP.
+/// JSON lines: stdout, or a file reopened on SIGHUP. Each line is written
+/// whole or counted lost ([`LineOut`]: one write per line, a newline
+/// repair after a partial one), so a full disk costs lines, counted in
+/// `tcpq_output_lines_lost_total`, and never glues two together.
 enum Output {
-    Stdout(io::Stdout),
-    File { path: PathBuf, w: BufWriter<File> },
+    Stdout(LineOut<RawStdout>),
+    File { path: PathBuf, w: LineOut<File> },
 }
 
 impl Output {
     fn open(path: Option<PathBuf>) -> Result<Output> {
         Ok(match path {
-            None => Output::Stdout(io::stdout()),
+            None => Output::Stdout(LineOut::new(RawStdout)),
             Some(path) => {
                 let f = open_append(&path).map_err(|e| {
                     anyhow!("output file {}: {}", path.display(), config::io_reason(&e))
                 })?;
+                // A line cut by a full disk (or a crash) before this open:
+                // the first write ends it.
+                let mid_line = ends_mid_line(&f);
                 Output::File {
                     path,
-                    w: BufWriter::new(f),
+                    w: LineOut::resume(f, mid_line),
                 }
             }
         })
     }
 
     fn line(&mut self, v: &Value) -> io::Result<()> {
+        let line = export::json_line(v);
         match self {
-            Output::Stdout(s) => writeln!(s.lock(), "{v}"),
-            Output::File { w, .. } => writeln!(w, "{v}"),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Output::Stdout(s) => s.lock().flush(),
-            Output::File { w, .. } => w.flush(),
+            Output::Stdout(w) => w.line(&line),
+            Output::File { w, .. } => w.line(&line),
         }
     }
 
@@ -220,21 +223,36 @@ impl Output {
     }
 }
 
+/// Whether a file's last byte is something other than a newline.
+fn ends_mid_line(f: &File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut last = [b'\n'];
+    len > 0 && f.read_exact_at(&mut last, len - 1).is_ok() && last[0] != b'\n'
+}
+
 fn open_append(path: &PathBuf) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    // Readable too: `ends_mid_line` looks at the last byte.
+    OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
 }
 
 struct Sidecar {
     /// Where syslog senders run.
     exporters: tokio::runtime::Handle,
-    /// Messages sent and dropped by syslog senders replaced by a reload.
-    syslog_base: (u64, u64),
+    /// The syslog counters, shared by every sender this agent ran (a
+    /// reload to a new target keeps the sender and its queue; one that
+    /// removes syslog drains it in the background).
+    syslog_stats: Option<Arc<crate::syslog::Stats>>,
     args: RunArgs,
     cfg: config::Run,
     out: Output,
     syslog: Option<Syslog>,
-    /// A syslog sender being started by a reload, taken over once ready.
-    next_syslog: Arc<Mutex<Option<(Syslog, crate::syslog::Config)>>>,
+    /// A connection to the syslog target of a reload, taken over once made.
+    next_syslog: Arc<Mutex<Option<(crate::syslog::Connection, crate::syslog::Config)>>>,
     registry: Arc<Mutex<Registry>>,
     /// Listener inode → (process, container id), from the snapshots, for
     /// the labels of listeners whose owner the engine has not resolved.
@@ -246,6 +264,10 @@ struct Sidecar {
     otlp: Option<crate::otlp::Otlp>,
     otlp_next: Instant,
     started: SystemTime,
+    /// JSON lines lost to output errors, in total.
+    lines_lost: u64,
+    /// While writes fail: `lines_lost` when they started failing.
+    out_failing: Option<u64>,
 }
 
 /// A label's name in OTLP: the JSON lines' key it came from.
@@ -306,7 +328,8 @@ fn describe(r: &mut Registry) {
         ("tcpq_owners_cached", "Socket owners the agent holds in memory.", Type::Gauge),
         ("tcpq_metric_series", "Metric series the agent exports.", Type::Gauge),
         ("tcpq_metric_series_overflowed_total", "Updates folded into overflow series because a family reached metrics.max_series.", Type::Counter),
-        ("tcpq_output_errors_total", "JSON lines that could not be written.", Type::Counter),
+        ("tcpq_output_errors_total", "Failed writes to the JSON-lines output (one per lost line: each line is one write), and failed reopens on SIGHUP.", Type::Counter),
+        ("tcpq_output_lines_lost_total", "JSON lines not written (whole or in part: a partial line is ended with a newline at the next write) because the output failed.", Type::Counter),
         ("tcpq_netns_unreadable", "Network namespaces the agent could not read in its last sock_diag round (their listeners are not watched), by reason (open_denied, setns_denied, setns_failed, open_failed; proc_ns_denied: processes whose namespace could not be identified) and missing capability.", Type::Gauge),
         ("tcpq_owner_lookup_failures_total", "Socket owner lookups that failed, by reason (fd_denied: other processes' /proc/PID/fd unreadable) and missing capability.", Type::Counter),
     ] {
@@ -329,9 +352,28 @@ impl Sidecar {
     /// A line to the JSON output and syslog; write errors are counted (a
     /// full disk must not stop the metrics).
     fn emit(&mut self, v: &Value, to_syslog: bool) {
-        if self.out.line(v).is_err() {
-            self.registry()
-                .inc("tcpq_output_errors_total", &Vec::new(), 1);
+        match self.out.line(v) {
+            Ok(()) if self.out_failing.is_some() => {
+                let since = self.out_failing.take().unwrap_or_default();
+                eprintln!(
+                    "tcpq: output: writing again; {} JSON lines lost meanwhile (tcpq_output_lines_lost_total)",
+                    self.lines_lost - since
+                );
+            }
+            Ok(()) => {}
+            Err(e) => {
+                self.lines_lost += 1;
+                if self.out_failing.is_none() {
+                    self.out_failing = Some(self.lines_lost - 1);
+                    eprintln!(
+                        "tcpq: output: {}: JSON lines are lost, and counted in tcpq_output_lines_lost_total, until writes work again",
+                        trace::os_reason(&e)
+                    );
+                }
+                let mut r = self.registry();
+                r.inc("tcpq_output_errors_total", &Vec::new(), 1);
+                r.inc("tcpq_output_lines_lost_total", &Vec::new(), 1);
+            }
         }
         if to_syslog {
             self.take_new_syslog();
@@ -350,22 +392,34 @@ impl Sidecar {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some((s, c)) = ready {
-            eprintln!("tcpq: sending events to syslog {}", s.target());
-            self.retire_syslog();
-            self.syslog = Some(s);
-            self.cfg.syslog = Some(c);
+        let Some((conn, c)) = ready else { return };
+        match &mut self.syslog {
+            // The queue (what waited for an unreachable old target too)
+            // goes to the new one.
+            Some(s) => {
+                if !s.retarget(c.clone(), conn) {
+                    eprintln!("tcpq: reload: syslog busy switching targets; send SIGHUP again");
+                    return;
+                }
+            }
+            None => {
+                let _in = self.exporters.enter();
+                let stats = self.syslog_stats.get_or_insert_with(Arc::default).clone();
+                self.syslog = Some(Syslog::with(c.clone(), conn, stats));
+            }
         }
+        eprintln!("tcpq: sending events to syslog {}", c.target);
+        self.cfg.syslog = Some(c);
     }
 
-    /// Stops the current syslog sender, keeping its totals for the
-    /// counters (they never go back).
+    /// Stops the syslog sender: it gets 5 s (in the background) to send
+    /// what is queued; what is left then is counted as dropped.
     fn retire_syslog(&mut self) {
         if let Some(old) = self.syslog.take() {
-            use std::sync::atomic::Ordering::Relaxed;
-            let st = old.stats();
-            self.syslog_base.0 += st.sent.load(Relaxed);
-            self.syslog_base.1 += st.dropped.load(Relaxed);
+            self.exporters.spawn(async move {
+                old.flush(Duration::from_secs(5)).await;
+                drop(old);
+            });
         }
     }
 
@@ -464,7 +518,8 @@ impl Sidecar {
             close_wait.into_iter().collect(),
         );
         let h = &view.health;
-        let syslog = self.syslog.as_ref().map(|s| s.stats());
+        let syslog = self.syslog_stats.clone();
+        let syslog_on = self.syslog.is_some();
         let reg = Arc::clone(&self.registry);
         let mut r = reg.lock().unwrap_or_else(|e| e.into_inner());
         r.replace_gauges("tcpq_listen_queue_length", len);
@@ -512,30 +567,43 @@ impl Sidecar {
             );
             r.describe(
                 "tcpq_syslog_dropped_total",
-                "Messages dropped because the syslog queue was full.",
+                "Syslog messages lost: the queue was full, a datagram the socket refused as too big, or still queued when the sender stopped (exit, or syslog removed by a reload, after 5 s of draining).",
                 Type::Counter,
+            );
+            r.describe(
+                "tcpq_syslog_truncated_total",
+                "Syslog messages sent cut to fit one datagram (largest fields shortened or removed, \"truncated\": true in the JSON).",
+                Type::Counter,
+            );
+            r.describe(
+                "tcpq_syslog_queue_length",
+                "Syslog messages queued, not yet written.",
+                Type::Gauge,
             );
             r.describe(
                 "tcpq_syslog_connected",
                 "1 while the syslog target is connected.",
                 Type::Gauge,
             );
-            let (sent, dropped) = self.syslog_base;
+            r.set_counter("tcpq_syslog_messages_total", &none, s.sent.load(Relaxed));
+            r.set_counter("tcpq_syslog_dropped_total", &none, s.dropped.load(Relaxed));
             r.set_counter(
-                "tcpq_syslog_messages_total",
+                "tcpq_syslog_truncated_total",
                 &none,
-                sent + s.sent.load(Relaxed),
-            );
-            r.set_counter(
-                "tcpq_syslog_dropped_total",
-                &none,
-                dropped + s.dropped.load(Relaxed),
+                s.truncated.load(Relaxed),
             );
             r.set(
-                "tcpq_syslog_connected",
+                "tcpq_syslog_queue_length",
                 &none,
-                s.connected.load(Relaxed) as u8 as f64,
+                s.queued.load(Relaxed) as f64,
             );
+            if syslog_on {
+                r.set(
+                    "tcpq_syslog_connected",
+                    &none,
+                    s.connected.load(Relaxed) as u8 as f64,
+                );
+            }
         }
         if let Some(o) = &self.otlp {
             use std::sync::atomic::Ordering::Relaxed;
@@ -591,15 +659,24 @@ impl Sidecar {
         let total = |s: &crate::privs::LossSeries| s.iter().map(|(_, _, n)| n).sum::<u64>();
         v["agent.netns_unreadable"] = json!(total(&unreadable));
         v["agent.owner_lookup_failures"] = json!(total(&owner_failures));
-        if let Some(s) = &self.syslog {
-            v["agent.syslog_dropped"] =
-                json!(s.stats().dropped.load(std::sync::atomic::Ordering::Relaxed));
+        if let Some(s) = &self.syslog_stats {
+            use std::sync::atomic::Ordering::Relaxed;
+            v["agent.syslog_dropped"] = json!(s.dropped.load(Relaxed));
+            v["agent.syslog_truncated"] = json!(s.truncated.load(Relaxed));
+        }
+        if self.lines_lost > 0 {
+            v["agent.output_lines_lost"] = json!(self.lines_lost);
         }
         v
     }
 
     async fn close(&mut self) {
-        let _ = self.out.flush();
+        if self.lines_lost > 0 {
+            eprintln!(
+                "tcpq: output: {} JSON lines could not be written",
+                self.lines_lost
+            );
+        }
         self.take_new_syslog();
         if let Some(s) = &self.syslog {
             s.flush(Duration::from_secs(5)).await;
@@ -656,12 +733,9 @@ impl Sink for Sidecar {
     }
 
     fn flushed(&mut self, view: &View) -> io::Result<()> {
+        self.take_new_syslog();
         self.gauges(view);
         self.export_metrics(false);
-        if self.out.flush().is_err() {
-            self.registry()
-                .inc("tcpq_output_errors_total", &Vec::new(), 1);
-        }
         Ok(())
     }
 
@@ -682,7 +756,6 @@ impl Sink for Sidecar {
         }
         let h = self.health_line(view);
         self.emit(&h, false);
-        let _ = self.out.flush();
         Ok(())
     }
 
@@ -693,10 +766,13 @@ impl Sink for Sidecar {
             Ok(n) => n.output_file.clone(),
             Err(_) => self.out.path().cloned(),
         };
-        let _ = self.out.flush();
         match Output::open(path) {
             Ok(o) => self.out = o,
-            Err(e) => eprintln!("tcpq: reload: {e:#}; still writing to the old file"),
+            Err(e) => {
+                self.registry()
+                    .inc("tcpq_output_errors_total", &Vec::new(), 1);
+                eprintln!("tcpq: reload: {e:#}; still writing to the old file")
+            }
         }
         let new = match new {
             Ok(n) => n,
@@ -735,8 +811,10 @@ impl Sink for Sidecar {
                 Some(c) => {
                     let slot = self.next_syslog.clone();
                     self.exporters.spawn(async move {
-                        match Syslog::start(c.clone()).await {
-                            Ok(s) => *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((s, c)),
+                        match crate::syslog::connect_to(&c.target).await {
+                            Ok(conn) => {
+                                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((conn, c))
+                            }
                             Err(e) => eprintln!("tcpq: reload: {e:#}; syslog stays as it was"),
                         }
                     });

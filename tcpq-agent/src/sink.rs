@@ -69,24 +69,204 @@ pub trait Sink {
     fn snapshot(&mut self, _lines: Vec<Value>, _view: &View) -> io::Result<()> {
         Ok(())
     }
+    /// Report lines that could not be written, so far (the exit summary).
+    fn lines_lost(&self) -> u64 {
+        0
+    }
+}
+
+/// Whole lines to a file or stdout, each record (a line, or a text line
+/// with its `cause:`/`remedy:` lines) built in one buffer and written with
+/// one `write_all`, unbuffered: nothing of a line waits in a buffer to be
+/// glued to a later one. A record that fails is lost whole and counted in
+/// `lost`; if part of it reached the file (a disk filling mid-line), the
+/// next write starts with a newline, so the fragment stays a line of its
+/// own and the lines after it parse.
+#[derive(Debug)]
+pub struct LineOut<W: Write> {
+    w: W,
+    /// The last write stopped inside a line.
+    repair: bool,
+    /// Records not written (whole or in part).
+    pub lost: u64,
+    /// Newlines written to end a fragment.
+    pub repaired: u64,
+}
+
+impl<W: Write> LineOut<W> {
+    pub fn new(w: W) -> LineOut<W> {
+        LineOut {
+            w,
+            repair: false,
+            lost: 0,
+            repaired: 0,
+        }
+    }
+
+    /// Like `new`, for a file whose last line is unterminated when
+    /// `mid_line`: the first write ends it.
+    pub fn resume(w: W, mid_line: bool) -> LineOut<W> {
+        LineOut {
+            repair: mid_line,
+            ..LineOut::new(w)
+        }
+    }
+
+    /// Writes `line` and a newline (`line` itself has none, or only the
+    /// ones of a text record's continuation lines).
+    pub fn line(&mut self, line: &str) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(line.len() + 2);
+        let repairing = self.repair;
+        if repairing {
+            buf.push(b'\n');
+        }
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        let mut off = 0;
+        let r = loop {
+            if off == buf.len() {
+                break Ok(());
+            }
+            match self.w.write(&buf[off..]) {
+                Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        if off > 0 {
+            if repairing {
+                self.repaired += 1;
+            }
+            self.repair = buf[off - 1] != b'\n';
+        }
+        if r.is_err() {
+            self.lost += 1;
+        }
+        r
+    }
+
+    /// Whether the last write stopped inside a line (the next one starts
+    /// with a newline).
+    pub fn mid_line(&self) -> bool {
+        self.repair
+    }
+}
+
+/// File descriptor 1, unbuffered (`io::Stdout` keeps what a failed write
+/// left in its buffer and writes it before the next line).
+#[derive(Debug, Default)]
+pub struct RawStdout;
+
+impl Write for RawStdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: buf is readable for buf.len() bytes; fd 1 is not closed
+        // by anything in this process.
+        let n = unsafe { libc::write(1, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// `trace`: text or JSON lines on stdout.
 pub struct Console {
     pub format: Format,
-    pub out: io::Stdout,
+    pub out: LineOut<RawStdout>,
+}
+
+impl Console {
+    pub fn stdout(format: Format) -> Console {
+        Console {
+            format,
+            out: LineOut::new(RawStdout),
+        }
+    }
 }
 
 impl Sink for Console {
     fn report(&mut self, r: &Report) -> io::Result<()> {
-        writeln!(self.out.lock(), "{}", export::render(self.format, r))
+        self.out.line(&export::render(self.format, r))
     }
 
     fn lost(&mut self, at: SystemTime, n: u64) -> io::Result<()> {
-        writeln!(self.out.lock(), "{}", export::lost(self.format, at, n))
+        self.out.line(&export::lost(self.format, at, n))
     }
 
     fn flushed(&mut self, _view: &View) -> io::Result<()> {
-        self.out.lock().flush()
+        Ok(())
+    }
+
+    fn lines_lost(&self) -> u64 {
+        self.out.lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file that takes `room` more bytes, then says ENOSPC.
+    struct Disk {
+        data: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Disk {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            let n = buf.len().min(self.room);
+            self.data.extend_from_slice(&buf[..n]);
+            self.room -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_disk_loses_whole_lines_counted_and_never_glues_them() {
+        let mut out = LineOut::new(Disk {
+            data: Vec::new(),
+            room: 30,
+        });
+        out.line(r#"{"n":1,"pad":"xxxxxxxxx"}"#).unwrap(); // 26 bytes
+        let e = out.line(r#"{"n":2}"#).unwrap_err(); // 4 bytes of it fit
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        assert!(out.line(r#"{"n":3}"#).is_err());
+        assert_eq!((out.lost, out.repair), (2, true));
+        // Space again (logs rotated): a newline first, then the line.
+        out.w.room = 100;
+        out.line(r#"{"n":4}"#).unwrap();
+        out.line(r#"{"n":5}"#).unwrap();
+        assert_eq!((out.lost, out.repaired, out.repair), (2, 1, false));
+        let text = String::from_utf8(out.w.data.clone()).unwrap();
+        assert_eq!(
+            text,
+            "{\"n\":1,\"pad\":\"xxxxxxxxx\"}\n{\"n\"\n{\"n\":4}\n{\"n\":5}\n"
+        );
+        // Every line but the fragment parses; the fragment is alone.
+        let bad: Vec<&str> = text
+            .lines()
+            .filter(|l| serde_json::from_str::<Value>(l).is_err())
+            .collect();
+        assert_eq!(bad, [r#"{"n""#]);
+        // A write that gets only the repair newline out needs no more.
+        let mut out = LineOut::new(Disk {
+            data: b"{".to_vec(),
+            room: 1,
+        });
+        out.repair = true;
+        assert!(out.line("{}").is_err());
+        assert!(!out.repair);
+        assert_eq!(out.w.data, b"{\n");
     }
 }

@@ -174,7 +174,7 @@ pub fn text_table(rows: &[Row]) -> String {
         let owner = r
             .owner
             .as_ref()
-            .map(|o| format!("{} ({})", o.name, o.pid))
+            .map(|o| format!("{} ({})", export::text_safe(&o.name), o.pid))
             .unwrap_or_else(|| "?".into());
         out += &format!(
             "{:<11} {:<28} {:<24} {:>6} {:>6} {:>9} {:>8} {:>6} {:>10}\n",
@@ -191,7 +191,8 @@ pub fn text_table(rows: &[Row]) -> String {
             r.close_wait
         );
         if let Some(v) = &r.verdict {
-            out += &format!("    cause:  {}\n    remedy: {}\n", v.cause, v.remedy);
+            let (cause, remedy) = (export::text_safe(&v.cause), export::text_safe(&v.remedy));
+            out += &format!("    cause:  {cause}\n    remedy: {remedy}\n");
         }
     }
     out
@@ -297,24 +298,29 @@ pub fn run(format: Format, port: Option<u16>) -> Result<()> {
     let (all, ports) = collect(port)?;
     let at = std::time::SystemTime::now();
     let mut out = std::io::stdout().lock();
-    match format {
-        Format::Json => {
-            for v in json_lines(&all, &ports, at) {
-                writeln!(out, "{v}")?;
+    let written = (|| -> std::io::Result<()> {
+        match format {
+            Format::Json => {
+                for v in json_lines(&all, &ports, at) {
+                    writeln!(out, "{}", export::json_line(&v))?;
+                }
+            }
+            Format::Text => {
+                write!(out, "{}", text_table(&all))?;
+                for (ns, v) in &ports {
+                    writeln!(
+                        out,
+                        "netns {ns} local ports:\n    cause:  {}\n    remedy: {}",
+                        export::text_safe(&v.cause),
+                        export::text_safe(&v.remedy)
+                    )?;
+                }
             }
         }
-        Format::Text => {
-            write!(out, "{}", text_table(&all))?;
-            for (ns, v) in &ports {
-                writeln!(
-                    out,
-                    "netns {ns} local ports:\n    cause:  {}\n    remedy: {}",
-                    v.cause, v.remedy
-                )?;
-            }
-        }
-    }
-    Ok(())
+        out.flush()
+    })();
+    // "output: No space left on device", as `trace` says it.
+    written.map_err(|e| anyhow::anyhow!("output: {}", crate::trace::os_reason(&e)))
 }
 
 #[cfg(test)]
@@ -388,6 +394,26 @@ mod tests {
         let t = text_table(&r);
         assert!(t.lines().next().unwrap().starts_with("NETNS"));
         assert!(t.contains("0.0.0.0:9090"));
+    }
+
+    #[test]
+    fn a_forged_owner_name_stays_in_its_row() {
+        let l = [sock(10, 8080, 129, 128, 40)];
+        let owner = |_| {
+            Some(resolve::Owner {
+                pid: 9,
+                name: "x\n<0>1 F]\"\\".into(),
+                ..Default::default()
+            })
+        };
+        let r = rows(5, &l, &[], &state(128, 1), &owner);
+        let t = text_table(&r);
+        // Header, the row, its cause and remedy: nothing more.
+        assert_eq!(t.lines().count(), 4, "{t}");
+        assert!(t.contains(r#"x\n<0>1 F]"\ (9)"#), "{t}");
+        assert!(!t.chars().any(|c| c != '\n' && c.is_control()));
+        let j = json_row(&r[0]);
+        assert_eq!(j["process.executable.name"], "x\n<0>1 F]\"\\");
     }
 
     #[test]

@@ -186,12 +186,7 @@ pub fn format(
             Some(Value::String(s)) => s.clone(),
             Some(v) => v.to_string(),
         };
-        // PARAM-VALUE escaping (§6.3.3).
-        let value = value
-            .replace('\\', r"\\")
-            .replace('"', r#"\""#)
-            .replace(']', r"\]");
-        sd += &format!(" {param}=\"{value}\"");
+        sd += &format!(" {param}=\"{}\"", sd_param_value(&value));
     }
     let sd = if sd.is_empty() {
         "-".into()
@@ -204,8 +199,28 @@ pub fn format(
         header_field(hostname, 255),
         header_field(app_name, 48),
         header_field(&pid.to_string(), 128),
-        serde_json::to_string(event).unwrap_or_default(),
+        crate::export::json_line(event),
     )
+}
+
+/// An SD-PARAM value (RFC 5424 §6.3.3): `"`, `\` and `]` escaped with a
+/// backslash; control characters (C0, DEL, C1) and the Unicode line
+/// separators replaced by U+FFFD, so no value can end the message, start a
+/// forged one on a newline-framed transport, or close the SD element. The
+/// exact value is in MSG's JSON.
+pub fn sd_param_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    for c in s.chars() {
+        match c {
+            '"' | '\\' | ']' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Sender configuration.
@@ -216,23 +231,49 @@ pub struct Config {
     pub app_name: String,
 }
 
-/// Health counters, exported as metrics.
+/// Health counters, exported as metrics. One `Stats` may outlive senders:
+/// a reload that changes the target keeps it (the counters never go back).
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Messages written to the socket.
     pub sent: AtomicU64,
-    /// Queue full, or a datagram the socket refused as too big (EMSGSIZE).
+    /// Messages lost: the queue was full, a datagram the socket refused as
+    /// too big (EMSGSIZE), or still queued when the sender was stopped
+    /// (exit, or syslog removed by a reload, after a 5 s drain).
     pub dropped: AtomicU64,
+    /// Messages sent cut to fit a datagram (see [`fit`]).
+    pub truncated: AtomicU64,
+    /// Messages queued and not yet written or dropped.
+    pub queued: AtomicU64,
     /// Successful reconnections after a lost connection.
     pub reconnects: AtomicU64,
     pub connected: AtomicBool,
 }
 
+/// One formatted message, and the form cut to fit a datagram when the
+/// whole one does not (made at once: the target may change before it is
+/// sent).
+#[derive(Debug)]
+struct Msg {
+    whole: String,
+    cut: Option<String>,
+}
+
 #[derive(Debug)]
 enum Item {
-    Msg(String),
+    Msg(Msg),
     /// Answered once everything queued before it was written.
     Flush(oneshot::Sender<()>),
+}
+
+/// A connection to a target, made before a sender takes it over
+/// ([`Syslog::retarget`]).
+pub struct Connection(Conn);
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("Connection")
+    }
 }
 
 enum Conn {
@@ -240,6 +281,12 @@ enum Conn {
     UnixStream(UnixStream),
     Udp(UdpSocket),
     Tcp(TcpStream),
+}
+
+impl Conn {
+    fn is_datagram(&self) -> bool {
+        matches!(self, Conn::UnixDgram(_) | Conn::Udp(_))
+    }
 }
 
 async fn connect(target: &Target) -> io::Result<Conn> {
@@ -270,18 +317,49 @@ async fn connect(target: &Target) -> io::Result<Conn> {
     }
 }
 
-/// Writes one message with the transport's framing.
-async fn write(conn: &mut Conn, msg: &str) -> io::Result<()> {
+/// Connects to `target` within 3 s, or says why not in a few words
+/// ("syslog target tcp://…: connection refused").
+pub async fn connect_to(target: &Target) -> Result<Connection> {
+    match timeout(CONNECT_TIMEOUT, connect(target)).await {
+        Ok(Ok(c)) => Ok(Connection(c)),
+        Ok(Err(e)) => {
+            // "Connection refused (os error 111)" -> "connection refused"
+            let e = e.to_string().to_lowercase();
+            let e = e.split(" (os error").next().unwrap_or_default();
+            bail!("syslog target {target}: {e}")
+        }
+        Err(_) => bail!("syslog target {target}: no connection within 3 s"),
+    }
+}
+
+/// Writes one message with the transport's framing. A datagram gets the
+/// cut form when there is one (counted in `truncated`).
+async fn write(conn: &mut Conn, msg: &Msg, stats: &Stats) -> io::Result<()> {
     if peer_gone(conn) {
         return Err(io::ErrorKind::BrokenPipe.into());
     }
-    let dgram = truncate_utf8(msg, MAX_DATAGRAM).as_bytes();
-    match conn {
+    let dgram = match (&msg.cut, conn.is_datagram()) {
+        (Some(cut), true) => cut,
+        _ => &msg.whole,
+    };
+    let dgram = truncate_utf8(dgram, MAX_DATAGRAM).as_bytes();
+    let r = match conn {
         Conn::UnixDgram(s) => s.send(dgram).await.map(drop),
         Conn::Udp(s) => s.send(dgram).await.map(drop),
-        Conn::UnixStream(s) => write_all(s, format!("{msg}\n").as_bytes()).await,
-        Conn::Tcp(s) => write_all(s, format!("{} {msg}", msg.len()).as_bytes()).await,
+        // `format` writes no newline; this stays true whatever it becomes.
+        Conn::UnixStream(s) => {
+            let line = msg.whole.replace('\n', " ") + "\n";
+            write_all(s, line.as_bytes()).await
+        }
+        Conn::Tcp(s) => {
+            let frame = format!("{} {}", msg.whole.len(), msg.whole);
+            write_all(s, frame.as_bytes()).await
+        }
+    };
+    if r.is_ok() && conn.is_datagram() && msg.cut.is_some() {
+        stats.truncated.fetch_add(1, Relaxed);
     }
+    r
 }
 
 /// `AsyncWriteExt::write_all` without tokio's "io-util" feature.
@@ -321,60 +399,121 @@ async fn closed(conn: &Conn) {
     }
 }
 
-/// The sender task: owns the connection and the receiving end of the queue.
-async fn run(target: Target, conn: Conn, mut rx: mpsc::Receiver<Item>, stats: Arc<Stats>) {
+/// Counts what is still queued as dropped when the sender task ends
+/// (aborted with its handle, or the handle gone).
+struct Leftover(Arc<Stats>);
+
+impl Drop for Leftover {
+    fn drop(&mut self) {
+        let n = self.0.queued.swap(0, Relaxed);
+        self.0.dropped.fetch_add(n, Relaxed);
+        self.0.connected.store(false, Relaxed);
+    }
+}
+
+/// A message done with (written or dropped): no longer queued.
+fn done(stats: &Stats) {
+    let _ = stats
+        .queued
+        .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+}
+
+/// The sender task: owns the connection and the receiving end of the
+/// queue. A new target (a reload) arrives with its connection made; what
+/// is queued, and a message a write to the old target was interrupted in,
+/// go to it.
+async fn run(
+    target: Target,
+    conn: Conn,
+    mut rx: mpsc::Receiver<Item>,
+    mut retarget: mpsc::Receiver<(Target, Conn)>,
+    stats: Arc<Stats>,
+) {
+    let _leftover = Leftover(stats.clone());
+    let mut target = target;
     let mut conn = Some(conn);
     let mut head = None; // taken from the queue, not yet written
     let mut backoff = BACKOFF_MIN;
+    let mut retarget_open = true;
     loop {
-        let Some(c) = conn.as_mut() else {
-            sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-            if let Ok(Ok(c)) = timeout(CONNECT_TIMEOUT, connect(&target)).await {
-                conn = Some(c);
-                stats.reconnects.fetch_add(1, Relaxed);
-                stats.connected.store(true, Relaxed);
+        let new = async {
+            if retarget_open {
+                retarget.recv().await
+            } else {
+                std::future::pending().await
             }
-            continue;
         };
-        let item = match head.take() {
-            Some(msg) => Item::Msg(msg),
-            None => tokio::select! {
-                item = rx.recv() => match item {
-                    Some(item) => item,
-                    None => return, // the handle is gone
+        let step = async {
+            let Some(c) = conn.as_mut() else {
+                sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                if let Ok(Ok(c)) = timeout(CONNECT_TIMEOUT, connect(&target)).await {
+                    conn = Some(c);
+                    stats.reconnects.fetch_add(1, Relaxed);
+                    stats.connected.store(true, Relaxed);
+                }
+                return true;
+            };
+            let item = match head.take() {
+                Some(msg) => Item::Msg(msg),
+                None => tokio::select! {
+                    item = rx.recv() => match item {
+                        Some(item) => item,
+                        None => return false, // the handle is gone
+                    },
+                    () = closed(c) => {
+                        conn = None;
+                        stats.connected.store(false, Relaxed);
+                        return true;
+                    }
                 },
-                () = closed(c) => {
+            };
+            let msg = match item {
+                Item::Msg(msg) => msg,
+                Item::Flush(done) => {
+                    let _ = done.send(());
+                    return true;
+                }
+            };
+            // Kept as the head while being written: a retarget that
+            // interrupts the write sends it again, whole, to the new target.
+            head = Some(msg);
+            let r = write(c, head.as_ref().expect("just set"), &stats).await;
+            match r {
+                Ok(()) => {
+                    head = None;
+                    stats.sent.fetch_add(1, Relaxed);
+                    done(&stats);
+                    // Reset only once a write worked: connecting a UDP socket
+                    // always works, refusals show up on a later send.
+                    backoff = BACKOFF_MIN;
+                }
+                // Too big for this socket: retrying would block the queue forever.
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                    head = None;
+                    stats.dropped.fetch_add(1, Relaxed);
+                    done(&stats);
+                }
+                // Also ECONNREFUSED/ENOENT on datagrams: nobody listens right now.
+                Err(_) => {
                     conn = None;
                     stats.connected.store(false, Relaxed);
-                    continue;
                 }
+            }
+            true
+        };
+        tokio::select! {
+            biased;
+            new = new => match new {
+                Some((t, c)) => {
+                    target = t;
+                    conn = Some(c);
+                    backoff = BACKOFF_MIN;
+                    stats.connected.store(true, Relaxed);
+                }
+                None => retarget_open = false,
             },
-        };
-        let msg = match item {
-            Item::Msg(msg) => msg,
-            Item::Flush(done) => {
-                let _ = done.send(());
-                continue;
-            }
-        };
-        match write(c, &msg).await {
-            Ok(()) => {
-                stats.sent.fetch_add(1, Relaxed);
-                // Reset only once a write worked: connecting a UDP socket
-                // always works, refusals show up on a later send.
-                backoff = BACKOFF_MIN;
-            }
-            // Too big for this socket: retrying would block the queue forever.
-            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                stats.dropped.fetch_add(1, Relaxed);
-            }
-            // Also ECONNREFUSED/ENOENT on datagrams: nobody listens right now.
-            Err(_) => {
-                head = Some(msg);
-                conn = None;
-                stats.connected.store(false, Relaxed);
-            }
+            go_on = step => if !go_on { return },
         }
     }
 }
@@ -389,48 +528,156 @@ fn local_hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// Handle on the sender task; dropping it ends the task (flush first).
+/// Keys a cut never removes or shortens: what the event is, when, where.
+const KEPT_WHOLE: [&str; 9] = [
+    "timestamp",
+    "schema.version",
+    "event",
+    "count",
+    "server.address",
+    "server.port",
+    "network.netns",
+    "source",
+    "truncated",
+];
+
+/// The message for `event`, made to fit `limit` bytes by `format`: as it
+/// is if it fits; else with `"truncated": true` and, until it fits, the
+/// largest field (other than [`KEPT_WHOLE`]) shortened (a string, by what
+/// is too much, at a character boundary) or removed, its key listed in
+/// `"truncated.keys"`. The MSG stays one valid JSON object. Pure.
+pub fn fit(event: &Value, limit: usize, format: impl Fn(&Value) -> String) -> String {
+    let whole = format(event);
+    if whole.len() <= limit {
+        return whole;
+    }
+    let Value::Object(orig) = event else {
+        return format(&serde_json::json!({"truncated": true}));
+    };
+    let mut m = orig.clone();
+    m.insert("truncated".into(), Value::Bool(true));
+    let mut keys: Vec<String> = Vec::new();
+    loop {
+        let mut v = Value::Object(m.clone());
+        if !keys.is_empty() {
+            v["truncated.keys"] = serde_json::json!(keys);
+        }
+        let msg = format(&v);
+        if msg.len() <= limit {
+            return msg;
+        }
+        let over = msg.len() - limit;
+        let largest = m
+            .iter()
+            .filter(|(k, _)| !KEPT_WHOLE.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.to_string().len()))
+            .max_by_key(|(_, n)| *n);
+        let Some((key, _)) = largest else {
+            // Only the kept keys, and still too big (a tiny limit).
+            let mut min = serde_json::Map::new();
+            for k in ["timestamp", "event", "truncated"] {
+                if let Some(v) = m.get(k) {
+                    min.insert(k.into(), v.clone());
+                }
+            }
+            return truncate_utf8(&format(&Value::Object(min)), limit).to_string();
+        };
+        // Room for the key's name in "truncated.keys" too.
+        let cut = over + key.len() + 64;
+        if !keys.contains(&key) {
+            keys.push(key.clone());
+        }
+        match m.get_mut(&key) {
+            // Each byte cut takes at least one byte out of the message.
+            Some(Value::String(s)) if s.len() > cut + 64 => {
+                let keep = truncate_utf8(s, s.len() - cut).len();
+                s.truncate(keep);
+            }
+            _ => {
+                m.remove(&key);
+            }
+        }
+    }
+}
+
+/// Handle on the sender task; dropping it ends the task (flush first):
+/// what is still queued then is counted as dropped.
 #[derive(Debug)]
 pub struct Syslog {
     cfg: Config,
     hostname: String,
     tx: mpsc::Sender<Item>,
+    retarget: mpsc::Sender<(Target, Conn)>,
     stats: Arc<Stats>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::UnixDgram(_) => "UnixDgram",
+            Conn::UnixStream(_) => "UnixStream",
+            Conn::Udp(_) => "Udp",
+            Conn::Tcp(_) => "Tcp",
+        })
+    }
 }
 
 impl Syslog {
     /// Connects once (within 3 s), then spawns the sender task on the current runtime.
     pub async fn start(cfg: Config) -> Result<Syslog> {
-        let conn = match timeout(CONNECT_TIMEOUT, connect(&cfg.target)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                // "Connection refused (os error 111)" -> "connection refused"
-                let e = e.to_string().to_lowercase();
-                let e = e.split(" (os error").next().unwrap_or_default();
-                bail!("syslog target {}: {e}", cfg.target)
-            }
-            Err(_) => bail!("syslog target {}: no connection within 3 s", cfg.target),
-        };
-        let stats = Arc::new(Stats::default());
+        let conn = connect_to(&cfg.target).await?;
+        Ok(Syslog::with(cfg, conn, Arc::default()))
+    }
+
+    /// A sender for `cfg` over a connection already made, counting in
+    /// `stats` (those of a sender it replaces, or new ones). Spawns on the
+    /// current runtime.
+    pub fn with(cfg: Config, conn: Connection, stats: Arc<Stats>) -> Syslog {
         stats.connected.store(true, Relaxed);
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(cfg.target.clone(), conn, rx, stats.clone()));
+        let (retarget, retarget_rx) = mpsc::channel(4);
+        let task = tokio::spawn(run(
+            cfg.target.clone(),
+            conn.0,
+            rx,
+            retarget_rx,
+            stats.clone(),
+        ));
         let hostname = local_hostname();
-        Ok(Syslog {
+        Syslog {
             cfg,
             hostname,
             tx,
+            retarget,
             stats,
             task,
-        })
+        }
+    }
+
+    /// A new target (a reload), connected: the queue, and a message being
+    /// written to the old target, go to it; nothing is dropped. Messages
+    /// already queued keep the facility and app name they were formatted
+    /// with.
+    /// False (and nothing changes) if the task has not taken the last
+    /// few retargets yet; it takes each at once, so this is rare.
+    pub fn retarget(&mut self, cfg: Config, conn: Connection) -> bool {
+        let ok = self.retarget.try_send((cfg.target.clone(), conn.0)).is_ok();
+        if ok {
+            self.cfg = cfg;
+        }
+        ok
     }
 
     /// Queues one event without blocking; counts it as dropped if the queue is full.
     pub fn send(&self, event: &Value) {
         let (c, pid) = (&self.cfg, std::process::id());
-        let msg = format(event, c.facility, &self.hostname, &c.app_name, pid);
-        if self.tx.try_send(Item::Msg(msg)).is_err() {
+        let fmt = |v: &Value| format(v, c.facility, &self.hostname, &c.app_name, pid);
+        let whole = fmt(event);
+        let cut = (whole.len() > MAX_DATAGRAM).then(|| fit(event, MAX_DATAGRAM, fmt));
+        self.stats.queued.fetch_add(1, Relaxed);
+        if self.tx.try_send(Item::Msg(Msg { whole, cut })).is_err() {
+            done(&self.stats);
             self.stats.dropped.fetch_add(1, Relaxed);
         }
     }
@@ -452,6 +699,10 @@ impl Syslog {
 
     pub fn target(&self) -> &Target {
         &self.cfg.target
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
     }
 }
 
@@ -711,5 +962,260 @@ mod tests {
             .unwrap_err();
         let want = format!("syslog target tcp://127.0.0.1:{port}: connection refused");
         assert_eq!(e.to_string(), want);
+    }
+
+    const FORGED: &str = "x\n<0>1 FORGED\r\"]\\\t\u{1b}\u{7f}\u{85}\u{2028}y";
+
+    #[test]
+    fn sd_param_values_are_escaped_and_controls_replaced() {
+        assert_eq!(sd_param_value(r#"a"b\c]d"#), r#"a\"b\\c\]d"#);
+        assert_eq!(sd_param_value("plain name"), "plain name");
+        assert_eq!(
+            sd_param_value(FORGED),
+            "x\u{fffd}<0>1 FORGED\u{fffd}\\\"\\]\\\\\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}y"
+        );
+    }
+
+    /// RFC 5424 §6.3.3 PARAM-VALUEs of one SD element, unescaped: what a
+    /// receiver makes of them.
+    fn sd_values(msg: &str) -> (Vec<(String, String)>, &str) {
+        let start = msg.find(&format!("[{SD_ID} ")).expect("an SD element");
+        let mut it = msg[start + SD_ID.len() + 2..].char_indices();
+        let mut out = Vec::new();
+        let (mut name, mut value, mut in_value) = (String::new(), String::new(), false);
+        while let Some((i, c)) = it.next() {
+            match (in_value, c) {
+                (false, ']') => return (out, &msg[start + SD_ID.len() + 3 + i..]),
+                (false, '=') => {
+                    assert_eq!(it.next().map(|(_, c)| c), Some('"'));
+                    in_value = true;
+                }
+                (false, ' ') => {}
+                (false, c) => name.push(c),
+                (true, '\\') => {
+                    let (_, n) = it.next().unwrap();
+                    if !matches!(n, '"' | '\\' | ']') {
+                        value.push('\\');
+                    }
+                    value.push(n);
+                }
+                (true, '"') => {
+                    out.push((std::mem::take(&mut name), std::mem::take(&mut value)));
+                    in_value = false;
+                }
+                (true, ']') => panic!("unescaped ] in a PARAM-VALUE: {msg}"),
+                (true, c) => value.push(c),
+            }
+        }
+        panic!("unterminated SD element: {msg}")
+    }
+
+    #[test]
+    fn a_forged_process_name_makes_one_message_with_our_pri() {
+        let mut ev = event();
+        ev["process.executable.name"] = json!(FORGED);
+        ev["process.command_line"] = json!(format!("{FORGED} --flag"));
+        let msg = format(&ev, Facility::Daemon, "host1", "tcpq", 42);
+        assert!(!msg.chars().any(|c| c.is_control()), "{msg:?}");
+        assert!(!msg.contains('\u{2028}'));
+        assert!(msg.starts_with("<28>1 ") && msg.matches("<0>").count() == 3); // in SD, and twice in MSG
+        let (params, rest) = sd_values(&msg);
+        let process = params.iter().find(|(n, _)| n == "process").unwrap();
+        assert_eq!(
+            process.1,
+            "x\u{fffd}<0>1 FORGED\u{fffd}\"]\\\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}y"
+        );
+        // MSG: the exact event.
+        let json: Value = serde_json::from_str(rest.trim_start()).unwrap();
+        assert_eq!(json["process.executable.name"], FORGED);
+        assert_eq!(json, ev);
+    }
+
+    #[test]
+    fn fit_cuts_at_field_boundaries_into_valid_json() {
+        let fmt = |v: &Value| format(v, Facility::Daemon, "h", "tcpq", 1);
+        let small = event();
+        assert_eq!(fit(&small, 1000, fmt), fmt(&small));
+        let mut big = event();
+        big["process.command_line"] = json!("a".repeat(100_000));
+        big["cgroup.path"] = json!(format!("/{}", "é".repeat(20_000)));
+        big["process.holders"] = json!((0..3000).collect::<Vec<u32>>());
+        for limit in [65_000, 20_000, 2_000, 600] {
+            let msg = fit(&big, limit, fmt);
+            assert!(msg.len() <= limit, "{limit}: {}", msg.len());
+            let json: Value = serde_json::from_str(&msg[msg.find("] {").unwrap() + 2..]).unwrap();
+            assert_eq!(json["truncated"], true);
+            for k in [
+                "timestamp",
+                "event",
+                "count",
+                "server.port",
+                "network.netns",
+            ] {
+                assert_eq!(json[k], big[k], "{limit}: {k}");
+            }
+            let keys = json["truncated.keys"].as_array().unwrap();
+            assert!(keys.contains(&json!("process.command_line")), "{limit}");
+            // What is left of a shortened string is a prefix of it.
+            if let Some(c) = json["process.command_line"].as_str() {
+                assert!(big["process.command_line"].as_str().unwrap().starts_with(c));
+            }
+            if let Some(c) = json["cgroup.path"].as_str() {
+                assert!(big["cgroup.path"].as_str().unwrap().starts_with(c));
+            }
+            assert!(
+                msg.starts_with("<29>1 ") || msg.starts_with("<28>1 "),
+                "{msg:.40}"
+            );
+        }
+        // At 65 000 only the largest field, the command line, is
+        // shortened (not dropped), by what was too much.
+        let msg = fit(&big, 65_000, fmt);
+        let json: Value = serde_json::from_str(&msg[msg.find("] {").unwrap() + 2..]).unwrap();
+        assert!(json["process.command_line"].as_str().unwrap().len() > 5_000);
+        assert!(
+            json["cgroup.path"] == big["cgroup.path"],
+            "cgroup.path was cut"
+        );
+        assert!(
+            json["process.holders"] == big["process.holders"],
+            "holders were cut"
+        );
+        assert_eq!(json["truncated.keys"], json!(["process.command_line"]));
+        assert!(msg.len() > 64_000, "{}", msg.len());
+        // Not an object, or a limit nothing fits: still a message, cut.
+        assert!(fit(&json!("x".repeat(100)), 50, fmt).len() <= 120);
+        assert!(fit(&big, 10, fmt).len() <= 10);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn udp_cuts_big_messages_and_counts_them() {
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let log = Syslog::start(cfg(&format!("udp://{}", rx.local_addr().unwrap())))
+            .await
+            .unwrap();
+        let mut big = event();
+        big["process.command_line"] = json!("c".repeat(80_000));
+        log.send(&big);
+        log.send(&event());
+        let mut buf = vec![0; 70_000];
+        let n = rx.recv(&mut buf).await.unwrap();
+        assert!(n <= MAX_DATAGRAM, "{n}");
+        let msg = std::str::from_utf8(&buf[..n]).unwrap();
+        let json: Value = serde_json::from_str(&msg[msg.find("] {").unwrap() + 2..]).unwrap();
+        assert_eq!(json["truncated"], true);
+        assert_eq!(json["truncated.keys"], json!(["process.command_line"]));
+        let n = rx.recv(&mut buf).await.unwrap();
+        assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), expected());
+        log.flush(Duration::from_secs(1)).await;
+        let st = log.stats();
+        assert_eq!(
+            (
+                st.sent.load(Relaxed),
+                st.truncated.load(Relaxed),
+                st.dropped.load(Relaxed)
+            ),
+            (2, 1, 0)
+        );
+        assert_eq!(st.queued.load(Relaxed), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_new_target_gets_the_old_queue() {
+        // The old target goes away; messages queue for it.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut log = Syslog::start(cfg(&format!("tcp://{}", l.local_addr().unwrap())))
+            .await
+            .unwrap();
+        let stats = log.stats();
+        let (s, _) = l.accept().await.unwrap();
+        drop((s, l));
+        for _ in 0..200 {
+            if !stats.connected.load(Relaxed) {
+                break;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+        for i in 0..14 {
+            log.send(&json!({"event": format!("q{i}")}));
+        }
+        sleep(Duration::from_millis(500)).await; // retries refused meanwhile
+        assert_eq!(stats.queued.load(Relaxed), 14);
+        // A reload names a new target.
+        let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c2 = cfg(&format!("tcp://{}", l2.local_addr().unwrap()));
+        let conn = connect_to(&c2.target).await.unwrap();
+        assert!(log.retarget(c2.clone(), conn));
+        assert_eq!(log.target(), &c2.target);
+        let (mut s2, _) = l2.accept().await.unwrap();
+        let mut buf = Vec::new();
+        for i in 0..14 {
+            let frame = read_frame(&mut s2, &mut buf).await;
+            assert!(frame.contains(&format!(" q{i} ")), "{frame}");
+        }
+        log.send(&json!({"event": "after"}));
+        assert!(read_frame(&mut s2, &mut buf).await.contains(" after "));
+        log.flush(Duration::from_secs(1)).await;
+        assert_eq!(
+            (
+                stats.sent.load(Relaxed),
+                stats.dropped.load(Relaxed),
+                stats.queued.load(Relaxed)
+            ),
+            (15, 0, 0)
+        );
+        // Stopped with messages still queued (target gone): counted as dropped.
+        drop((s2, l2));
+        for _ in 0..200 {
+            if !stats.connected.load(Relaxed) {
+                break;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+        log.send(&json!({"event": "never"}));
+        log.send(&json!({"event": "never"}));
+        sleep(Duration::from_millis(50)).await;
+        drop(log);
+        sleep(Duration::from_millis(50)).await; // the aborted task is dropped
+        assert_eq!(
+            (stats.dropped.load(Relaxed), stats.queued.load(Relaxed)),
+            (2, 0)
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn unix_stream_gets_one_line_per_message_whatever_the_name() {
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        let path = std::env::temp_dir().join(format!(
+            "tcpq-syslog-forged-{}-{}.stream",
+            std::process::id(),
+            t.as_nanos()
+        ));
+        let l = tokio::net::UnixListener::bind(&path).unwrap();
+        let log = Syslog::start(cfg(&format!("unix://{}", path.display())))
+            .await
+            .unwrap();
+        let (mut s, _) = l.accept().await.unwrap();
+        for i in 0..45 {
+            let mut ev = event();
+            ev["process.executable.name"] = json!(format!("{FORGED}{i}"));
+            log.send(&ev);
+        }
+        log.flush(Duration::from_secs(2)).await;
+        drop(log);
+        let mut got = Vec::new();
+        while read_some(&mut s, &mut got).await > 0 {}
+        let text = String::from_utf8(got).unwrap();
+        let records: Vec<&str> = text.lines().collect();
+        assert_eq!(records.len(), 45);
+        for (i, r) in records.iter().enumerate() {
+            assert!(r.starts_with("<28>1 "), "{r}");
+            let (_, rest) = sd_values(r);
+            let json: Value = serde_json::from_str(rest.trim_start()).unwrap();
+            assert_eq!(json["process.executable.name"], format!("{FORGED}{i}"));
+        }
+        let _ = std::fs::remove_file(&path);
     }
 }

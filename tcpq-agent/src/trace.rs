@@ -37,10 +37,7 @@ use crate::{
 };
 
 pub fn run(args: TraceArgs) -> Result<()> {
-    let mut console = Console {
-        format: args.output,
-        out: io::stdout(),
-    };
+    let mut console = Console::stdout(args.output);
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -364,6 +361,7 @@ pub async fn engine(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
 
+    let mut output_failed: Option<io::Error> = None;
     loop {
         let mut round = None;
         let mut flush = false;
@@ -394,8 +392,9 @@ pub async fn engine(
             }
             Some(Control::Snapshot(lines)) => {
                 let view = s.view();
-                if sink.snapshot(lines, &view).is_err() {
-                    return Ok(());
+                if let Err(e) = sink.snapshot(lines, &view) {
+                    output_failed = Some(e);
+                    break;
                 }
             }
             None => {}
@@ -415,8 +414,11 @@ pub async fn engine(
         let quiet = s.last_flush.elapsed() >= s.args.interval;
         if flush || (quiet && s.agg.has_pending()) {
             tick.reset();
-            if s.flush(sink).is_err() {
-                return Ok(()); // stdout closed (e.g. `| head`): nothing left to say
+            if let Err(e) = s.flush(sink) {
+                // A full disk, a closed pipe (`| head`): stop, say so once
+                // the summary is out, exit non-zero.
+                output_failed = Some(e);
+                break;
             }
             if let Some(pid) = s.args.pid {
                 if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
@@ -427,20 +429,31 @@ pub async fn engine(
         }
     }
 
-    // Last round: count what happened up to the stop, then flush.
-    if wake.send(true).is_ok() {
-        if let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-            s.drain(ring.get_mut());
-            s.apply(r);
+    // Last round: count what happened up to the stop, then flush (unless
+    // the output already failed: nothing more can be written).
+    if output_failed.is_none() {
+        if wake.send(true).is_ok() {
+            if let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                s.drain(ring.get_mut());
+                s.apply(r);
+            }
         }
+        s.read_accept_errors();
+        s.learn_owners();
+        s.drain(ring.get_mut());
+        if let Err(e) = s.flush(sink) {
+            output_failed = Some(e);
+        }
+    } else {
+        s.drain(ring.get_mut());
     }
-    s.read_accept_errors();
-    s.learn_owners();
-    s.drain(ring.get_mut());
-    let _ = s.flush(sink);
     let lost = s.stat(stats::RINGBUF_FULL);
+    let unwritten = match sink.lines_lost() {
+        0 => String::new(),
+        n => format!("; {n} report lines not written (output failed)"),
+    };
     eprintln!(
-        "tcpq: done: {} kernel events received, {lost} lost (ring buffer full), {} undecodable, {} kernel read errors; {} socket owners cached",
+        "tcpq: done: {} kernel events received, {lost} lost (ring buffer full), {} undecodable, {} kernel read errors; {} socket owners cached{unwritten}",
         s.received,
         s.undecodable,
         s.stat(stats::READ_ERRORS),
@@ -462,7 +475,17 @@ pub async fn engine(
             }
         }
     }
-    Ok(())
+    match output_failed {
+        // "output: No space left on device", "output: Broken pipe"
+        Some(e) => Err(anyhow!("output: {}", os_reason(&e))),
+        None => Ok(()),
+    }
+}
+
+/// An I/O error's message without the "(os error N)" tail.
+pub fn os_reason(e: &io::Error) -> String {
+    let s = e.to_string();
+    s.split(" (os error").next().unwrap_or(&s).to_string()
 }
 
 impl Session {
@@ -597,6 +620,7 @@ impl Session {
         at: SystemTime,
         sink: &mut dyn Sink,
     ) -> io::Result<()> {
+        let mut failed = None;
         for p in pending {
             // The process the kernel named, else the holder of the
             // listener, else the holder of the socket the line is about.
@@ -641,7 +665,7 @@ impl Session {
                 }
                 _ => owner,
             };
-            sink.report(&export::Report {
+            let written = sink.report(&export::Report {
                 at,
                 pending: p,
                 owner,
@@ -655,9 +679,14 @@ impl Session {
                     owner,
                     p.netns.and_then(|n| self.agg.netns_state(n)),
                 ),
-            })?;
+            });
+            // Every line is tried (and counted by the sink if lost); the
+            // first error is the answer.
+            if let Err(e) = written {
+                failed.get_or_insert(e);
+            }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// accept() failures since the last call, per process and errno, with

@@ -173,11 +173,36 @@ impl Netns {
     /// Like `scenario`, over IPv4 or IPv6 loopback.
     pub fn scenario_ip(&self, ip: Ip, args: &[&str]) -> (Child, u32) {
         let bin = scenario_bin();
-        let bin = bin.to_str().unwrap();
-        let mut child = self
-            .cmd(bin)
+        let mut cmd = self.cmd(bin.to_str().unwrap());
+        cmd.env("TCPQ_SCENARIO_V6", if ip == Ip::V6 { "1" } else { "0" });
+        Netns::start_scenario(cmd, args)
+    }
+
+    /// Like `scenario`, with the helper run from `bin` (a copy of it, at a
+    /// path that is also its argv[0], its command line and its exe) and,
+    /// with `comm`, named that with prctl(PR_SET_NAME).
+    pub fn scenario_as(
+        &self,
+        bin: &std::path::Path,
+        comm: Option<&str>,
+        args: &[&str],
+    ) -> (Child, u32) {
+        use std::os::unix::ffi::OsStrExt;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(bin.as_os_str());
+        cmd.env("TCPQ_SCENARIO_V6", "0");
+        if let Some(c) = comm {
+            cmd.env(
+                "TCPQ_SCENARIO_COMM",
+                std::ffi::OsStr::from_bytes(c.as_bytes()),
+            );
+        }
+        Netns::start_scenario(cmd, args)
+    }
+
+    fn start_scenario(mut cmd: Command, args: &[&str]) -> (Child, u32) {
+        let mut child = cmd
             .args(args)
-            .env("TCPQ_SCENARIO_V6", if ip == Ip::V6 { "1" } else { "0" })
             .stdout(Stdio::piped())
             .spawn()
             .expect("start tcpq-scenario");
@@ -286,7 +311,9 @@ impl Agent {
         Agent::start_via(wrapper, &["run"], extra)
     }
 
-    fn start(sub: &[&str], extra: &[&str]) -> Agent {
+    /// Starts the agent with these arguments (a subcommand and its flags)
+    /// and waits until it is tracing.
+    pub fn start(sub: &[&str], extra: &[&str]) -> Agent {
         Agent::start_via(&[], sub, extra)
     }
 
@@ -299,13 +326,14 @@ impl Agent {
             }
             None => Command::new(agent_bin()),
         };
+        cmd.args(sub).args(extra).args(attach_args());
+        Agent::spawn(cmd)
+    }
+
+    /// Starts `cmd` (the agent, or a command that execs it, keeping its
+    /// pid) with stdout and stderr piped, and waits until it is tracing.
+    pub fn spawn(mut cmd: Command) -> Agent {
         let mut child = cmd
-            .args(sub)
-            .args(extra)
-            .args(match std::env::var("TCPQ_ATTACH") {
-                Ok(mode) if !mode.is_empty() => vec!["--attach".to_string(), mode],
-                _ => vec![],
-            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -397,6 +425,22 @@ impl Agent {
         (out, err)
     }
 
+    /// Sends `signal`, waits for the exit; returns the exit status and the
+    /// lines on stdout and stderr (after ready), as they are.
+    pub fn stop_raw(mut self, signal: i32) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let status = self.child.wait().unwrap();
+        let mut err = Vec::new();
+        while let Ok(l) = self.stderr_lines.recv_timeout(Duration::from_secs(2)) {
+            err.push(l);
+        }
+        let mut out = Vec::new();
+        while let Ok((_, l)) = self.stdout_lines.recv_timeout(Duration::from_secs(5)) {
+            out.push(l);
+        }
+        (status, out, err)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -428,6 +472,14 @@ impl Agent {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
+    }
+}
+
+/// `--attach MODE` when `TCPQ_ATTACH` asks for one.
+pub fn attach_args() -> Vec<String> {
+    match std::env::var("TCPQ_ATTACH") {
+        Ok(mode) if !mode.is_empty() => vec!["--attach".to_string(), mode],
+        _ => vec![],
     }
 }
 

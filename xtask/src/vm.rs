@@ -711,9 +711,17 @@ struct TestExe {
 
 /// Test executables that run on the host only: they need Debian's
 /// prometheus and rsyslogd (sidecar, prometheus), tmux (top) or the Python
-/// venv and collector (otlp), which the guest does not carry; the kernel
-/// side they drive is the engine the other tests run in the guest.
-const HOST_ONLY: &[&str] = &["sidecar", "top", "otlp", "prometheus", "privilege"];
+/// venv and collector (otlp), promtool (exporters), which the guest does
+/// not carry; the kernel side they drive is the engine the other tests run
+/// in the guest.
+const HOST_ONLY: &[&str] = &[
+    "sidecar",
+    "top",
+    "otlp",
+    "prometheus",
+    "exporters",
+    "privilege",
+];
 
 fn build() -> Result<Vec<TestExe>> {
     cargo(&["build", "-p", "tcpq-agent", "-p", "tcpq-tests", "--bins"])?;

@@ -70,6 +70,8 @@
 //!       PARENT` then `child CHILD`
 //!
 //! Loopback over IPv4 (127.0.0.1), or IPv6 (::1) with TCPQ_SCENARIO_V6=1.
+//! TCPQ_SCENARIO_COMM=NAME: the process names itself NAME first
+//! (prctl(PR_SET_NAME), any bytes, at most 15).
 use std::{
     io,
     net::{Ipv4Addr, Ipv6Addr},
@@ -422,6 +424,21 @@ fn secs(v: f64) -> Duration {
 }
 
 fn main() -> io::Result<()> {
+    // TCPQ_SCENARIO_COMM: the name to give this process (PR_SET_NAME, at
+    // most 15 bytes), whatever bytes it holds: a hostile name for the
+    // exporters' tests.
+    if let Some(name) = std::env::var_os("TCPQ_SCENARIO_COMM") {
+        use std::os::unix::ffi::OsStrExt;
+        let mut buf = [0u8; 16];
+        let b = name.as_bytes();
+        let n = b.len().min(15);
+        buf[..n].copy_from_slice(&b[..n]);
+        // SAFETY: buf is a NUL-terminated 16-byte buffer.
+        check(
+            unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr() as libc::c_ulong, 0, 0, 0) },
+            "prctl(PR_SET_NAME)",
+        )?;
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().map(String::as_str).unwrap_or("");
     match mode {

@@ -33,6 +33,8 @@ const DEBIAN: &[&str] = &[
     "procps",
     "redis-server",
     "strace",
+    "podman",
+    "runc",
     "nginx-light",
     "wrk",
     "hping3",

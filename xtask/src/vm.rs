@@ -710,10 +710,10 @@ struct TestExe {
 }
 
 /// Test executables that run on the host only: they need Debian's
-/// prometheus and rsyslogd (sidecar, prometheus), tmux (top) or the Python
-/// venv and collector (otlp), promtool (exporters), which the guest does
-/// not carry; the kernel side they drive is the engine the other tests run
-/// in the guest.
+/// prometheus and rsyslogd (sidecar, prometheus), tmux (top), the Python
+/// venv and collector (otlp), promtool (exporters), setpriv with a user
+/// (privilege) or podman (containers), which the guest does not carry; the
+/// kernel side they drive is the engine the other tests run in the guest.
 const HOST_ONLY: &[&str] = &[
     "sidecar",
     "top",
@@ -721,6 +721,7 @@ const HOST_ONLY: &[&str] = &[
     "prometheus",
     "exporters",
     "privilege",
+    "containers",
 ];
 
 fn build() -> Result<Vec<TestExe>> {

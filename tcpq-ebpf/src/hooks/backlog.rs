@@ -31,14 +31,25 @@ fn requested(backlog: i32) {
     let _ = REQUESTED_BACKLOG.insert(&bpf_get_current_pid_tgid(), &backlog, 0);
 }
 
-/// The backlog the current thread's listen() asked for, taken.
+/// The backlog the current thread's listen() asked for, taken: the value
+/// in the low 32 bits and [`TAKEN`] set, or 0 when none was seen. A plain
+/// integer, not an `Option`: the 6.1 verifier rejects the uninitialised
+/// stack slot LLVM leaves behind for a `None` carried into a closure.
 #[inline(always)]
-pub fn take() -> Option<i32> {
+pub fn take() -> u64 {
     let tid = bpf_get_current_pid_tgid();
-    let b = unsafe { REQUESTED_BACKLOG.get(&tid) }.copied()?;
-    let _ = REQUESTED_BACKLOG.remove(&tid);
-    Some(b)
+    match unsafe { REQUESTED_BACKLOG.get(&tid) } {
+        Some(b) => {
+            let v = TAKEN | u64::from(*b as u32);
+            let _ = REQUESTED_BACKLOG.remove(&tid);
+            v
+        }
+        None => 0,
+    }
 }
+
+/// Set in what [`take`] returns when a backlog was seen.
+pub const TAKEN: u64 = 1 << 32;
 
 #[fentry(function = "__sys_listen")]
 pub fn tcpq_sys_listen_fentry(ctx: FEntryContext) -> u32 {

@@ -57,16 +57,12 @@ fn listener(sk: u64, up: bool) {
     } else {
         EventKind::ListenerDown
     };
-    let requested = if up {
-        crate::hooks::backlog::take()
-    } else {
-        None
-    };
+    let requested = if up { crate::hooks::backlog::take() } else { 0 };
     emit(stats::LISTENER_SEEN, kind as u32, |ev| {
         sock::fill_listener(ev, sk);
         ev.aux = if up { tgid } else { 0 };
-        if let Some(b) = requested {
-            ev.detail = b as u32;
+        if requested & crate::hooks::backlog::TAKEN != 0 {
+            ev.detail = requested as u32;
             ev.flags |= tcpq_common::event::flags::BACKLOG_REQUESTED;
         }
     });

@@ -43,6 +43,9 @@ pub fn main(args: RunArgs) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!("run needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN; see packaging/systemd): run it with sudo or as the packaged service");
     }
+    // Each /metrics connection holds a descriptor: room for the server's
+    // cap (see metrics::serve) beside the agent's own netns and /proc reads.
+    metrics::raise_fd_limit();
     // The exporters (the /metrics server, the syslog sender) run on a
     // thread of their own: the engine's thread does blocking work (sock_diag
     // dumps, /proc walks, writes to a full pipe) that must not stall a

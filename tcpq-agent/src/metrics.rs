@@ -767,6 +767,36 @@ fn route(req: &Request<Incoming>, registry: &Mutex<Registry>, body: Done) -> Res
     }
 }
 
+/// The listen backlog (the kernel caps it at net.core.somaxconn): a burst
+/// of connections waits for accept() instead of being dropped (the
+/// default, 128, overflowed under a reconnecting flood).
+const BACKLOG: u32 = 4096;
+
+/// Listens on the first address that works, like `TcpListener::bind`, with
+/// a longer backlog.
+fn listen(addrs: Vec<SocketAddr>) -> io::Result<TcpListener> {
+    let mut last = io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "could not resolve to any address",
+    );
+    for sa in addrs {
+        let socket = match sa {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        };
+        let listener = socket.and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(sa)?;
+            s.listen(BACKLOG)
+        });
+        match listener {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// Binds IP:PORT, [IPv6]:PORT or NAME:PORT (resolved); errors are one line
 /// naming the address.
 pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
@@ -774,9 +804,12 @@ pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
     let port = port.parse::<u16>().ok();
     let name = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
     let bound = match addr.parse::<SocketAddr>() {
-        Ok(sa) => TcpListener::bind(sa).await,
+        Ok(sa) => listen(vec![sa]),
         Err(_) if port.is_some() && !host.is_empty() && host.chars().all(name) => {
-            TcpListener::bind(addr).await
+            match tokio::net::lookup_host(addr).await {
+                Ok(addrs) => listen(addrs.collect()),
+                Err(e) => Err(e),
+            }
         }
         Err(_) => return Err(anyhow!("metrics address `{addr}`: expected HOST:PORT")),
     };

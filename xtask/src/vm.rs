@@ -710,7 +710,7 @@ struct TestExe {
 /// prometheus and rsyslogd (sidecar, prometheus), tmux (top) or the Python
 /// venv and collector (otlp), which the guest does not carry; the kernel
 /// side they drive is the engine the other tests run in the guest.
-const HOST_ONLY: &[&str] = &["sidecar", "top", "otlp", "prometheus"];
+const HOST_ONLY: &[&str] = &["sidecar", "top", "otlp", "prometheus", "metrics_flood"];
 
 fn build() -> Result<Vec<TestExe>> {
     cargo(&["build", "-p", "tcpq-agent", "-p", "tcpq-tests", "--bins"])?;

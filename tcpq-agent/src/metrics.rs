@@ -546,8 +546,31 @@ pub async fn serve(listener: TcpListener, registry: Arc<Mutex<Registry>>) {
     serve_max(listener, registry, max).await
 }
 
+/// The /metrics server's own families: whoever scrapes sees a flood.
+const OPEN: &str = "tcpq_http_connections";
+const CLOSED: &str = "tcpq_http_connections_closed_total";
+
+/// The reasons of `CLOSED`.
+const REASONS: [&str; 3] = ["timeout", "evicted", "lifetime"];
+
+/// What every connection task shares.
+struct Server {
+    conns: Mutex<Conns>,
+    registry: Arc<Mutex<Registry>>,
+    http: http1::Builder,
+    /// Per `REASONS`; into the registry at each scrape (a flood's closes
+    /// do not contend for its lock).
+    closed: [AtomicU64; 3],
+}
+
 async fn serve_max(listener: TcpListener, registry: Arc<Mutex<Registry>>, max: usize) {
-    let conns = Arc::new(Mutex::new(Conns::new(max)));
+    {
+        let mut r = registry.lock().unwrap_or_else(|p| p.into_inner());
+        let help = "Connections open to the /metrics server.";
+        r.describe(OPEN, help, Type::Gauge);
+        let help = "Connections the /metrics server closed on its own, by reason: timeout (no whole request header within 2 s, or idle 2 s), evicted (the oldest idle one, for a new connection at the cap), lifetime (open 10 s).";
+        r.describe(CLOSED, help, Type::Counter);
+    }
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
@@ -555,6 +578,12 @@ async fn serve_max(listener: TcpListener, registry: Arc<Mutex<Registry>>, max: u
         .max_header_size(MAX_HEAD)
         // A client may shut down its side after the request (`printf ... | nc`).
         .half_close(true);
+    let server = Arc::new(Server {
+        conns: Mutex::new(Conns::new(max)),
+        registry,
+        http,
+        closed: Default::default(),
+    });
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -562,33 +591,26 @@ async fn serve_max(listener: TcpListener, registry: Arc<Mutex<Registry>>, max: u
                 // Out of descriptors (or another transient error): free one
                 // by closing the oldest idle connection, and retry soon.
                 if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-                    lock(&conns).evict();
+                    lock(&server.conns).evict();
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let slot = lock(&conns).admit();
-        let conn = connection(stream, slot, http.clone(), registry.clone(), conns.clone());
-        tokio::spawn(conn);
+        let slot = lock(&server.conns).admit();
+        tokio::spawn(connection(stream, slot, server.clone()));
     }
 }
 
-async fn connection(
-    stream: TcpStream,
-    slot: Arc<Slot>,
-    http: http1::Builder,
-    registry: Arc<Mutex<Registry>>,
-    conns: Arc<Mutex<Conns>>,
-) {
-    let epoch = lock(&conns).epoch;
+async fn connection(stream: TcpStream, slot: Arc<Slot>, server: Arc<Server>) {
+    let epoch = lock(&server.conns).epoch;
     let io = TokioIo::new(Tracked {
         stream,
         slot: slot.clone(),
         epoch,
     });
-    let svc_slot = slot.clone();
+    let (svc_slot, svc_server) = (slot.clone(), server.clone());
     let svc = service_fn(move |req: Request<Incoming>| {
         svc_slot.in_flight.fetch_add(1, Relaxed);
         svc_slot.last.store(Conns::now_ms(epoch), Relaxed);
@@ -597,14 +619,14 @@ async fn connection(
             slot: svc_slot.clone(),
             epoch,
         };
-        let resp = route(&req, &registry, body);
+        let resp = route(&req, &svc_server, body);
         std::future::ready(Ok::<_, Infallible>(resp))
     });
-    let conn = http.serve_connection(io, svc);
+    let conn = server.http.serve_connection(io, svc);
     tokio::pin!(conn);
     let lifetime = tokio::time::sleep(MAX_LIFETIME);
     tokio::pin!(lifetime);
-    loop {
+    let closed_by_us = loop {
         // While a request is in progress there is nothing to check until
         // it ends; then IDLE_TIMEOUT from its end.
         let idle_at = match slot.in_flight.load(Relaxed) {
@@ -613,23 +635,26 @@ async fn connection(
         };
         let idle_at = tokio::time::Instant::from_std(idle_at);
         tokio::select! {
-            _ = &mut conn => break,
-            _ = slot.close.notified() => break,
+            done = &mut conn => break done.err().filter(|e| e.is_timeout()).map(|_| 0),
+            _ = slot.close.notified() => break Some(1),
             _ = tokio::time::sleep_until(idle_at) => {
                 let last = Duration::from_millis(slot.last.load(Relaxed));
                 let idle = slot.in_flight.load(Relaxed) == 0;
                 if idle && epoch.elapsed() >= last + IDLE_TIMEOUT {
-                    break;
+                    break Some(0);
                 }
             }
             _ = &mut lifetime => {
                 conn.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(CLOSE_GRACE, &mut conn).await;
-                break;
+                break Some(2);
             }
         }
+    };
+    lock(&server.conns).open.remove(&slot.id);
+    if let Some(reason) = closed_by_us {
+        server.closed[reason].fetch_add(1, Relaxed);
     }
-    lock(&conns).open.remove(&slot.id);
 }
 
 /// The socket, marking every successful write as activity (a slow but
@@ -726,7 +751,7 @@ impl Body for Done {
     }
 }
 
-fn route(req: &Request<Incoming>, registry: &Mutex<Registry>, body: Done) -> Response<Done> {
+fn route(req: &Request<Incoming>, server: &Server, body: Done) -> Response<Done> {
     let reply = |status: StatusCode, ctype: &'static str, text: String, mut body: Done| {
         body.inner = Full::new(Bytes::from(text));
         let mut resp = Response::new(body);
@@ -748,10 +773,15 @@ fn route(req: &Request<Incoming>, registry: &Mutex<Registry>, body: Done) -> Res
             resp
         }
         "/metrics" => {
-            let text = registry
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .render_scrape();
+            let open = lock(&server.conns).open.len();
+            let mut r = server.registry.lock().unwrap_or_else(|p| p.into_inner());
+            r.set(OPEN, &vec![], open as f64);
+            for (reason, n) in REASONS.iter().zip(&server.closed) {
+                let labels = vec![("reason", reason.to_string())];
+                r.set_counter(CLOSED, &labels, n.load(Relaxed));
+            }
+            let text = r.render_scrape();
+            drop(r);
             reply(StatusCode::OK, CONTENT_TYPE, text, body)
         }
         "/" => {
@@ -1019,7 +1049,7 @@ tcpq_up 1
         let listener = bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let reg = Arc::new(Mutex::new(sample_registry()));
-        let task = tokio::spawn(serve_max(listener, reg, 3));
+        let task = tokio::spawn(serve_max(listener, reg.clone(), 3));
 
         // Two requests on one connection, then closed once idle.
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -1074,6 +1104,21 @@ tcpq_up 1
             let closed = read_until_close(s, short).await.is_some();
             assert_eq!(closed, i < 3, "idle connection {i} of 5, cap 3");
         }
+        // Counted (on /metrics from the next scrape on): the idle
+        // keep-alive and the slowloris, the 3 evicted.
+        get(addr, b"GET /metrics HTTP/1.0\r\n\r\n").await;
+        let text = reg.lock().unwrap().render();
+        let count = |reason: &str| {
+            let key = format!("{CLOSED}{{reason=\"{reason}\"}} ");
+            let line = text.lines().find_map(|l| l.strip_prefix(&key));
+            line.map_or(0, |v| v.parse::<u64>().unwrap())
+        };
+        assert_eq!(count("evicted"), 3, "{text}");
+        assert!(count("timeout") >= 2, "{text}");
+        let open = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{OPEN} ")));
+        assert!(matches!(open, Some("1" | "2" | "3")), "{text}");
         task.abort();
     }
 

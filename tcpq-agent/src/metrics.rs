@@ -604,6 +604,35 @@ async fn serve_max(listener: TcpListener, registry: Arc<Mutex<Registry>>, max: u
 }
 
 async fn connection(stream: TcpStream, slot: Arc<Slot>, server: Arc<Server>) {
+    // Until its first byte a connection costs its task and socket only
+    // (hyper's buffers, 16 KiB, come with the request): a flood of idle
+    // connections stays small.
+    let mut byte = [0u8; 1];
+    let first = tokio::select! {
+        // (readable() returns at once on a new socket; peek waits for data.)
+        r = stream.peek(&mut byte) => matches!(r, Ok(1..)),
+        _ = slot.close.notified() => return closed(&server, &slot, Some(1)),
+        _ = tokio::time::sleep(IDLE_TIMEOUT) => return closed(&server, &slot, Some(0)),
+    };
+    if !first {
+        return closed(&server, &slot, None); // EOF or an error before a byte
+    }
+    let reason = http(stream, &slot, &server).await;
+    closed(&server, &slot, reason);
+}
+
+/// Forgets a closed connection; `reason`: why the server closed it (an
+/// index into `REASONS`), None when the client did.
+fn closed(server: &Server, slot: &Slot, reason: Option<usize>) {
+    lock(&server.conns).open.remove(&slot.id);
+    if let Some(reason) = reason {
+        server.closed[reason].fetch_add(1, Relaxed);
+    }
+}
+
+/// Serves HTTP on the connection until it ends; why the server closed
+/// it, if it did.
+async fn http(stream: TcpStream, slot: &Arc<Slot>, server: &Arc<Server>) -> Option<usize> {
     let epoch = lock(&server.conns).epoch;
     let io = TokioIo::new(Tracked {
         stream,
@@ -626,7 +655,7 @@ async fn connection(stream: TcpStream, slot: Arc<Slot>, server: Arc<Server>) {
     tokio::pin!(conn);
     let lifetime = tokio::time::sleep(MAX_LIFETIME);
     tokio::pin!(lifetime);
-    let closed_by_us = loop {
+    loop {
         // While a request is in progress there is nothing to check until
         // it ends; then IDLE_TIMEOUT from its end.
         let idle_at = match slot.in_flight.load(Relaxed) {
@@ -650,10 +679,6 @@ async fn connection(stream: TcpStream, slot: Arc<Slot>, server: Arc<Server>) {
                 break Some(2);
             }
         }
-    };
-    lock(&server.conns).open.remove(&slot.id);
-    if let Some(reason) = closed_by_us {
-        server.closed[reason].fetch_add(1, Relaxed);
     }
 }
 

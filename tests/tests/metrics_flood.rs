@@ -305,6 +305,12 @@ fn metrics_survive_idle_connections_and_slowloris() {
     assert!(stats.slow_closed.load(Relaxed) >= SLOWLORIS as u64);
     assert!(longest < 4000, "a slowloris connection lasted {longest} ms");
     // The agent accepts at once: its own listener does not back up.
+    // An idle connection costs about 2 KiB until its first byte (hyper's
+    // buffers come with the request): 1,000 of them well under 16 MiB.
+    assert!(
+        rss_max.saturating_sub(rss_before) < 16 * 1024,
+        "RSS {rss_before} -> {rss_max} KiB"
+    );
     // The agent's own listener does not back up: its queue stays under a
     // quarter of its limit, where the agent would call it backing up (and
     // attach its accept() hooks host-wide).

@@ -542,8 +542,12 @@ pub fn raise_fd_limit() {
 /// abort its task to stop it (open connections close within
 /// `MAX_LIFETIME + CLOSE_GRACE`).
 pub async fn serve(listener: TcpListener, registry: Arc<Mutex<Registry>>) {
-    let max = MAX_CONNECTIONS.min((fd_limit() / 2) as usize).max(16);
-    serve_max(listener, registry, max).await
+    let limits = Limits {
+        max: MAX_CONNECTIONS.min((fd_limit() / 2) as usize).max(16),
+        lifetime: MAX_LIFETIME,
+        grace: CLOSE_GRACE,
+    };
+    serve_with(listener, registry, limits).await
 }
 
 /// The /metrics server's own families: whoever scrapes sees a flood.
@@ -561,9 +565,19 @@ struct Server {
     /// Per `REASONS`; into the registry at each scrape (a flood's closes
     /// do not contend for its lock).
     closed: [AtomicU64; 3],
+    limits: Limits,
 }
 
-async fn serve_max(listener: TcpListener, registry: Arc<Mutex<Registry>>, max: usize) {
+/// What a connection may hold: `max` of them at once, each for `lifetime`
+/// (+ `grace` to finish).
+#[derive(Clone, Copy)]
+struct Limits {
+    max: usize,
+    lifetime: Duration,
+    grace: Duration,
+}
+
+async fn serve_with(listener: TcpListener, registry: Arc<Mutex<Registry>>, limits: Limits) {
     {
         let mut r = registry.lock().unwrap_or_else(|p| p.into_inner());
         let help = "Connections open to the /metrics server.";
@@ -579,10 +593,11 @@ async fn serve_max(listener: TcpListener, registry: Arc<Mutex<Registry>>, max: u
         // A client may shut down its side after the request (`printf ... | nc`).
         .half_close(true);
     let server = Arc::new(Server {
-        conns: Mutex::new(Conns::new(max)),
+        conns: Mutex::new(Conns::new(limits.max)),
         registry,
         http,
         closed: Default::default(),
+        limits,
     });
     loop {
         let stream = match listener.accept().await {
@@ -653,7 +668,7 @@ async fn http(stream: TcpStream, slot: &Arc<Slot>, server: &Arc<Server>) -> Opti
     });
     let conn = server.http.serve_connection(io, svc);
     tokio::pin!(conn);
-    let lifetime = tokio::time::sleep(MAX_LIFETIME);
+    let lifetime = tokio::time::sleep(server.limits.lifetime);
     tokio::pin!(lifetime);
     loop {
         // While a request is in progress there is nothing to check until
@@ -675,7 +690,7 @@ async fn http(stream: TcpStream, slot: &Arc<Slot>, server: &Arc<Server>) -> Opti
             }
             _ = &mut lifetime => {
                 conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(CLOSE_GRACE, &mut conn).await;
+                let _ = tokio::time::timeout(server.limits.grace, &mut conn).await;
                 break Some(2);
             }
         }
@@ -1074,7 +1089,12 @@ tcpq_up 1
         let listener = bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let reg = Arc::new(Mutex::new(sample_registry()));
-        let task = tokio::spawn(serve_max(listener, reg.clone(), 3));
+        let limits = Limits {
+            max: 3,
+            lifetime: MAX_LIFETIME,
+            grace: CLOSE_GRACE,
+        };
+        let task = tokio::spawn(serve_with(listener, reg.clone(), limits));
 
         // Two requests on one connection, then closed once idle.
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -1144,6 +1164,51 @@ tcpq_up 1
             .lines()
             .find_map(|l| l.strip_prefix(&format!("{OPEN} ")));
         assert!(matches!(open, Some("1" | "2" | "3")), "{text}");
+        task.abort();
+    }
+
+    /// A client that never lets its connection go idle is let go after
+    /// the lifetime: the request in progress answered, then closed.
+    #[tokio::test]
+    async fn lifetime_ends_a_busy_keep_alive() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reg = Arc::new(Mutex::new(sample_registry()));
+        let limits = Limits {
+            max: 16,
+            lifetime: Duration::from_secs(1),
+            grace: Duration::from_millis(500),
+        };
+        let task = tokio::spawn(serve_with(listener, reg.clone(), limits));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let t = Instant::now();
+        let mut answered = 0;
+        while t.elapsed() < Duration::from_secs(4) {
+            let sent = s.write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            let mut buf = [0u8; 512];
+            match (sent, s.read(&mut buf).await) {
+                (Ok(()), Ok(n @ 1..)) => {
+                    let resp = String::from_utf8_lossy(&buf[..n]).to_string();
+                    assert!(resp.starts_with("HTTP/1.1 404 Not Found\r\n"), "{resp}");
+                    answered += 1;
+                }
+                _ => break,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        assert!(answered >= 4, "{answered}");
+        get(addr, b"GET /metrics HTTP/1.0\r\n\r\n").await;
+        let text = reg.lock().unwrap().render();
+        assert!(
+            text.contains(&format!("{CLOSED}{{reason=\"lifetime\"}} 1\n")),
+            "{text}"
+        );
         task.abort();
     }
 

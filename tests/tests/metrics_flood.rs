@@ -83,14 +83,19 @@ fn connect(addr: &str, stats: &FloodStats) -> Option<TcpStream> {
     }
 }
 
-/// Keeps IDLE idle connections and SLOWLORIS drippers open until `stop`;
-/// every socket is closed when it returns.
-fn flood(addr: String, stop: Arc<AtomicBool>, stats: Arc<FloodStats>) {
+/// Keeps `n_idle` idle connections and `n_slow` slowloris drippers open
+/// until `stop`; every socket is closed when it returns.
+fn flood(
+    addr: String,
+    (n_idle, n_slow): (usize, usize),
+    stop: Arc<AtomicBool>,
+    stats: Arc<FloodStats>,
+) {
     const HEADER: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    let mut idle: Vec<Option<TcpStream>> = (0..IDLE).map(|_| connect(&addr, &stats)).collect();
+    let mut idle: Vec<Option<TcpStream>> = (0..n_idle).map(|_| connect(&addr, &stats)).collect();
     // (socket, opened, bytes sent, last byte at)
     let mut slow: Vec<Option<(TcpStream, Instant, usize, Instant)>> =
-        (0..SLOWLORIS).map(|_| None).collect();
+        (0..n_slow).map(|_| None).collect();
     // Bounded whatever happens to the test thread.
     let deadline = Instant::now() + Duration::from_secs(120);
     while !stop.load(Relaxed) && Instant::now() < deadline {
@@ -194,6 +199,21 @@ fn accept_queue(port: u16) -> (u64, u64) {
     (q.next().unwrap_or(0), q.next().unwrap_or(0))
 }
 
+/// The accept queue of the listener on 127.0.0.1:`port`, from
+/// /proc/net/tcp (a listener's rx_queue): cheap enough to sample every
+/// 10 ms.
+fn accept_queue_now(port: u16) -> u64 {
+    let want = format!("0100007F:{port:04X}");
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 4 && f[1] == want && f[3] == "0A")
+        .and_then(|f| f[4].split_once(':').map(|(_, rx)| rx.to_string()))
+        .and_then(|rx| u64::from_str_radix(&rx, 16).ok())
+        .unwrap_or(0)
+}
+
 /// A sample's value in a Prometheus text body (0 when absent).
 fn value(body: &str, series: &str) -> f64 {
     body.lines()
@@ -227,7 +247,7 @@ fn metrics_survive_idle_connections_and_slowloris() {
     let stats = Arc::new(FloodStats::default());
     let flooder = {
         let (addr, stop, stats) = (addr.clone(), stop.clone(), stats.clone());
-        thread::spawn(move || flood(addr, stop, stats))
+        thread::spawn(move || flood(addr, (IDLE, SLOWLORIS), stop, stats))
     };
     let started = Instant::now();
     while (stats.open.load(Relaxed) as usize) < IDLE + SLOWLORIS {
@@ -238,7 +258,19 @@ fn metrics_survive_idle_connections_and_slowloris() {
         thread::sleep(Duration::from_millis(50));
     }
     thread::sleep(Duration::from_millis(500));
-    let (mut rss_max, mut fds_max, mut queue_max) = (0, 0, 0);
+    // The agent's listener's queue, every 10 ms while the flood runs.
+    let sampler = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut max = 0;
+            while !stop.load(Relaxed) {
+                max = max.max(accept_queue_now(port));
+                thread::sleep(Duration::from_millis(10));
+            }
+            max
+        })
+    };
+    let (mut rss_max, mut fds_max) = (0, 0);
     let mut answered = Vec::new();
     let mut failed = 0;
     for _ in 0..SCRAPES {
@@ -249,12 +281,12 @@ fn metrics_survive_idle_connections_and_slowloris() {
         }
         rss_max = rss_max.max(agent.rss_kib());
         fds_max = fds_max.max(fds(agent.pid()));
-        queue_max = queue_max.max(accept_queue(port).0);
         thread::sleep(Duration::from_millis(100).saturating_sub(t.elapsed()));
     }
     let flood_open = stats.open.load(Relaxed);
     stop.store(true, Relaxed);
     flooder.join().unwrap();
+    let queue_max = sampler.join().unwrap();
 
     let mut lat: Vec<Duration> = answered.iter().map(|(d, _)| *d).collect();
     lat.sort();
@@ -346,4 +378,117 @@ fn metrics_survive_idle_connections_and_slowloris() {
         "{timeouts} timeouts counted, {cut} seen"
     );
     agent.stop();
+}
+
+/// `tcpq-agent run` with RLIMIT_NOFILE 512 (soft and hard): the server's cap
+/// is half of it, 256. A flood of 400 idle connections (reopened as they
+/// are closed) then meets the cap: each new connection closes the oldest
+/// idle one, the scrapes still get in, and the agent never runs out of
+/// descriptors.
+#[test]
+fn at_a_low_descriptor_limit_the_oldest_idle_connection_makes_room() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    if std::env::var("TCPQ_IN_VM").is_ok_and(|v| v == "1") {
+        return eprintln!("skipped in the VM: host only");
+    }
+    if !root_or_skip() {
+        return;
+    }
+    raise_nofile();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(agent_bin());
+    cmd.args([
+        "run",
+        "--metrics-address",
+        &addr,
+        "--output-file",
+        "/dev/null",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    unsafe {
+        cmd.pre_exec(|| {
+            let r = libc::rlimit {
+                rlim_cur: 512,
+                rlim_max: 512,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("start tcpq-agent");
+    let pid = child.id();
+    // Killed whatever happens below.
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+    let kill = Kill(pid);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("[agent] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.starts_with("tcpq: tracing") => break,
+            Ok(_) => continue,
+            Err(_) => panic!("agent did not start tracing within 30 s"),
+        }
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(FloodStats::default());
+    let flooder = {
+        let (addr, stop, stats) = (addr.clone(), stop.clone(), stats.clone());
+        thread::spawn(move || flood(addr, (400, 0), stop, stats))
+    };
+    thread::sleep(Duration::from_millis(1000));
+    let (mut answered, mut held, mut fds_max) = (0, 0.0f64, 0);
+    const N: usize = 20;
+    for _ in 0..N {
+        let t = Instant::now();
+        if let Some((_, body)) = scrape(&addr) {
+            answered += 1;
+            held = held.max(value(&body, "tcpq_http_connections"));
+        }
+        fds_max = fds_max.max(fds(pid));
+        thread::sleep(Duration::from_millis(100).saturating_sub(t.elapsed()));
+    }
+    stop.store(true, Relaxed);
+    flooder.join().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let (code, body) = http_get(&addr, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    let evicted = value(
+        &body,
+        "tcpq_http_connections_closed_total{reason=\"evicted\"}",
+    );
+    eprintln!(
+        "low limit: {answered} of {N} scrapes answered; tcpq_http_connections at most {held}; {evicted} evicted; agent descriptors at most {fds_max} of 512; server closed {} flood connections",
+        stats.idle_closed.load(Relaxed)
+    );
+    assert!(answered * 100 >= N * 95, "{answered} of {N} answered");
+    assert!((200.0..=256.0).contains(&held), "held {held}");
+    assert!(evicted >= 100.0, "{evicted} evicted");
+    assert!(fds_max < 512, "{fds_max} descriptors");
+    assert!(matches!(child.try_wait(), Ok(None)), "the agent exited");
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    std::mem::forget(kill);
+    assert!(status.success(), "agent exited with {status}");
 }

@@ -554,8 +554,11 @@ pub async fn serve(listener: TcpListener, registry: Arc<Mutex<Registry>>) {
 const OPEN: &str = "tcpq_http_connections";
 const CLOSED: &str = "tcpq_http_connections_closed_total";
 
-/// The reasons of `CLOSED`.
+/// The reasons of `CLOSED`, and their indices.
 const REASONS: [&str; 3] = ["timeout", "evicted", "lifetime"];
+const TIMEOUT: usize = 0;
+const EVICTED: usize = 1;
+const LIFETIME: usize = 2;
 
 /// What every connection task shares.
 struct Server {
@@ -626,8 +629,8 @@ async fn connection(stream: TcpStream, slot: Arc<Slot>, server: Arc<Server>) {
     let first = tokio::select! {
         // (readable() returns at once on a new socket; peek waits for data.)
         r = stream.peek(&mut byte) => matches!(r, Ok(1..)),
-        _ = slot.close.notified() => return closed(&server, &slot, Some(1)),
-        _ = tokio::time::sleep(IDLE_TIMEOUT) => return closed(&server, &slot, Some(0)),
+        _ = slot.close.notified() => return closed(&server, &slot, Some(EVICTED)),
+        _ = tokio::time::sleep(IDLE_TIMEOUT) => return closed(&server, &slot, Some(TIMEOUT)),
     };
     if !first {
         return closed(&server, &slot, None); // EOF or an error before a byte
@@ -679,19 +682,19 @@ async fn http(stream: TcpStream, slot: &Arc<Slot>, server: &Arc<Server>) -> Opti
         };
         let idle_at = tokio::time::Instant::from_std(idle_at);
         tokio::select! {
-            done = &mut conn => break done.err().filter(|e| e.is_timeout()).map(|_| 0),
-            _ = slot.close.notified() => break Some(1),
+            done = &mut conn => break done.err().filter(|e| e.is_timeout()).map(|_| TIMEOUT),
+            _ = slot.close.notified() => break Some(EVICTED),
             _ = tokio::time::sleep_until(idle_at) => {
                 let last = Duration::from_millis(slot.last.load(Relaxed));
                 let idle = slot.in_flight.load(Relaxed) == 0;
                 if idle && epoch.elapsed() >= last + IDLE_TIMEOUT {
-                    break Some(0);
+                    break Some(TIMEOUT);
                 }
             }
             _ = &mut lifetime => {
                 conn.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(server.limits.grace, &mut conn).await;
-                break Some(2);
+                break Some(LIFETIME);
             }
         }
     }

@@ -433,8 +433,8 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// One open connection, as the accept loop sees it.
 struct Slot {
+    /// In order of arrival.
     id: u64,
-    opened: Instant,
     /// Milliseconds from `Conns::epoch` to the last request start, request
     /// end or successful write.
     last: AtomicU64,
@@ -465,17 +465,13 @@ impl Conns {
         epoch.elapsed().as_millis() as u64
     }
 
-    /// Tracks a new connection, closing the oldest idle one first when at
-    /// the cap (else the oldest one: the newest always gets in).
+    /// Tracks a new connection, closing the oldest idle ones first while
+    /// at the cap (else the oldest ones: the newest always gets in).
     fn admit(&mut self) -> Arc<Slot> {
-        if self.open.len() >= self.max {
-            self.evict();
-        }
+        while self.open.len() >= self.max.max(1) && self.evict() {}
         self.next_id += 1;
-        let now = Instant::now();
         let slot = Arc::new(Slot {
             id: self.next_id,
-            opened: now,
             last: AtomicU64::new(Self::now_ms(self.epoch)),
             in_flight: AtomicU32::new(0),
             close: Notify::new(),
@@ -491,8 +487,8 @@ impl Conns {
             .open
             .values()
             .filter(|s| s.in_flight.load(Relaxed) == 0)
-            .min_by_key(|s| s.last.load(Relaxed));
-        let victim = idle.or_else(|| self.open.values().min_by_key(|s| s.opened));
+            .min_by_key(|s| (s.last.load(Relaxed), s.id));
+        let victim = idle.or_else(|| self.open.values().min_by_key(|s| s.id));
         let Some(id) = victim.map(|s| s.id) else {
             return false;
         };
@@ -553,6 +549,7 @@ pub async fn serve(listener: TcpListener, registry: Arc<Mutex<Registry>>) {
 /// The /metrics server's own families: whoever scrapes sees a flood.
 const OPEN: &str = "tcpq_http_connections";
 const CLOSED: &str = "tcpq_http_connections_closed_total";
+const ACCEPT_ERRORS: &str = "tcpq_http_accept_errors_total";
 
 /// The reasons of `CLOSED`, and their indices.
 const REASONS: [&str; 3] = ["timeout", "evicted", "lifetime"];
@@ -568,6 +565,7 @@ struct Server {
     /// Per `REASONS`; into the registry at each scrape (a flood's closes
     /// do not contend for its lock).
     closed: [AtomicU64; 3],
+    accept_errors: AtomicU64,
     limits: Limits,
 }
 
@@ -587,6 +585,8 @@ async fn serve_with(listener: TcpListener, registry: Arc<Mutex<Registry>>, limit
         r.describe(OPEN, help, Type::Gauge);
         let help = "Connections the /metrics server closed on its own, by reason: timeout (no whole request header within 2 s, or idle 2 s), evicted (the oldest idle one, for a new connection at the cap), lifetime (open 10 s).";
         r.describe(CLOSED, help, Type::Counter);
+        let help = "accept() failures of the /metrics listener (EMFILE: out of file descriptors; the oldest idle connection is closed to make room).";
+        r.describe(ACCEPT_ERRORS, help, Type::Counter);
     }
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -600,23 +600,34 @@ async fn serve_with(listener: TcpListener, registry: Arc<Mutex<Registry>>, limit
         registry,
         http,
         closed: Default::default(),
+        accept_errors: AtomicU64::new(0),
         limits,
     });
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                // Out of descriptors (or another transient error): free one
-                // by closing the oldest idle connection, and retry soon.
-                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-                    lock(&server.conns).evict();
+                server.accept_errors.fetch_add(1, Relaxed);
+                // Out of descriptors: free one by closing the oldest idle
+                // connection (its task runs before the retry). Else, or
+                // another transient error: retry soon, without spinning.
+                let emfile = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                if emfile && lock(&server.conns).evict() {
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let slot = lock(&server.conns).admit();
+        let slot = {
+            let mut conns = lock(&server.conns);
+            // The descriptor limit may be lowered under the agent (prlimit):
+            // the cap follows it.
+            conns.max = limits.max.min((fd_limit() / 2) as usize);
+            conns.admit()
+        };
         tokio::spawn(connection(stream, slot, server.clone()));
     }
 }
@@ -823,6 +834,7 @@ fn route(req: &Request<Incoming>, server: &Server, body: Done) -> Response<Done>
                 let labels = vec![("reason", reason.to_string())];
                 r.set_counter(CLOSED, &labels, n.load(Relaxed));
             }
+            r.set_counter(ACCEPT_ERRORS, &vec![], server.accept_errors.load(Relaxed));
             let text = r.render_scrape();
             drop(r);
             reply(StatusCode::OK, CONTENT_TYPE, text, body)
@@ -1229,6 +1241,17 @@ tcpq_up 1
         let _e = c.admit(); // all busy: the oldest, a
         assert!(!c.open.contains_key(&a.id) && c.open.contains_key(&d.id));
         assert_eq!(c.open.len(), 2);
+        // A lowered cap (the descriptor limit went down): down to it at
+        // the next connection, idle ones first (d is busy).
+        c.max = 4;
+        for _ in 0..2 {
+            c.admit();
+        }
+        assert_eq!(c.open.len(), 4);
+        c.max = 2;
+        let f = c.admit();
+        assert_eq!(c.open.len(), 2);
+        assert!(c.open.contains_key(&f.id) && c.open.contains_key(&d.id));
     }
 
     #[tokio::test]

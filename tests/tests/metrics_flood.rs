@@ -384,7 +384,10 @@ fn metrics_survive_idle_connections_and_slowloris() {
 /// is half of it, 256. A flood of 400 idle connections (reopened as they
 /// are closed) then meets the cap: each new connection closes the oldest
 /// idle one, the scrapes still get in, and the agent never runs out of
-/// descriptors.
+/// descriptors. Then the limit is lowered to 384 under the running agent
+/// (prlimit): the cap follows, 192; then to 160, below what is open: accept()
+/// fails with EMFILE, counted, each failure closing the oldest idle
+/// connection, and the scrapes still get in.
 #[test]
 fn at_a_low_descriptor_limit_the_oldest_idle_connection_makes_room() {
     use std::io::BufRead;
@@ -458,34 +461,79 @@ fn at_a_low_descriptor_limit_the_oldest_idle_connection_makes_room() {
         thread::spawn(move || flood(addr, (400, 0), stop, stats))
     };
     thread::sleep(Duration::from_millis(1000));
-    let (mut answered, mut held, mut fds_max) = (0, 0.0f64, 0);
     const N: usize = 20;
-    for _ in 0..N {
-        let t = Instant::now();
-        if let Some((_, body)) = scrape(&addr) {
-            answered += 1;
-            held = held.max(value(&body, "tcpq_http_connections"));
+    // N scrapes 100 ms apart: (answered, tcpq_http_connections at most,
+    // the agent's descriptors at most).
+    let phase = || {
+        let (mut answered, mut held, mut fds_max) = (0, 0.0f64, 0);
+        for _ in 0..N {
+            let t = Instant::now();
+            if let Some((_, body)) = scrape(&addr) {
+                answered += 1;
+                held = held.max(value(&body, "tcpq_http_connections"));
+            }
+            fds_max = fds_max.max(fds(pid));
+            thread::sleep(Duration::from_millis(100).saturating_sub(t.elapsed()));
         }
-        fds_max = fds_max.max(fds(pid));
-        thread::sleep(Duration::from_millis(100).saturating_sub(t.elapsed()));
-    }
+        (answered, held, fds_max)
+    };
+    let (answered, held, fds_max) = phase();
+    eprintln!(
+        "low limit 512: {answered} of {N} scrapes answered; tcpq_http_connections at most {held}; agent descriptors at most {fds_max}"
+    );
+    assert!(answered * 100 >= N * 95, "{answered} of {N} answered");
+    assert!((200.0..=256.0).contains(&held), "held {held}");
+    assert!(fds_max < 512, "{fds_max} descriptors");
+
+    // Lowered under the running agent (prlimit): the cap follows, 192.
+    let low = libc::rlimit {
+        rlim_cur: 384,
+        rlim_max: 384,
+    };
+    let set = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &low, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+    thread::sleep(Duration::from_millis(300));
+    let (answered, held, fds_max) = phase();
+    eprintln!(
+        "low limit 384 (lowered): {answered} of {N} scrapes answered; tcpq_http_connections at most {held}; agent descriptors at most {fds_max}"
+    );
+    assert!(answered * 100 >= N * 95, "{answered} of {N} answered");
+    assert!((150.0..=192.0).contains(&held), "held {held}");
+    assert!(fds_max < 384, "{fds_max} descriptors");
+
+    // Lowered below what is open (≈ 192 connections + the agent's own):
+    // accept() fails with EMFILE until enough are closed, each failure
+    // closing the oldest idle connection; then the cap, 80.
+    let low = libc::rlimit {
+        rlim_cur: 160,
+        rlim_max: 160,
+    };
+    let set = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &low, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let (answered, held, _) = phase();
+    eprintln!(
+        "low limit 160 (below what is open): {answered} of {N} scrapes answered; tcpq_http_connections at most {held}"
+    );
+    assert!(answered * 100 >= N * 95, "{answered} of {N} answered");
+    assert!(held <= 80.0, "held {held}");
+
     stop.store(true, Relaxed);
     flooder.join().unwrap();
     thread::sleep(Duration::from_millis(300));
     let (code, body) = http_get(&addr, "/metrics").unwrap();
     assert_eq!(code, 200);
+    let emfile = value(&body, "tcpq_http_accept_errors_total");
+    eprintln!("low limit: {emfile} accept errors counted");
+    assert!(emfile >= 1.0, "no accept error counted");
     let evicted = value(
         &body,
         "tcpq_http_connections_closed_total{reason=\"evicted\"}",
     );
     eprintln!(
-        "low limit: {answered} of {N} scrapes answered; tcpq_http_connections at most {held}; {evicted} evicted; agent descriptors at most {fds_max} of 512; server closed {} flood connections",
+        "low limit: {evicted} evicted; server closed {} flood connections",
         stats.idle_closed.load(Relaxed)
     );
-    assert!(answered * 100 >= N * 95, "{answered} of {N} answered");
-    assert!((200.0..=256.0).contains(&held), "held {held}");
     assert!(evicted >= 100.0, "{evicted} evicted");
-    assert!(fds_max < 512, "{fds_max} descriptors");
     assert!(matches!(child.try_wait(), Ok(None)), "the agent exited");
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
     let status = child.wait().unwrap();

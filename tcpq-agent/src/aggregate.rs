@@ -387,6 +387,21 @@ impl Aggregator {
     }
 
     /// SO_REUSEPORT groups (several listeners on one netns, address and
+    /// port), each as its members' socket inodes.
+    pub fn reuseport_groups(&self) -> Vec<Vec<u32>> {
+        let mut groups: HashMap<(u32, std::net::IpAddr, u16), Vec<u32>> = HashMap::new();
+        for (k, st) in &self.listeners {
+            if let Some(i) = &st.info {
+                groups
+                    .entry((k.netns, i.addr, i.port))
+                    .or_default()
+                    .push(k.inode);
+            }
+        }
+        groups.into_values().filter(|g| g.len() > 1).collect()
+    }
+
+    /// SO_REUSEPORT groups (several listeners on one netns, address and
     /// port): each member's line also carries the group's size and its
     /// total of that kind over the interval.
     fn group_totals(&self, lines: &mut [Pending]) {
@@ -760,9 +775,10 @@ impl Aggregator {
     }
 
     /// After a full round: forgets namespaces the round did not see.
-    pub fn end_round(&mut self, round: &[NetnsSnapshot]) {
-        let seen: std::collections::HashSet<u32> = round.iter().map(|s| s.netns).collect();
-        self.ns.retain(|n, _| seen.contains(n));
+    /// Forgets namespaces that are gone (`alive`: every one still there,
+    /// read this round or not).
+    pub fn end_round(&mut self, alive: &[u32]) {
+        self.ns.retain(|n, _| alive.contains(n));
     }
 
     /// Stores the namespace's reading; returns how much TCPReqQFullDrop,

@@ -187,6 +187,51 @@ pub fn plan(facts: &Facts, mode: AttachMode) -> Vec<Choice> {
         .collect()
 }
 
+/// A forced `--attach fentry|kprobe` is honoured for every function or it
+/// is an error (only `auto` falls back): the reasons, grouped, in one
+/// line. `refused` lists (function, why) of functions the forced kind
+/// cannot serve; from the plan, or from the loader's attempts.
+pub fn forced_error(mode: AttachMode, refused: &[(&str, String)]) -> Option<String> {
+    let kind = match mode {
+        AttachMode::Fentry => "fentry",
+        AttachMode::Kprobe => "kprobe",
+        _ => return None,
+    };
+    if refused.is_empty() {
+        return None;
+    }
+    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+    for (f, why) in refused {
+        let prefix = format!("--attach {kind}, but ");
+        let why = why.strip_prefix(&prefix).unwrap_or(why).to_string();
+        match groups.iter_mut().find(|(w, _)| *w == why) {
+            Some((_, fs)) => fs.push(f),
+            None => groups.push((why, vec![f])),
+        }
+    }
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|(why, fs)| format!("{}: {why}", fs.join(", ")))
+        .collect();
+    Some(format!(
+        "--attach {kind} cannot be honoured on this kernel ({}); --attach auto falls back to what the kernel offers",
+        parts.join("; ")
+    ))
+}
+
+/// [`forced_error`] for a plan.
+pub fn check_plan(mode: AttachMode, choices: &[Choice]) -> Result<(), String> {
+    let refused: Vec<(&str, String)> = choices
+        .iter()
+        .filter(|c| c.try_order.is_empty())
+        .map(|c| (c.function, c.why.clone()))
+        .collect();
+    match forced_error(mode, &refused) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +332,26 @@ mod tests {
             "{}",
             p[0].why
         );
+    }
+
+    #[test]
+    fn a_forced_mode_that_cannot_be_honoured_is_an_error() {
+        let f = facts((6, 18), false, 4);
+        let e = check_plan(AttachMode::Kprobe, &plan(&f, AttachMode::Kprobe)).unwrap_err();
+        assert!(
+            e.starts_with("--attach kprobe cannot be honoured on this kernel (tcp_conn_request, tcp_v4_syn_recv_sock, tcp_v6_syn_recv_sock, tcp_check_req, inet_csk_accept: kernel has no kprobes"),
+            "{e}"
+        );
+        assert!(check_plan(AttachMode::Auto, &plan(&f, AttachMode::Auto)).is_ok());
+        assert!(check_plan(AttachMode::Tracepoint, &plan(&f, AttachMode::Tracepoint)).is_ok());
+        assert!(check_plan(AttachMode::Fentry, &plan(&f, AttachMode::Fentry)).is_ok());
+        let mut f = facts((6, 1), true, 6);
+        f.functions
+            .get_mut("tcp_v4_syn_recv_sock")
+            .unwrap()
+            .btf_args = Some(7);
+        let e = check_plan(AttachMode::Fentry, &plan(&f, AttachMode::Fentry)).unwrap_err();
+        assert!(e.contains("(tcp_v4_syn_recv_sock: 7 arguments"), "{e}");
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub struct Placement {
     /// For a static pod the kubelet's UID is the 32-hex config hash (the
     /// mirror pod's `kubernetes.io/config.hash` annotation), reported as is.
     pub k8s_pod_uid: Option<String>,
+    /// The pod's namespace and name, from the kubelet's pod log directory
+    /// (see [`crate::k8s`]); not part of the cgroup path, so [`parse`]
+    /// leaves it empty and [`of_pid`] looks it up.
+    pub k8s_names: Option<crate::k8s::PodNames>,
 }
 
 /// Parses the text of /proc/PID/cgroup.
@@ -96,9 +100,9 @@ pub fn parse(proc_cgroup: &str) -> Placement {
 
 /// Reads and parses /proc/PID/cgroup (None if unreadable).
 pub fn of_pid(pid: u32) -> Option<Placement> {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .ok()
-        .map(|s| parse(&s))
+    let mut p = parse(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?);
+    p.k8s_names = p.k8s_pod_uid.as_deref().and_then(crate::k8s::names_of);
+    Some(p)
 }
 
 /// True when `p` matches a user's filter: `--cgroup PATH` matches when the
@@ -233,6 +237,7 @@ fn placement_of(path: &str) -> Placement {
         container_runtime,
         systemd_unit,
         k8s_pod_uid,
+        k8s_names: None,
     }
 }
 
@@ -353,6 +358,7 @@ mod tests {
             container_runtime: runtime,
             systemd_unit: unit.map(str::to_string),
             k8s_pod_uid: pod.map(str::to_string),
+            k8s_names: None,
         }
     }
 

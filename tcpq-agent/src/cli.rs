@@ -20,6 +20,12 @@ pub struct Cli {
     /// btfhub ships one `<uname -r>.btf` per release).
     #[arg(long, global = true, value_name = "PATH")]
     pub btf: Option<String>,
+    /// Run without these capabilities (comma-separated, e.g.
+    /// CAP_SYS_ADMIN,CAP_SYS_PTRACE), accepting what is lost: namespaces
+    /// the agent cannot enter and owners it cannot read, each reported on
+    /// stderr and in the health metrics.
+    #[arg(long, global = true, value_name = "CAPS", value_parser = cap_list)]
+    pub allow_missing_caps: Option<CapList>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -32,7 +38,7 @@ pub enum Command {
     /// queue, CLOSE_WAIT, owner, and a verdict.
     Status {
         /// Only listeners on this local port.
-        #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+        #[arg(long, value_name = "PORT", value_parser = port, allow_negative_numbers = true)]
         port: Option<u16>,
         /// A table, or one JSON object per listener.
         #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -65,14 +71,14 @@ pub enum SyscallHooks {
 #[derive(Args, Debug, Clone)]
 pub struct TraceArgs {
     /// Only listeners owned by this process (it holds their file descriptor).
-    #[arg(long, value_name = "PID")]
+    #[arg(long, value_name = "PID", value_parser = pid, allow_negative_numbers = true)]
     pub pid: Option<u32>,
     /// Only listeners on this local port.
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "PORT", value_parser = port, allow_negative_numbers = true)]
     pub port: Option<u16>,
     /// Only this network namespace: its inode number (as tcpq prints it) or
     /// a path that opens it (/run/netns/NAME, /proc/PID/ns/net).
-    #[arg(long, value_name = "NETNS")]
+    #[arg(long, value_name = "NETNS", allow_negative_numbers = true)]
     pub netns: Option<String>,
     /// Only sockets a process with this name (comm) holds.
     #[arg(long, value_name = "NAME")]
@@ -93,17 +99,17 @@ pub struct TraceArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub output: Format,
     /// Stop after this many seconds (default: until Ctrl-C / SIGTERM).
-    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    #[arg(long, value_name = "SECS", value_parser = seconds, allow_negative_numbers = true)]
     pub duration: Option<Duration>,
     /// Report once per this many seconds, one line per listener and kind.
-    #[arg(long, value_name = "SECS", default_value = "1", value_parser = seconds)]
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = seconds, allow_negative_numbers = true)]
     pub interval: Duration,
     /// How often every listener's counters are read over sock_diag.
-    #[arg(long, value_name = "SECS", default_value = "0.25", value_parser = seconds)]
+    #[arg(long, value_name = "SECS", default_value = "0.25", value_parser = seconds, allow_negative_numbers = true)]
     pub poll_interval: Duration,
     /// Size of the kernel→agent ring buffer (a power of two, at least one
     /// page). Small values are for tests of loss accounting.
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = ring_bytes, hide = true)]
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = ring_bytes, allow_negative_numbers = true, hide = true)]
     pub ring_buffer_bytes: u32,
     /// Measure the kernel programs (BPF_ENABLE_STATS, for this process's
     /// lifetime only) and print runs and ns/run per program on exit.
@@ -118,7 +124,7 @@ pub struct TraceArgs {
     pub syscall_hooks: SyscallHooks,
     /// Report a listener's accept latency (handshake done → accept()) for
     /// an interval whose p99 reaches this many milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 10.0, value_parser = millis)]
+    #[arg(long, value_name = "MS", default_value_t = 10.0, value_parser = millis, allow_negative_numbers = true)]
     pub accept_latency_ms: f64,
 }
 
@@ -126,13 +132,13 @@ pub struct TraceArgs {
 #[derive(Args, Debug, Clone)]
 pub struct TopArgs {
     /// Only listeners owned by this process (it holds their file descriptor).
-    #[arg(long, value_name = "PID")]
+    #[arg(long, value_name = "PID", value_parser = pid, allow_negative_numbers = true)]
     pub pid: Option<u32>,
     /// Only listeners on this local port.
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "PORT", value_parser = port, allow_negative_numbers = true)]
     pub port: Option<u16>,
     /// Only this network namespace (inode number or path).
-    #[arg(long, value_name = "NETNS")]
+    #[arg(long, value_name = "NETNS", allow_negative_numbers = true)]
     pub netns: Option<String>,
     /// Only sockets a process with this name (comm) holds.
     #[arg(long, value_name = "NAME")]
@@ -147,19 +153,19 @@ pub struct TopArgs {
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
     /// Seconds between screen updates (at most 1).
-    #[arg(long, value_name = "SECS", default_value = "1", value_parser = seconds)]
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = seconds, allow_negative_numbers = true)]
     pub interval: Duration,
     /// How often every listener's counters are read over sock_diag.
-    #[arg(long, value_name = "SECS", default_value = "0.25", value_parser = seconds)]
+    #[arg(long, value_name = "SECS", default_value = "0.25", value_parser = seconds, allow_negative_numbers = true)]
     pub poll_interval: Duration,
     /// accept() syscall hooks (as for `trace`).
     #[arg(long, value_enum, default_value_t = SyscallHooks::Auto)]
     pub syscall_hooks: SyscallHooks,
     /// Verdicts call accept latency slow from this p99, in ms.
-    #[arg(long, value_name = "MS", default_value_t = 10.0, value_parser = millis)]
+    #[arg(long, value_name = "MS", default_value_t = 10.0, value_parser = millis, allow_negative_numbers = true)]
     pub accept_latency_ms: f64,
     /// Stop after this many seconds (tests; default: until q).
-    #[arg(long, value_name = "SECS", value_parser = seconds, hide = true)]
+    #[arg(long, value_name = "SECS", value_parser = seconds, allow_negative_numbers = true, hide = true)]
     pub duration: Option<Duration>,
 }
 
@@ -194,10 +200,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
     /// Only listeners on this local port.
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "PORT", value_parser = port, allow_negative_numbers = true)]
     pub port: Option<u16>,
     /// Only this network namespace (inode number or path).
-    #[arg(long, value_name = "NETNS")]
+    #[arg(long, value_name = "NETNS", allow_negative_numbers = true)]
     pub netns: Option<String>,
     /// Only sockets a process with this name holds.
     #[arg(long, value_name = "NAME")]
@@ -215,25 +221,25 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub syscall_hooks: Option<SyscallHooks>,
     /// Accept-latency threshold for accept_latency lines, in ms.
-    #[arg(long, value_name = "MS", value_parser = millis)]
+    #[arg(long, value_name = "MS", value_parser = millis, allow_negative_numbers = true)]
     pub accept_latency_ms: Option<f64>,
     /// Seconds between reports.
-    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    #[arg(long, value_name = "SECS", value_parser = seconds, allow_negative_numbers = true)]
     pub interval: Option<Duration>,
     /// Seconds between sock_diag reads.
-    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    #[arg(long, value_name = "SECS", value_parser = seconds, allow_negative_numbers = true)]
     pub poll_interval: Option<Duration>,
     /// JSON lines to this file ("-" = stdout); reopened on SIGHUP.
     #[arg(long, value_name = "PATH")]
     pub output_file: Option<std::path::PathBuf>,
     /// Seconds between listener_snapshot/agent_health lines (0 = off).
-    #[arg(long, value_name = "SECS", value_parser = millis)]
+    #[arg(long, value_name = "SECS", value_parser = millis, allow_negative_numbers = true)]
     pub snapshot_interval: Option<f64>,
     /// Prometheus /metrics on HOST:PORT ("" or "off" = none).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_address: Option<String>,
     /// Most label sets per metric family; more go to an "overflow" series.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", value_parser = count, allow_negative_numbers = true)]
     pub max_series: Option<u32>,
     /// RFC 5424 syslog target: unix:///dev/log, udp://HOST:PORT, tcp://HOST:PORT ("off" = none).
     #[arg(long, value_name = "URL")]
@@ -246,14 +252,62 @@ pub struct RunArgs {
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
     /// Seconds between OTLP metrics exports.
-    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    #[arg(long, value_name = "SECS", value_parser = seconds, allow_negative_numbers = true)]
     pub otlp_metrics_interval: Option<Duration>,
     /// Stop after this many seconds (tests; default: until SIGTERM).
-    #[arg(long, value_name = "SECS", value_parser = seconds, hide = true)]
+    #[arg(long, value_name = "SECS", value_parser = seconds, allow_negative_numbers = true, hide = true)]
     pub duration: Option<Duration>,
 }
 
+/// Capability numbers (`--allow-missing-caps`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CapList(pub Vec<u32>);
+
+fn cap_list(s: &str) -> Result<CapList, String> {
+    crate::privs::parse_list(s).map(CapList)
+}
+
+/// A value that starts with `-` and is otherwise a number.
+fn negative(s: &str) -> Result<(), String> {
+    match s.trim().strip_prefix('-') {
+        Some(rest) if rest.parse::<f64>().is_ok() => {
+            Err(format!("{s}: negative values are not allowed"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn pid(s: &str) -> Result<u32, String> {
+    negative(s)?;
+    match s.parse::<u32>() {
+        Ok(0) => Err("0 is not a process id".into()),
+        Ok(v) if v <= 4_194_304 => Ok(v),
+        Ok(v) => Err(format!("{v} is above the largest process id (4194304)")),
+        Err(_) => Err(format!("`{s}` is not a process id")),
+    }
+}
+
+fn port(s: &str) -> Result<u16, String> {
+    negative(s)?;
+    match s.parse::<u64>() {
+        Ok(0) => Err("0 is not a port (1-65535)".into()),
+        Ok(v) if v <= 65535 => Ok(v as u16),
+        Ok(v) => Err(format!("{v} is not in 1..=65535")),
+        Err(_) => Err(format!("`{s}` is not a port number (1-65535)")),
+    }
+}
+
+fn count(s: &str) -> Result<u32, String> {
+    negative(s)?;
+    match s.parse::<u32>() {
+        Ok(0) => Err("0: must be at least 1".into()),
+        Ok(v) => Ok(v),
+        Err(_) => Err(format!("`{s}` is not a count (1 to 4294967295)")),
+    }
+}
+
 fn ring_bytes(s: &str) -> Result<u32, String> {
+    negative(s)?;
     let v: u32 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of bytes"))?;
@@ -266,6 +320,7 @@ fn ring_bytes(s: &str) -> Result<u32, String> {
 }
 
 fn millis(s: &str) -> Result<f64, String> {
+    negative(s)?;
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
         _ => Err(format!("`{s}` is not a number of milliseconds")),
@@ -273,6 +328,7 @@ fn millis(s: &str) -> Result<f64, String> {
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
+    negative(s)?;
     let v: f64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
@@ -282,17 +338,16 @@ fn seconds(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v))
 }
 
-/// Checks that need the system: the process exists, we are root.
-pub fn validate(args: &TraceArgs) -> Result<()> {
+/// Checks that need the system: the process exists, the namespace is
+/// one, this process has the capabilities (`what` is the subcommand).
+pub fn validate(what: &str, args: &TraceArgs) -> Result<()> {
     if let Some(pid) = args.pid {
-        if pid == 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            bail!("--pid {pid}: no such process");
-        }
+        check_pid(pid)?;
     }
     check_filters(args)?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("tracing needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN to load eBPF and enter network namespaces): run it with sudo");
+    crate::privs::require(what, crate::privs::Mode::Trace)?;
+    if let Some(spec) = &args.netns {
+        netns_inode(spec)?;
     }
     Ok(())
 }
@@ -317,21 +372,47 @@ pub fn check_filters(args: &TraceArgs) -> Result<()> {
 
 /// The inode of the namespace `--netns` names: a number, or a path.
 pub fn netns_inode(spec: &str) -> Result<u32> {
-    if let Ok(n) = spec.parse::<u32>() {
-        if n == 0 {
-            bail!("--netns 0: not a namespace inode");
+    netns_inode_named("--netns", spec)
+}
+
+/// [`netns_inode`], the error naming `key` (a flag or a config key). A
+/// number must be the inode of a network namespace that exists now (one
+/// that a process or an `ip netns` name holds); a path must open one.
+pub fn netns_inode_named(key: &str, spec: &str) -> Result<u32> {
+    let spec_t = spec.trim();
+    if spec_t.is_empty() {
+        bail!("{key}: empty (give an inode number, /run/netns/NAME or /proc/PID/ns/net)");
+    }
+    if let Some(digits) = spec_t.strip_prefix('-') {
+        if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) {
+            bail!("{key} {spec}: negative values are not allowed (a namespace inode is a positive number)");
+        }
+    }
+    if spec_t.chars().all(|c| c.is_ascii_digit()) {
+        let n: u32 = match spec_t.parse() {
+            Ok(n) if n > 0 => n,
+            _ => bail!("{key} {spec}: not a namespace inode (1 to 4294967295)"),
+        };
+        let mut known = crate::netns::list();
+        if let Ok(own) = crate::netns::current() {
+            known.entry(own).or_default();
+        }
+        if !known.contains_key(&n) {
+            bail!("{key} {spec}: no network namespace has inode {n} (none of /run/netns/* and /proc/PID/ns/net is it)");
         }
         return Ok(n);
     }
-    crate::netns::inode_of(std::path::Path::new(spec))
-        .map_err(|_| anyhow::anyhow!("--netns {spec}: no such namespace (give an inode number, /run/netns/NAME or /proc/PID/ns/net)"))
+    crate::netns::check(std::path::Path::new(spec)).map_err(|why| {
+        anyhow::anyhow!(
+            "{key} {spec}: {why} (give an inode number, /run/netns/NAME or /proc/PID/ns/net)"
+        )
+    })
 }
 
-/// `status` reads every namespace and every process's fds.
-pub fn require_root() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("status needs root (to enter network namespaces and read other processes' file descriptors): run it with sudo");
+/// Whether the process exists (its /proc entry); refuses 0.
+fn check_pid(pid: u32) -> Result<()> {
+    if pid == 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        bail!("--pid {pid}: no such process");
     }
     Ok(())
 }
@@ -385,13 +466,40 @@ mod tests {
     }
 
     #[test]
+    fn negative_numbers_are_named_as_such() {
+        for bad in [
+            vec!["trace", "--duration", "-1"],
+            vec!["trace", "--interval", "-0.5"],
+            vec!["trace", "--port", "-80"],
+            vec!["trace", "--pid", "-1"],
+            vec!["trace", "--accept-latency-ms", "-3"],
+            vec!["run", "--max-series", "-5"],
+            vec!["top", "--poll-interval", "-1"],
+        ] {
+            let e = parse(&bad).unwrap_err().to_string();
+            assert!(
+                e.contains("negative values are not allowed"),
+                "{bad:?}: {e}"
+            );
+        }
+        assert!(
+            parse(&["trace", "--netns", "-3"]).is_ok(),
+            "validated later"
+        );
+        assert_eq!(
+            netns_inode("-3").unwrap_err().to_string(),
+            "--netns -3: negative values are not allowed (a namespace inode is a positive number)"
+        );
+    }
+
+    #[test]
     fn a_missing_process_is_named() {
         let c = parse(&["trace", "--pid", "4000000"]).unwrap();
         let Command::Trace(t) = c.command else {
             panic!("not trace")
         };
         assert_eq!(
-            validate(&t).unwrap_err().to_string(),
+            validate("trace", &t).unwrap_err().to_string(),
             "--pid 4000000: no such process"
         );
     }

@@ -128,7 +128,16 @@ impl Run {
             Some(p) => format!("{} {key}", p.display()),
             None => key.to_string(),
         };
-        resolve(file, args, &at)
+        let run = resolve(file, args, &at)?;
+        // What only the system can tell: the namespace exists and is one.
+        if let Some(spec) = &run.detect.netns {
+            let key = match args.netns {
+                Some(_) => "--netns".to_string(),
+                None => at("detect.netns"),
+            };
+            crate::cli::netns_inode_named(&key, spec)?;
+        }
+        Ok(run)
     }
 
     /// Settings that live in the kernel programs or in bound sockets: a
@@ -154,10 +163,51 @@ impl Run {
     }
 }
 
+/// The largest config file read: the documented example is 5 KiB.
+pub const MAX_BYTES: u64 = 1 << 20;
+
 fn read(path: &Path) -> Result<File> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow!("config {}: {}", path.display(), io_reason(&e)))?;
+    let text = read_bounded(path).map_err(|e| anyhow!("config {}: {e}", path.display()))?;
     parse(&text).map_err(|e| anyhow!("config {}: {e}", path.display()))
+}
+
+/// A regular file of at most [`MAX_BYTES`], as UTF-8. Opened without
+/// blocking, so a FIFO is refused instead of waiting for a writer; a
+/// device (/dev/zero) or a directory is refused before a byte is read.
+pub fn read_bounded(path: &Path) -> std::result::Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| io_reason(&e))?;
+    let md = f.metadata().map_err(|e| io_reason(&e))?;
+    if !md.is_file() {
+        return Err(format!(
+            "{}, not a regular file",
+            crate::netns::file_kind(&md)
+        ));
+    }
+    if md.len() > MAX_BYTES {
+        return Err(format!(
+            "{} bytes, more than a config file may have ({MAX_BYTES})",
+            md.len()
+        ));
+    }
+    let mut buf = Vec::new();
+    f.take(MAX_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| io_reason(&e))?;
+    if buf.len() as u64 > MAX_BYTES {
+        return Err(format!("more than {MAX_BYTES} bytes"));
+    }
+    String::from_utf8(buf).map_err(|e| {
+        format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 /// TOML → File; the error is one line with the line number.
@@ -378,6 +428,22 @@ mod tests {
     fn load(text: &str, extra: &[&str]) -> Result<Run> {
         let f = parse(text)?;
         resolve(f, &args(extra), &|k: &str| format!("tcpq.toml {k}"))
+    }
+
+    #[test]
+    fn only_a_bounded_regular_file_is_read() {
+        assert_eq!(
+            read_bounded(Path::new("/dev/zero")).unwrap_err(),
+            "a character device, not a regular file"
+        );
+        assert_eq!(
+            read_bounded(Path::new("/")).unwrap_err(),
+            "a directory, not a regular file"
+        );
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/tcpq.toml");
+        assert!(read_bounded(Path::new(example))
+            .unwrap()
+            .contains("[detect]"));
     }
 
     #[test]

@@ -7,17 +7,24 @@ use anyhow::Result;
 
 use crate::{
     caps::{self, AttachMode, Choice, Facts},
-    kernel, load, tracefs,
+    kernel, load, privs, tracefs,
 };
 
 pub fn run(mode: AttachMode) -> Result<()> {
-    let root = unsafe { libc::geteuid() } == 0;
+    let eff = privs::effective();
+    let missing = privs::missing(eff, privs::Mode::Trace.required(), privs::last_cap());
+    print!("{}", privs::report(eff, privs::last_cap()));
     let tracefs = tracefs::ensure_mounted()?;
     let (plan, facts) = kernel::discover(&tracefs, 0, 0)?;
     let choices = caps::plan(&facts, mode);
-    print!("{}", render_facts(&facts, &choices));
-    if !root {
-        println!("\n(not root: this is the plan; run as root to see what attaches)");
+    print!("\n{}", render_facts(&facts, &choices));
+    // A forced mode this kernel cannot honour: `trace` would refuse it.
+    caps::check_plan(mode, &choices).map_err(|e| anyhow::anyhow!(e))?;
+    if !missing.is_empty() {
+        println!(
+            "\n(without {}: this is the plan; with them doctor shows what attaches)",
+            privs::names(&missing)
+        );
         return Ok(());
     }
     let loaded = load::load(&plan, &choices, 1 << 20, false)?;
@@ -60,6 +67,15 @@ pub fn run(mode: AttachMode) -> Result<()> {
         }
     };
     println!("\nSYN-time drops: {syn}\nACK-time overflows: {ack}");
+    let refused: Vec<(&str, String)> = loaded
+        .kfuncs
+        .iter()
+        .filter(|k| k.kind.is_none())
+        .map(|k| (k.function, k.notes.join("; ")))
+        .collect();
+    if let Some(e) = caps::forced_error(mode, &refused) {
+        anyhow::bail!(e);
+    }
     Ok(())
 }
 

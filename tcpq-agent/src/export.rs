@@ -106,7 +106,7 @@ pub fn json(r: &Report) -> Value {
 }
 
 /// The owner's keys: OpenTelemetry `process.*`, `container.*`,
-/// `k8s.pod.uid`, plus `cgroup.path`, `systemd.unit` and, when several
+/// `k8s.pod.uid`, `k8s.namespace.name`, `k8s.pod.name`, plus `cgroup.path`, `systemd.unit` and, when several
 /// processes hold the socket (forked workers), `process.holders`.
 pub fn owner_json(o: &Owner, m: &mut Map<String, Value>) {
     m.insert("process.pid".into(), json!(o.pid));
@@ -139,6 +139,10 @@ pub fn owner_json(o: &Owner, m: &mut Map<String, Value>) {
         if let Some(v) = &pl.k8s_pod_uid {
             m.insert("k8s.pod.uid".into(), json!(v));
         }
+        if let Some(n) = &pl.k8s_names {
+            m.insert("k8s.namespace.name".into(), json!(n.namespace));
+            m.insert("k8s.pod.name".into(), json!(n.pod));
+        }
     }
 }
 
@@ -150,6 +154,9 @@ fn owner_text(o: &Owner) -> String {
         s += &format!(" holders={}", h.join(","));
     }
     if let Some(pl) = &o.placement {
+        if let Some(n) = &pl.k8s_names {
+            s += &format!(" pod={}/{}", n.namespace, n.pod);
+        }
         if let Some(id) = &pl.container_id {
             s += &format!(" container={}", &id[..id.len().min(12)]);
         } else if let Some(u) = &pl.systemd_unit {
@@ -365,5 +372,38 @@ mod tests {
              netns=4026532000 queue=3/2 pid=? source=sock_diag"
         );
         assert!(lost(Format::Json, at, 7).contains("\"count\":7"));
+    }
+
+    #[test]
+    fn a_pod_is_named_in_json_and_text() {
+        let p = pending();
+        let owner = Owner {
+            pid: 7,
+            name: "nginx".into(),
+            exe: None,
+            cmdline: None,
+            user: None,
+            placement: Some(crate::cgroup::Placement {
+                container_id: Some("4f3c9a1e0b7d52c8e6a9f0d1b2c3e4f5".into()),
+                k8s_pod_uid: Some("6f1c2a4e-9b7d-4c1e-8a55-0c3f2d1b7e90".into()),
+                k8s_names: Some(crate::k8s::PodNames {
+                    namespace: "shop".into(),
+                    pod: "web-7d9c".into(),
+                }),
+                ..Default::default()
+            }),
+            holders: vec![7],
+        };
+        let r = Report {
+            at: UNIX_EPOCH,
+            pending: &p,
+            owner: Some(&owner),
+            accepts: None,
+            verdict: None,
+        };
+        let v = json(&r);
+        assert_eq!(v["k8s.namespace.name"], "shop");
+        assert_eq!(v["k8s.pod.name"], "web-7d9c");
+        assert!(text(&r).contains(" pid=7 (nginx) pod=shop/web-7d9c container=4f3c9a1e0b7d "));
     }
 }

@@ -19,6 +19,7 @@ pub mod decode;
 pub mod doctor;
 pub mod explain;
 pub mod export;
+pub mod k8s;
 pub mod kernel;
 pub mod latency;
 pub mod load;
@@ -28,6 +29,7 @@ pub mod netns;
 pub mod netstat;
 pub mod otlp;
 pub mod poll;
+pub mod privs;
 pub mod resolve;
 pub mod run;
 pub mod sink;
@@ -65,13 +67,15 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    let allow = cli.allow_missing_caps.clone().unwrap_or_default().0;
+    privs::set_allowed(&allow);
     let result = match cli.command {
-        cli::Command::Trace(args) => cli::validate(&args).and_then(|()| trace::run(args)),
+        cli::Command::Trace(args) => cli::validate("trace", &args).and_then(|()| trace::run(args)),
         cli::Command::Run(args) => run::main(args),
         cli::Command::Top(args) => top::run(args),
         cli::Command::Doctor { attach } => doctor::run(attach),
         cli::Command::Status { port, output } => {
-            cli::require_root().and_then(|()| status::run(output, port))
+            privs::require("status", privs::Mode::Status).and_then(|()| status::run(output, port))
         }
     };
     match result {

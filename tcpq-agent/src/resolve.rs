@@ -10,8 +10,9 @@ use std::{
 /// The process that owns a socket, and every process holding it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Owner {
-    /// The lowest pid holding the socket (usually the parent of forked
-    /// workers).
+    /// The process that owns the socket ([`choose_owner`]): for an
+    /// SO_REUSEPORT member beside a master, the worker that holds it;
+    /// else the lowest pid holding it (the parent of forked workers).
     pub pid: u32,
     /// `comm`: see [`process_name`].
     pub name: String,
@@ -23,7 +24,7 @@ pub struct Owner {
     pub user: Option<String>,
     /// cgroup, container, systemd unit, pod.
     pub placement: Option<crate::cgroup::Placement>,
-    /// Every process holding the socket, ascending (the owner first).
+    /// Every process holding the socket, ascending.
     pub holders: Vec<u32>,
 }
 
@@ -102,6 +103,102 @@ pub fn pids() -> impl Iterator<Item = u32> {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
 }
 
+/// Who owns socket `ino`, which `holders` (ascending) hold. For an
+/// SO_REUSEPORT member, `siblings` are the other members with their
+/// holders, and `polled` each holder's epoll interest list (socket inodes):
+/// the owner is the one holder that polls this member and no other (an
+/// nginx worker, whose master and fellow workers hold every member's fd),
+/// else the one holder that holds no other member (a worker that closed the
+/// rest). Otherwise the lowest pid: the parent of forked workers sharing
+/// one socket, i.e. the service. None when nobody holds it.
+pub fn choose_owner(
+    ino: u32,
+    holders: &[u32],
+    siblings: &[(u32, &[u32])],
+    polled: &HashMap<u32, HashSet<u32>>,
+) -> Option<u32> {
+    if !siblings.is_empty() && holders.len() > 1 {
+        let only = |v: Vec<u32>| match v.as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        };
+        let pollers = holders
+            .iter()
+            .copied()
+            .filter(|p| {
+                polled.get(p).is_some_and(|set| {
+                    set.contains(&ino) && !siblings.iter().any(|(s, _)| set.contains(s))
+                })
+            })
+            .collect();
+        let alone = holders
+            .iter()
+            .copied()
+            .filter(|p| !siblings.iter().any(|(_, h)| h.contains(p)))
+            .collect();
+        if let Some(p) = only(pollers).or_else(|| only(alone)) {
+            return Some(p);
+        }
+    }
+    holders.first().copied()
+}
+
+/// The socket inodes in an epoll file's `/proc/PID/fdinfo/N`: its
+/// interest list, one `tfd: … ino:<hex> …` line per target.
+pub fn parse_epoll_targets(fdinfo: &str) -> Vec<u32> {
+    fdinfo
+        .lines()
+        .filter(|l| l.starts_with("tfd:"))
+        .filter_map(|l| {
+            let hex = l.split_whitespace().find_map(|w| w.strip_prefix("ino:"))?;
+            u32::from_str_radix(hex, 16).ok()
+        })
+        .collect()
+}
+
+/// Every inode `pid`'s epoll files watch.
+pub fn polled_by(pid: u32) -> HashSet<u32> {
+    let mut out = HashSet::new();
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let is_epoll =
+            std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:[eventpoll]");
+        if is_epoll {
+            let info = format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy());
+            if let Ok(t) = std::fs::read_to_string(info) {
+                out.extend(parse_epoll_targets(&t));
+            }
+        }
+    }
+    out
+}
+
+/// The epoll interest lists of the holders of SO_REUSEPORT members among
+/// `inodes` (the only sockets whose owner they decide).
+fn polls_of<'a>(
+    inodes: impl Iterator<Item = (&'a u32, &'a Vec<u32>)>,
+    groups: &HashMap<u32, Vec<u32>>,
+) -> HashMap<u32, HashSet<u32>> {
+    let mut polled = HashMap::new();
+    for (ino, holders) in inodes {
+        if groups.contains_key(ino) && holders.len() > 1 {
+            for &p in holders {
+                polled.entry(p).or_insert_with(|| polled_by(p));
+            }
+        }
+    }
+    polled
+}
+
+/// A kernel `comm` buffer (NUL-padded, at most 16 bytes) as a name; None
+/// when empty.
+pub fn comm_name(comm: &[u8]) -> Option<String> {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    (end > 0).then(|| String::from_utf8_lossy(&comm[..end]).into_owned())
+}
+
 /// Parses a `/proc/PID/fd/N` link target `socket:[12345]`.
 pub fn socket_inode(link: &str) -> Option<u32> {
     link.strip_prefix("socket:[")?
@@ -112,17 +209,26 @@ pub fn socket_inode(link: &str) -> Option<u32> {
 
 /// Socket inodes `pid` holds.
 pub fn sockets_of(pid: u32) -> HashSet<u32> {
+    sockets_of_checked(pid).unwrap_or_default()
+}
+
+/// [`sockets_of`], or the error that kept `/proc/PID/fd` (or one of its
+/// links) from being read: permission denied means the agent lacks
+/// CAP_SYS_PTRACE / CAP_DAC_READ_SEARCH for another user's process.
+pub fn sockets_of_checked(pid: u32) -> std::io::Result<HashSet<u32>> {
     let mut out = HashSet::new();
-    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
-        for e in rd.flatten() {
-            if let Ok(t) = std::fs::read_link(e.path()) {
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
+        match std::fs::read_link(e.path()) {
+            Ok(t) => {
                 if let Some(ino) = t.to_str().and_then(socket_inode) {
                     out.insert(ino);
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(e),
+            Err(_) => {}
         }
     }
-    out
+    Ok(out)
 }
 
 /// How many file descriptors `pid` has open.
@@ -158,10 +264,11 @@ pub fn process_name(pid: u32) -> Option<String> {
 
 /// Caches inode → owner. An owner is looked up as soon as its socket is
 /// first seen (the process may be gone by the time the report is printed);
-/// `/proc` is rescanned for unknown inodes at most once per `min_rescan`,
-/// and every `reconcile` for the known ones, so holders that fork or exit
-/// are followed: an owner that exited is replaced by a remaining holder,
-/// and forgotten with its socket (`retain`).
+/// `/proc` is rescanned for unknown inodes at most once per `min_rescan`.
+/// Every `reconcile` the known holders are checked (their own fd tables
+/// only), so an owner that exited is replaced by a remaining holder, and
+/// forgotten with its socket (`retain`); every `full_reconcile` the whole of
+/// `/proc` is read again, which also finds holders that forked since.
 pub struct Resolver {
     owners: HashMap<u32, Owner>,
     /// Seeded from listen() but not yet checked against /proc (a fork
@@ -171,6 +278,10 @@ pub struct Resolver {
     min_rescan: Duration,
     last_reconcile: Instant,
     reconcile: Duration,
+    last_full: Instant,
+    full_reconcile: Duration,
+    /// SO_REUSEPORT groups: each member's inode → the other members'.
+    groups: HashMap<u32, Vec<u32>>,
 }
 
 impl Resolver {
@@ -182,6 +293,9 @@ impl Resolver {
             min_rescan,
             last_reconcile: Instant::now(),
             reconcile: Duration::from_secs(5),
+            last_full: Instant::now(),
+            full_reconcile: Duration::from_secs(60),
+            groups: HashMap::new(),
         }
     }
 
@@ -208,14 +322,101 @@ impl Resolver {
                 .last_scan
                 .is_none_or(|t| t.elapsed() >= self.min_rescan);
         let reconcile = !self.owners.is_empty() && self.last_reconcile.elapsed() >= self.reconcile;
-        if (!missing.is_empty() && due) || reconcile {
-            let mut all = missing;
-            if reconcile {
+        let mut all = if due || reconcile {
+            missing
+        } else {
+            HashSet::new()
+        };
+        if reconcile {
+            self.last_reconcile = Instant::now();
+            if self.last_full.elapsed() >= self.full_reconcile {
+                self.last_full = Instant::now();
                 all.extend(self.owners.keys().copied());
-                self.last_reconcile = Instant::now();
+            } else {
+                all.extend(self.check_holders());
             }
+        }
+        if !all.is_empty() {
             self.scan(&all);
         }
+    }
+
+    /// Re-checks each known socket against its holders' fd tables alone
+    /// (a few directories, where a scan reads every process's): holders
+    /// that closed it or exited are dropped, and the lowest remaining one
+    /// becomes the owner. Returns the sockets no known holder has any more,
+    /// for a scan to find who else does.
+    fn check_holders(&mut self) -> HashSet<u32> {
+        let mut tables: HashMap<u32, HashSet<u32>> = HashMap::new();
+        let mut lost = HashSet::new();
+        let mut still_of: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (ino, owner) in &self.owners {
+            if self.provisional.contains(ino) {
+                continue;
+            }
+            let known = if owner.holders.is_empty() {
+                vec![owner.pid]
+            } else {
+                owner.holders.clone()
+            };
+            let still: Vec<u32> = known
+                .iter()
+                .copied()
+                .filter(|p| {
+                    tables
+                        .entry(*p)
+                        .or_insert_with(|| sockets_of(*p))
+                        .contains(ino)
+                })
+                .collect();
+            // A holder that went may have been replaced (a respawned
+            // worker is a new fork of its master): a scan finds out.
+            if still.len() < known.len() {
+                lost.insert(*ino);
+            }
+            still_of.insert(*ino, still);
+        }
+        let polled = polls_of(still_of.iter(), &self.groups);
+        for (ino, still) in &still_of {
+            let sib: Vec<(u32, &[u32])> = self
+                .siblings(*ino)
+                .iter()
+                .map(|s| (*s, still_of.get(s).map_or(&[][..], Vec::as_slice)))
+                .collect();
+            let Some(pid) = choose_owner(*ino, still, &sib, &polled) else {
+                continue;
+            };
+            let Some(owner) = self.owners.get_mut(ino) else {
+                continue;
+            };
+            if owner.pid != pid {
+                *owner = Owner::of(pid);
+            }
+            owner.holders = still.clone();
+        }
+        lost
+    }
+
+    /// The current SO_REUSEPORT groups (listeners sharing a namespace,
+    /// address and port), each as its members' inodes: a member's owner is
+    /// the holder that holds no other member (see [`choose_owner`]).
+    pub fn set_groups(&mut self, groups: impl IntoIterator<Item = Vec<u32>>) {
+        self.groups.clear();
+        for g in groups {
+            for &m in &g {
+                let others = g.iter().copied().filter(|&o| o != m).collect();
+                self.groups.insert(m, others);
+            }
+        }
+    }
+
+    /// Whether `ino` is a member of an SO_REUSEPORT group.
+    pub fn in_group(&self, ino: u32) -> bool {
+        self.groups.contains_key(&ino)
+    }
+
+    fn siblings(&self, ino: u32) -> &[u32] {
+        self.groups.get(&ino).map_or(&[], Vec::as_slice)
     }
 
     /// The kernel saw `pid` call listen() on socket `inode`: its owner,
@@ -250,25 +451,68 @@ impl Resolver {
 
     fn scan(&mut self, wanted: &HashSet<u32>) {
         self.last_scan = Some(Instant::now());
+        // The other members of their groups too: who holds them decides
+        // who owns a member.
+        let mut looked: HashSet<u32> = wanted.clone();
+        for &ino in wanted {
+            looked.extend(self.siblings(ino));
+        }
         let mut holders: HashMap<u32, Vec<u32>> = HashMap::new();
         let mut pids: Vec<u32> = pids().collect();
         pids.sort_unstable();
+        let mut denied = 0u32;
         for pid in pids {
-            for ino in sockets_of(pid) {
-                if wanted.contains(&ino) {
+            let socks = match sockets_of_checked(pid) {
+                Ok(s) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    denied += 1;
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            for ino in socks {
+                if looked.contains(&ino) {
                     holders.entry(ino).or_default().push(pid);
                 }
+            }
+        }
+        // Sockets nobody we could read holds, while some processes could
+        // not be read: their owners are unknown for lack of permission.
+        if denied > 0 {
+            let unfound = wanted.iter().filter(|i| !holders.contains_key(i)).count();
+            for _ in 0..unfound {
+                crate::privs::owner_failure(
+                    "fd_denied",
+                    &format!("/proc/PID/fd of {denied} processes: permission denied"),
+                    &crate::privs::missing_for_proc(),
+                );
+            }
+        }
+        let polled = polls_of(
+            holders.iter().filter(|(i, _)| wanted.contains(i)),
+            &self.groups,
+        );
+        let mut owners_of: HashMap<u32, u32> = HashMap::new();
+        for &ino in wanted {
+            if let Some(h) = holders.get(&ino) {
+                let sib: Vec<(u32, &[u32])> = self
+                    .siblings(ino)
+                    .iter()
+                    .map(|s| (*s, holders.get(s).map_or(&[][..], Vec::as_slice)))
+                    .collect();
+                owners_of.extend(choose_owner(ino, h, &sib, &polled).map(|o| (ino, o)));
             }
         }
         for ino in wanted {
             self.provisional.remove(ino);
             match holders.remove(ino) {
                 Some(h) => {
+                    let owner = owners_of.get(ino).copied().unwrap_or(h[0]);
                     // Keep what is known of a still-present owner; look up
                     // a new one (the old owner exited, or first sighting).
-                    let same = self.owners.get(ino).is_some_and(|o| o.pid == h[0]);
+                    let same = self.owners.get(ino).is_some_and(|o| o.pid == owner);
                     if !same {
-                        self.owners.insert(*ino, Owner::of(h[0]));
+                        self.owners.insert(*ino, Owner::of(owner));
                     }
                     if let Some(o) = self.owners.get_mut(ino) {
                         o.holders = h;
@@ -349,5 +593,95 @@ mod tests {
         assert_eq!(r.get(ino).unwrap().pid, 1);
         r.learn([ino]);
         assert_eq!(r.get(ino).unwrap().holders, vec![me]);
+    }
+
+    #[test]
+    fn reconciling_checks_the_known_holders_and_scans_only_for_lost_sockets() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", l.as_raw_fd())).unwrap();
+        let ino = socket_inode(link.to_str().unwrap()).unwrap();
+        let me = std::process::id();
+        let mut r = Resolver::new(Duration::ZERO);
+        r.learn([ino]);
+        // Holders unchanged: nothing to scan for.
+        assert!(r.check_holders().is_empty());
+        // A holder that is gone (no such pid) is dropped, the owner stays,
+        // and a scan looks for a replacement.
+        r.owners.get_mut(&ino).unwrap().holders = vec![me, u32::MAX];
+        assert_eq!(r.check_holders(), HashSet::from([ino]));
+        assert_eq!(r.get(ino).unwrap().holders, vec![me]);
+        // An owner that no longer holds it, with a holder that does: the
+        // holder becomes the owner at once.
+        r.owners.get_mut(&ino).unwrap().pid = u32::MAX;
+        r.owners.get_mut(&ino).unwrap().holders = vec![me];
+        assert!(r.check_holders().is_empty());
+        assert_eq!(r.get(ino).unwrap().pid, me);
+        // No known holder has it: it is handed to a scan, which finds us.
+        r.owners.get_mut(&ino).unwrap().holders = vec![u32::MAX];
+        assert_eq!(r.check_holders(), HashSet::from([ino]));
+        r.scan(&HashSet::from([ino]));
+        assert_eq!(r.get(ino).unwrap().holders, vec![me]);
+    }
+
+    #[test]
+    fn a_reuseport_member_belongs_to_the_worker_that_polls_or_holds_it_alone() {
+        let none = HashMap::new();
+        // nginx 1.22 `listen … reuseport`, 2 workers: every process holds
+        // both members (1, 2); each worker polls its own.
+        let polled = HashMap::from([(11, HashSet::from([1, 77])), (12, HashSet::from([2, 78]))]);
+        let all: &[u32] = &[10, 11, 12];
+        assert_eq!(choose_owner(1, all, &[(2, all)], &polled), Some(11));
+        assert_eq!(choose_owner(2, all, &[(1, all)], &polled), Some(12));
+        // Without the interest lists: the master (lowest).
+        assert_eq!(choose_owner(1, all, &[(2, all)], &none), Some(10));
+        // Workers that closed the other members: the one holding it alone.
+        assert_eq!(
+            choose_owner(1, &[10, 11], &[(2, &[10, 12])], &none),
+            Some(11)
+        );
+        // Two unrelated processes, a member each.
+        assert_eq!(choose_owner(1, &[20], &[(2, &[21])], &none), Some(20));
+        // One socket shared by a master and its workers (all poll it): the
+        // master.
+        let shared = HashMap::from([(11, HashSet::from([1])), (12, HashSet::from([1]))]);
+        assert_eq!(choose_owner(1, all, &[], &shared), Some(10));
+        assert_eq!(choose_owner(1, &[], &[], &none), None);
+    }
+
+    #[test]
+    fn reads_a_kernel_comm() {
+        assert_eq!(
+            comm_name(b"redis-cli\0\0\0\0\0\0\0").as_deref(),
+            Some("redis-cli")
+        );
+        assert_eq!(
+            comm_name(b"exactly15chars!\0").as_deref(),
+            Some("exactly15chars!")
+        );
+        assert_eq!(comm_name(&[0; 16]), None);
+    }
+
+    #[test]
+    fn reads_an_epoll_interest_list() {
+        let t = "pos:\t0\nflags:\t02\nmnt_id:\t17\nino:\t1030\n\
+                 tfd:        9 events: 80000019 data:     56447d63f340  pos:0 ino:406 sdev:10\n\
+                 tfd:        4 events:     2019 data:     7f7d46914010  pos:0 ino:aec064 sdev:9\n";
+        assert_eq!(parse_epoll_targets(t), vec![0x406, 0xaec064]);
+        // Our own epoll file, through /proc.
+        let me = std::process::id();
+        let ep = unsafe { libc::epoll_create1(0) };
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 0,
+        };
+        assert_eq!(
+            unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, l.as_raw_fd(), &mut ev) },
+            0
+        );
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", l.as_raw_fd())).unwrap();
+        let ino = socket_inode(link.to_str().unwrap()).unwrap();
+        assert!(polled_by(me).contains(&ino));
+        unsafe { libc::close(ep) };
     }
 }

@@ -39,10 +39,7 @@ use crate::{
 
 pub fn main(args: RunArgs) -> Result<()> {
     let cfg = config::Run::load(&args)?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        anyhow::bail!("run needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN; see packaging/systemd): run it with sudo or as the packaged service");
-    }
+    crate::privs::require("run", crate::privs::Mode::Trace)?;
     // Each /metrics connection holds a descriptor: room for the server's
     // cap (see metrics::serve) beside the agent's own netns and /proc reads.
     metrics::raise_fd_limit();
@@ -265,12 +262,14 @@ fn otlp_attr(label: &str) -> String {
 
 /// A line's labels: where, whose, and the kind's dimensions. Every family
 /// has all of them (empty ones are not rendered); no pid (pids churn).
-const LABELS: [(&str, &str); 10] = [
+const LABELS: [(&str, &str); 12] = [
     ("server_address", "server.address"),
     ("server_port", "server.port"),
     ("netns", "network.netns"),
     ("process", "process.executable.name"),
     ("container_id", "container.id"),
+    ("k8s_namespace", "k8s.namespace.name"),
+    ("k8s_pod", "k8s.pod.name"),
     ("stage", "stage"),
     ("next", "next"),
     ("reason", "reason"),
@@ -311,6 +310,8 @@ fn describe(r: &mut Registry) {
         ("tcpq_metric_series", "Metric series the agent exports.", Type::Gauge),
         ("tcpq_metric_series_overflowed_total", "Updates folded into overflow series because a family reached metrics.max_series.", Type::Counter),
         ("tcpq_output_errors_total", "JSON lines that could not be written.", Type::Counter),
+        ("tcpq_netns_unreadable", "Network namespaces the agent could not read in its last sock_diag round (their listeners are not watched), by reason (open_denied, setns_denied, setns_failed, open_failed; proc_ns_denied: processes whose namespace could not be identified) and missing capability.", Type::Gauge),
+        ("tcpq_owner_lookup_failures_total", "Socket owner lookups that failed, by reason (fd_denied: other processes' /proc/PID/fd unreadable) and missing capability.", Type::Counter),
     ] {
         r.describe(name, help, ty);
     }
@@ -491,6 +492,20 @@ impl Sidecar {
         );
         r.set("tcpq_tracked_listeners", &none, h.tracked_listeners as f64);
         r.set("tcpq_owners_cached", &none, h.owners_cached as f64);
+        let (unreadable, owner_failures) = crate::privs::loss_metrics();
+        let labels = |reason: &'static str, cap: String| -> Labels {
+            vec![("reason", reason.to_string()), ("capability", cap)]
+        };
+        r.replace_gauges(
+            "tcpq_netns_unreadable",
+            unreadable
+                .into_iter()
+                .map(|(reason, cap, n)| (labels(reason, cap), n as f64))
+                .collect(),
+        );
+        for (reason, cap, n) in owner_failures {
+            r.set_counter("tcpq_owner_lookup_failures_total", &labels(reason, cap), n);
+        }
         if let Some(s) = syslog {
             use std::sync::atomic::Ordering::Relaxed;
             r.describe(
@@ -575,6 +590,10 @@ impl Sidecar {
             "agent.metric_series_overflowed": r.overflowed(),
             "agent.probes": h.probes.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
         });
+        let (unreadable, owner_failures) = crate::privs::loss_metrics();
+        let total = |s: &crate::privs::LossSeries| s.iter().map(|(_, _, n)| n).sum::<u64>();
+        v["agent.netns_unreadable"] = json!(total(&unreadable));
+        v["agent.owner_lookup_failures"] = json!(total(&owner_failures));
         if let Some(s) = &self.syslog {
             v["agent.syslog_dropped"] =
                 json!(s.stats().dropped.load(std::sync::atomic::Ordering::Relaxed));

@@ -208,6 +208,20 @@ pub fn ports_verdict(st: &NetnsState) -> Option<verdict::Verdict> {
     })
 }
 
+/// SO_REUSEPORT groups among the listeners: members' inodes.
+fn reuseport_groups(snaps: &[crate::aggregate::NetnsSnapshot]) -> Vec<Vec<u32>> {
+    let mut groups: BTreeMap<(u32, std::net::IpAddr, u16), Vec<u32>> = BTreeMap::new();
+    for s in snaps {
+        for l in &s.listeners {
+            groups
+                .entry((s.netns, l.local, l.lport))
+                .or_default()
+                .push(l.inode);
+        }
+    }
+    groups.into_values().filter(|g| g.len() > 1).collect()
+}
+
 /// Every listener's row (sorted by netns, port, inode), and the local-port
 /// verdict of each namespace that is short of ports.
 pub fn collect(port: Option<u16>) -> Result<(Vec<Row>, BTreeMap<u32, verdict::Verdict>)> {
@@ -218,11 +232,13 @@ pub fn collect(port: Option<u16>) -> Result<(Vec<Row>, BTreeMap<u32, verdict::Ve
         home_ino,
         true,
         true,
-        &mut HashMap::new(),
-        &mut HashMap::new(),
+        true,
+        &mut poll::Memory::default(),
         None,
-    );
+    )
+    .snaps;
     let mut resolver = Resolver::new(std::time::Duration::ZERO);
+    resolver.set_groups(reuseport_groups(&snaps));
     resolver.learn(
         snaps
             .iter()

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{anyhow, Context, Result};
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 
 use crate::storm::Storms;
 use std::collections::HashMap;
@@ -23,7 +23,7 @@ use tokio::{
 
 use crate::{
     accepts::{self, AcceptCounter, Accepts},
-    aggregate::{Aggregator, Hooked, NetnsSnapshot},
+    aggregate::{Aggregator, Hooked},
     caps,
     cli::{SyscallHooks, TraceArgs},
     decode, export, kernel,
@@ -102,10 +102,13 @@ struct Session {
     latency_ports: Option<LatencyPorts>,
     /// On-demand syscall hooks: attached while a queue is filling.
     demand: Demand,
+    /// Names the kernel took in the process's own context (tgid → comm),
+    /// for a process gone before /proc is read.
+    comms: Option<BpfHashMap<MapData, u32, [u8; 16]>>,
     /// Asks the sock_diag thread for a round now (it also reads the
     /// kernel's counts): sent on news of a counted kind, at most every
     /// [`NEWS_WAKE_EVERY`].
-    wake: std_mpsc::Sender<()>,
+    wake: std_mpsc::Sender<bool>,
     last_wake: std::time::Instant,
     received: u64,
     undecodable: u64,
@@ -146,6 +149,7 @@ pub async fn engine(
     };
     let (plan, facts) = kernel::discover(&tracefs, args.port.unwrap_or(0), filter_netns)?;
     let choices = caps::plan(&facts, args.attach);
+    caps::check_plan(args.attach, &choices).map_err(|e| anyhow!(e))?;
     // Run-time stats cost a clock read per program run: only on request.
     let _stats_fd = if args.bpf_stats {
         Some(
@@ -172,6 +176,15 @@ pub async fn engine(
         args.ring_buffer_bytes,
         syscall_mode == SyscallHooks::OnDemand,
     )?;
+    let refused: Vec<(&str, String)> = loaded
+        .kfuncs
+        .iter()
+        .filter(|k| k.kind.is_none())
+        .map(|k| (k.function, k.notes.join("; ")))
+        .collect();
+    if let Some(e) = caps::forced_error(args.attach, &refused) {
+        anyhow::bail!(e);
+    }
     // Functions that could not be hooked, grouped by the reason (on a
     // kernel without fentry/kprobes they all fail alike: say it once).
     let mut unhooked: Vec<(String, Vec<&str>)> = Vec::new();
@@ -221,6 +234,11 @@ pub async fn engine(
         }
         None => None,
     };
+    let comms = loaded
+        .ebpf
+        .take_map("COMMS")
+        .map(BpfHashMap::try_from)
+        .transpose()?;
     let accept_errors = match loaded.has_syscall_hooks() {
         true => loaded
             .ebpf
@@ -272,7 +290,7 @@ pub async fn engine(
         )?,
         tally: Default::default(),
     };
-    let (tx, mut rx) = mpsc::channel::<Vec<NetnsSnapshot>>(4);
+    let (tx, mut rx) = mpsc::channel::<poll::Round>(4);
     let (wake, wake_rx) = std_mpsc::channel();
     let _poller = poll::spawn(args.poll_interval, tx, wake_rx, Some(storms))?;
 
@@ -294,6 +312,7 @@ pub async fn engine(
         latency,
         latency_ports,
         demand: Demand::default(),
+        comms,
         wake: wake.clone(),
         last_wake: std::time::Instant::now(),
         received: 0,
@@ -317,8 +336,8 @@ pub async fn engine(
         .await
         .ok_or_else(|| anyhow!("the sock_diag poller stopped"))?;
     s.drain(ring.get_mut());
-    let listeners: usize = first.iter().map(|n| n.listeners.len()).sum();
-    let namespaces = first.len();
+    let listeners: usize = first.snaps.iter().map(|n| n.listeners.len()).sum();
+    let namespaces = first.snaps.len();
     s.apply(first);
     // Start-up parsed the kernel's BTF twice (ours and aya's); give that
     // memory back to the system rather than keep it for the agent's life.
@@ -409,7 +428,7 @@ pub async fn engine(
     }
 
     // Last round: count what happened up to the stop, then flush.
-    if wake.send(()).is_ok() {
+    if wake.send(true).is_ok() {
         if let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
             s.drain(ring.get_mut());
             s.apply(r);
@@ -455,7 +474,7 @@ impl Session {
                     self.received += 1;
                     if self.last_wake.elapsed() >= NEWS_WAKE_EVERY {
                         self.last_wake = std::time::Instant::now();
-                        let _ = self.wake.send(());
+                        let _ = self.wake.send(false);
                     }
                 }
                 Ok(ev) => {
@@ -470,7 +489,11 @@ impl Session {
         }
     }
 
-    fn apply(&mut self, mut round: Vec<NetnsSnapshot>) {
+    fn apply(&mut self, round: poll::Round) {
+        let poll::Round {
+            snaps: mut round,
+            alive,
+        } = round;
         // The kernel's counts first, each before the dump it came with:
         // a namespace filtered out below may carry another one's counts.
         for snap in &round {
@@ -487,7 +510,7 @@ impl Session {
         for snap in &round {
             self.agg.on_snapshot(snap);
         }
-        self.agg.end_round(&round);
+        self.agg.end_round(&alive);
         self.choose_latency_ports();
     }
 
@@ -577,7 +600,7 @@ impl Session {
         for p in pending {
             // The process the kernel named, else the holder of the
             // listener, else the holder of the socket the line is about.
-            let named = p.pid.map(Owner::of);
+            let named = p.pid.map(|pid| self.owner_of(pid));
             let owner = match &named {
                 Some(o) => Some(o),
                 None => p
@@ -599,7 +622,13 @@ impl Session {
             if let Some(f) = &self.pid_filter {
                 let mine = match (p.pid, p.key) {
                     (Some(pid), _) => pid == f.owner.pid,
-                    (None, Some(k)) => f.sockets.contains(&k.inode),
+                    // A socket it holds; of an SO_REUSEPORT group whose
+                    // every member it holds (an nginx worker), its own.
+                    (None, Some(k)) => {
+                        f.sockets.contains(&k.inode)
+                            && (!self.resolver.in_group(k.inode)
+                                || owner.is_none_or(|o| o.pid == f.owner.pid))
+                    }
                     (None, None) => owner.is_some_and(|o| o.pid == f.owner.pid),
                 };
                 if !mine {
@@ -818,6 +847,19 @@ impl Session {
         Some(counter.update(entries))
     }
 
+    /// Everything /proc says about `pid`, named by the kernel when /proc
+    /// no longer can (the process exited).
+    fn owner_of(&self, pid: u32) -> Owner {
+        let mut o = Owner::of(pid);
+        if o.name == "?" {
+            let comm = self.comms.as_ref().and_then(|m| m.get(&pid, 0).ok());
+            if let Some(name) = comm.as_ref().and_then(|c| resolve::comm_name(c)) {
+                o.name = name;
+            }
+        }
+        o
+    }
+
     /// Learns the owners of listeners that just showed up, while their
     /// processes are still there to ask.
     fn learn_owners(&mut self) {
@@ -825,6 +867,7 @@ impl Session {
         if let Some(f) = &mut self.pid_filter {
             f.sockets.extend(resolve::sockets_of(f.owner.pid));
         }
+        self.resolver.set_groups(self.agg.reuseport_groups());
         self.resolver.learn(inodes);
     }
 }

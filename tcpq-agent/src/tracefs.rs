@@ -10,8 +10,18 @@ const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing
 /// candidate has one.
 pub fn ensure_mounted() -> Result<PathBuf> {
     for c in CANDIDATES {
-        if Path::new(c).join("events").is_dir() {
-            return Ok(PathBuf::from(c));
+        match std::fs::metadata(Path::new(c).join("events")) {
+            Ok(m) if m.is_dir() => return Ok(PathBuf::from(c)),
+            // Mounted, mode 0700 root: not a reason to mount another.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+                "cannot read tracefs at {c}: permission denied (missing {}: tracefs is readable by root only)",
+                if crate::privs::has(crate::privs::effective(), crate::privs::CAP_DAC_READ_SEARCH) {
+                    "nothing: an LSM or a user namespace refuses"
+                } else {
+                    "CAP_DAC_READ_SEARCH"
+                }
+            ),
+            _ => {}
         }
     }
     let target = CANDIDATES[0];

@@ -15,6 +15,7 @@
 
 mod emit;
 mod hooks;
+mod names;
 mod sock;
 mod storm;
 

@@ -147,6 +147,23 @@ impl Netns {
         out
     }
 
+    /// Waits (up to 10 s) until something listens on `port` here.
+    pub fn wait_listening(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let out = self
+                .cmd("ss")
+                .args(["-Hltn", &format!("sport = :{port}")])
+                .output()
+                .unwrap();
+            if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nothing listening on {port} after 10 s");
+    }
+
     /// Starts the scenario helper (IPv4) inside the namespace and waits for
     /// its `ready` line. Returns the child and its pid.
     pub fn scenario(&self, args: &[&str]) -> (Child, u32) {
@@ -237,6 +254,8 @@ pub struct Agent {
     child: Child,
     /// The agent's "tcpq: tracing ..." line (lists the hooks in use).
     pub ready_line: String,
+    /// What it said on stderr before that line.
+    pub early: Vec<String>,
     stderr_lines: mpsc::Receiver<String>,
     stdout_lines: mpsc::Receiver<(Instant, String)>,
     pub started: Instant,
@@ -256,8 +275,31 @@ impl Agent {
         Agent::start(&["run"], extra)
     }
 
+    /// Starts `tcpq-agent trace --output json` through `wrapper` (a program
+    /// and its arguments that then exec the agent, e.g. `setpriv ...`).
+    pub fn trace_via(wrapper: &[String], extra: &[&str]) -> Agent {
+        Agent::start_via(wrapper, &["trace", "--output", "json"], extra)
+    }
+
+    /// Like [`Agent::run`], through `wrapper`.
+    pub fn run_via(wrapper: &[String], extra: &[&str]) -> Agent {
+        Agent::start_via(wrapper, &["run"], extra)
+    }
+
     fn start(sub: &[&str], extra: &[&str]) -> Agent {
-        let mut child = Command::new(agent_bin())
+        Agent::start_via(&[], sub, extra)
+    }
+
+    fn start_via(wrapper: &[String], sub: &[&str], extra: &[&str]) -> Agent {
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(agent_bin());
+                c
+            }
+            None => Command::new(agent_bin()),
+        };
+        let mut child = cmd
             .args(sub)
             .args(extra)
             .args(match std::env::var("TCPQ_ATTACH") {
@@ -285,6 +327,7 @@ impl Agent {
             Duration::from_secs(30)
         };
         let deadline = Instant::now() + start_within;
+        let mut early = Vec::new();
         let ready_line = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -296,7 +339,7 @@ impl Agent {
                     );
                     break l;
                 }
-                Ok(_) => continue,
+                Ok(l) => early.push(l),
                 Err(_) => {
                     let _ = child.kill();
                     panic!("agent did not start tracing within {start_within:?}");
@@ -313,6 +356,7 @@ impl Agent {
         Agent {
             child,
             ready_line,
+            early,
             stderr_lines: rx,
             stdout_lines: orx,
             started: Instant::now(),
@@ -494,4 +538,183 @@ pub fn field(out: &str, name: &str) -> u64 {
         .find_map(|w| w.strip_prefix(&format!("{name}=")))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {name}= in {out:?}"))
+}
+
+/// nginx (Debian's nginx-light) serving `ok` on 127.0.0.1:PORT in a
+/// namespace, everything it writes under a private directory.
+pub struct Nginx {
+    child: Child,
+    dir: PathBuf,
+    /// The worker processes (empty for a single-process nginx).
+    pub workers: Vec<u32>,
+}
+
+/// How an nginx is run.
+#[derive(Clone, Copy)]
+pub struct NginxConf {
+    /// 0: one process (`master_process off`), else a master and this many
+    /// workers.
+    pub workers: u32,
+    /// `listen … reuseport`: one listening socket per worker.
+    pub reuseport: bool,
+    pub backlog: u32,
+}
+
+impl Nginx {
+    /// A single process with a deep backlog: for load.
+    pub fn start(ns: &Netns, port: u16) -> Nginx {
+        Nginx::with(
+            ns,
+            port,
+            NginxConf {
+                workers: 0,
+                reuseport: false,
+                backlog: 4096,
+            },
+        )
+    }
+
+    pub fn with(ns: &Netns, port: u16, c: NginxConf) -> Nginx {
+        let dir = std::env::temp_dir().join(format!("tcpq-nginx-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        let conf = dir.join("nginx.conf");
+        let procs = match c.workers {
+            0 => "worker_processes 1; master_process off;".to_string(),
+            n => format!("worker_processes {n}; master_process on;"),
+        };
+        let reuseport = if c.reuseport { " reuseport" } else { "" };
+        std::fs::write(
+            &conf,
+            format!(
+                "{procs} daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; \
+                 uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+                 server {{ listen 127.0.0.1:{port} backlog={}{reuseport}; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+                c.backlog
+            ),
+        )
+        .unwrap();
+        let child = ns
+            .cmd("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start nginx (apt-get install nginx-light; cargo xtask setup does)");
+        let mut nginx = Nginx {
+            child,
+            dir,
+            workers: Vec::new(),
+        };
+        // Ready once a request gets its 200 and every worker is there.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            nginx.workers = children(nginx.child.id());
+            let ok = http_close(ns, port, 1).0 == 1;
+            if ok && nginx.workers.len() == c.workers as usize {
+                break;
+            }
+            assert!(Instant::now() < deadline, "nginx did not answer on {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        nginx
+    }
+
+    pub fn master(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to every worker (SIGSTOP: nobody accepts).
+    pub fn signal_workers(&self, signal: i32) {
+        for &w in &self.workers {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(w as i32, signal) };
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.signal_workers(libc::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The child processes of `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// The socket inodes `pid` holds.
+pub fn sockets_of(pid: u32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The socket inodes `pid`'s epoll files watch (`/proc/PID/fdinfo`: an
+/// nginx worker watches its own SO_REUSEPORT member only).
+pub fn polled_by(pid: u32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:[eventpoll]")
+        })
+        .filter_map(|e| {
+            std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                e.file_name().to_string_lossy()
+            ))
+            .ok()
+        })
+        .flat_map(|t| {
+            t.lines()
+                .filter(|l| l.starts_with("tfd:"))
+                .filter_map(|l| {
+                    let hex = l.split_whitespace().find_map(|w| w.strip_prefix("ino:"))?;
+                    u64::from_str_radix(hex, 16).ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// `n` sequential `Connection: close` requests from inside `ns`: (200s,
+/// failures).
+pub fn http_close(ns: &Netns, port: u16, n: u64) -> (u64, u64) {
+    let (child, _) = ns.scenario(&["http-close", &port.to_string(), &n.to_string()]);
+    let out = finish(child);
+    (field(&out, "ok"), field(&out, "failed"))
 }

@@ -511,3 +511,69 @@ fn accept_latency_is_the_time_connections_waited_for_accept() {
         "{l}"
     );
 }
+
+/// A short-lived client out of local ports: redis-cli exits at once, before
+/// the agent could read /proc, and its lines still carry its name (taken in
+/// the kernel, inside connect()) and as many failures as strace saw it get.
+#[test]
+fn a_client_that_exits_at_once_is_named_by_the_kernel() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("rcli9309");
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40001");
+    let mut server = ns
+        .cmd("redis-server")
+        .args([
+            "--port",
+            "9309",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--daemonize", "no", "--loglevel", "warning"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (cargo xtask setup installs it)");
+    ns.wait_listening(9309);
+    // Two held connections take both local ports.
+    let (holder, _) = ns.scenario(&["connect", "9309", "2", "1", "30"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let agent = Agent::trace(&[]);
+    let trace = std::env::temp_dir().join(format!("tcpq-strace-{}", std::process::id()));
+    let mut failed = 0;
+    for _ in 0..3 {
+        let out = ns
+            .cmd("strace")
+            .args(["-f", "-qq", "-e", "trace=connect", "-o"])
+            .arg(&trace)
+            .args(["redis-cli", "-p", "9309", "ping"])
+            .output()
+            .expect("strace (cargo xtask setup installs it)");
+        let text = std::fs::read_to_string(&trace).unwrap();
+        failed += text.matches("EADDRNOTAVAIL").count() as u64;
+        assert!(!out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("PONG"));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let lines = agent.stop();
+    let _ = std::fs::remove_file(&trace);
+    let _ = (server.kill(), server.wait());
+    finish_kill(holder);
+    assert!(failed >= 3, "redis-cli did not run out of ports: {failed}");
+    let mine: Vec<&Value> = lines_of(&lines, "connect_error", ns.inode())
+        .into_iter()
+        .filter(|l| l["error.type"] == "EADDRNOTAVAIL")
+        .collect();
+    assert_eq!(total(&mine), failed, "connect_error vs strace: {lines:#?}");
+    for l in &mine {
+        assert_eq!(l["process.executable.name"], "redis-cli", "{l}");
+    }
+}
+
+fn finish_kill(mut child: std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}

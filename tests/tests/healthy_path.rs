@@ -7,14 +7,10 @@
 //! nginx answering one-connection-per-request HTTP, and hping3 flooding a
 //! full accept queue with SYNs.
 
-use std::{
-    collections::BTreeMap,
-    process::{Child, Stdio},
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, process::Stdio, time::Duration};
 
 use tcpq_tests::{
-    delta, expected_sources, field, finish, root_or_skip, source_matches, sum, Agent, Netns,
+    delta, expected_sources, http_close, root_or_skip, source_matches, sum, Agent, Netns, Nginx,
 };
 
 /// Requests in the healthy run (the issue's floor: 20,000).
@@ -22,67 +18,6 @@ const REQUESTS: u64 = 20_000;
 
 /// Ring-buffer records the healthy path may cost: 1 per 1,000 requests.
 const RECORDS_PER_REQUEST: f64 = 0.001;
-
-/// nginx (Debian's nginx-light) serving `ok` on 127.0.0.1:PORT in `ns`,
-/// single process, everything it writes under a private directory.
-struct Nginx {
-    child: Child,
-    dir: std::path::PathBuf,
-}
-
-impl Nginx {
-    fn start(ns: &Netns, port: u16) -> Nginx {
-        let dir = std::env::temp_dir().join(format!("tcpq-nginx-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let d = dir.display();
-        let conf = dir.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "worker_processes 1; master_process off; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-                 events {{ worker_connections 1024; }}\n\
-                 http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; \
-                 uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-                 server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ return 200 \"ok\\n\"; }} }} }}\n"
-            ),
-        )
-        .unwrap();
-        let child = ns
-            .cmd("nginx")
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(&dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start nginx (apt-get install nginx-light; cargo xtask setup does)");
-        let nginx = Nginx { child, dir };
-        // Ready once a request gets its 200.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http_close(ns, port, 1).0 != 1 {
-            assert!(Instant::now() < deadline, "nginx did not answer on {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        nginx
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// `n` sequential `Connection: close` requests from inside `ns`: (200s, failures).
-fn http_close(ns: &Netns, port: u16, n: u64) -> (u64, u64) {
-    let (child, _) = ns.scenario(&["http-close", &port.to_string(), &n.to_string()]);
-    let out = finish(child);
-    (field(&out, "ok"), field(&out, "failed"))
-}
 
 /// The agent's exit summary: ring-buffer records the kernel sent, or at
 /// least those the agent received (an agent from before the kernel counted

@@ -284,7 +284,7 @@ fn redis_server_that_stops_accepting() {
         .args(["--daemonize", "no", "--loglevel", "warning"])
         .spawn()
         .unwrap();
-    wait_listening(&ns, port);
+    ns.wait_listening(port);
     let pid = server.id();
     // The server existed before the agent; then it hangs (SIGSTOP), as a
     // server stuck on a lock would, and clients pile up.
@@ -381,22 +381,6 @@ fn which(name: &str) -> Result<String, ()> {
     } else {
         Ok(p)
     }
-}
-
-fn wait_listening(ns: &Netns, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let out = ns
-            .cmd("ss")
-            .args(["-Hltn", &format!("sport = :{port}")])
-            .output()
-            .unwrap();
-        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
-            return;
-        }
-        sleep(Duration::from_millis(50));
-    }
-    panic!("nothing listening on {port} after 10 s");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tcpq_tests::{delta, root_or_skip, Agent, Netns};
+use tcpq_tests::{delta, polled_by, root_or_skip, sockets_of, Agent, Netns, Nginx, NginxConf};
 
 const OVERFLOWS: &str = "TcpExt.ListenOverflows";
 
@@ -237,4 +237,104 @@ fn a_listener_born_and_gone_while_tracing_is_owned_then_forgotten() {
         done.ends_with("; 0 socket owners cached"),
         "owners of closed sockets must not pile up: {done}"
     );
+}
+
+/// nginx with its workers stopped: 24 clients (one SYN retry each) into
+/// queues of 2, so most SYNs are dropped. Returns the kernel's
+/// ListenOverflows delta and the agent's lines.
+fn nginx_overflow(ns: &Netns, port: u16, nginx: &Nginx, agent_args: &[&str]) -> (u64, Vec<Value>) {
+    let agent = Agent::trace(agent_args);
+    let before = ns.counters();
+    let (mut c, _) = ns.scenario(&["connect", &port.to_string(), "24", "1", "2.5"]);
+    c.wait().unwrap();
+    let after = ns.counters();
+    let lines = agent.stop();
+    let _ = nginx;
+    (delta(&before, &after, OVERFLOWS), lines)
+}
+
+#[test]
+fn nginx_reuseport_members_belong_to_their_workers() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("ngxrp9511");
+    let port = 9511;
+    let conf = NginxConf {
+        workers: 2,
+        reuseport: true,
+        backlog: 2,
+    };
+    let nginx = Nginx::with(&ns, port, conf);
+    let master = nginx.master();
+    // Every process holds every member (nginx 1.22); each worker polls
+    // its own (its epoll interest list).
+    let member_of: std::collections::HashMap<u64, u32> = nginx
+        .workers
+        .iter()
+        .flat_map(|&w| polled_by(w).into_iter().map(move |i| (i, w)))
+        .filter(|(i, _)| sockets_of(master).contains(i))
+        .collect();
+    nginx.signal_workers(libc::SIGSTOP);
+    let (kernel, lines) = nginx_overflow(&ns, port, &nginx, &["--port", "9511"]);
+    let ov = overflow_lines(&lines, port);
+    assert!(kernel > 0, "no overflow: {lines:#?}");
+    assert_eq!(total(&ov), kernel, "{ov:#?}");
+    let mut owners = std::collections::BTreeSet::new();
+    for l in &ov {
+        let ino = l["socket.inode"].as_u64().unwrap();
+        let worker = member_of[&ino];
+        assert_eq!(
+            l["process.pid"], worker,
+            "a member's owner is its worker: {l}"
+        );
+        assert_ne!(l["process.pid"], master, "{l}");
+        assert_eq!(l["reuseport.group_size"], 2, "{l}");
+        owners.insert(worker);
+    }
+    assert_eq!(owners.len(), 2, "both members overflowed: {ov:#?}");
+    // `--pid <worker>`: that worker's member only (the queues are still
+    // full: the workers are stopped).
+    let w = nginx.workers[0];
+    let (kernel, lines) = nginx_overflow(&ns, port, &nginx, &["--pid", &w.to_string()]);
+    let ov = overflow_lines(&lines, port);
+    assert!(
+        !ov.is_empty() && total(&ov) < kernel,
+        "{kernel} overflows, {ov:#?}"
+    );
+    for l in &ov {
+        assert_eq!(l["process.pid"], w, "{l}");
+        assert_eq!(member_of[&l["socket.inode"].as_u64().unwrap()], w, "{l}");
+    }
+    nginx.signal_workers(libc::SIGCONT);
+}
+
+#[test]
+fn nginx_workers_sharing_one_socket_are_the_masters_service() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("ngxsh9512");
+    let port = 9512;
+    let conf = NginxConf {
+        workers: 2,
+        reuseport: false,
+        backlog: 2,
+    };
+    let nginx = Nginx::with(&ns, port, conf);
+    let master = nginx.master();
+    nginx.signal_workers(libc::SIGSTOP);
+    let (kernel, lines) = nginx_overflow(&ns, port, &nginx, &["--port", "9512"]);
+    nginx.signal_workers(libc::SIGCONT);
+    let ov = overflow_lines(&lines, port);
+    assert!(kernel > 0, "no overflow: {lines:#?}");
+    assert_eq!(total(&ov), kernel, "{ov:#?}");
+    let mut holders = vec![master];
+    holders.extend(&nginx.workers);
+    for l in &ov {
+        assert_eq!(l["process.pid"], master, "{l}");
+        assert_eq!(l["process.executable.name"], "nginx", "{l}");
+        assert_eq!(l["process.holders"], serde_json::json!(holders), "{l}");
+        assert!(l.get("reuseport.group_size").is_none(), "{l}");
+    }
 }

@@ -13,7 +13,9 @@
 //! runs go without) gives each program's runs and ns per request and the
 //! ring-buffer records per request; and a SYN flood (hping3 into a full
 //! accept queue) gives drops per second, exactness against ListenOverflows,
-//! the agent's CPU and memory, and records per drop. Bounded: ROUNDS × 2
+//! the agent's CPU and memory, and records per drop; and the agent's idle
+//! CPU with 50 quiet namespaces, a listener each (a node full of pods).
+//! Bounded: `--rounds` × 2
 //! loads × 3 runs of SECS seconds, plus two more runs and a FLOOD_SECS flood.
 
 use std::{
@@ -27,7 +29,6 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 const NS: &str = "tcpq-bench";
-const ROUNDS: usize = 5;
 const SECS: u32 = 5;
 const FLOOD_SECS: u32 = 4;
 /// Where nginx listens, and the listener the SYN flood hits.
@@ -359,7 +360,7 @@ fn nginx_conf(dir: &std::path::Path) -> Result<PathBuf> {
     Ok(conf)
 }
 
-pub fn run_bench(agent_bin: PathBuf, scenario_bin: PathBuf) -> Result<()> {
+pub fn run_bench(agent_bin: PathBuf, scenario_bin: PathBuf, rounds: usize) -> Result<()> {
     let _ns = Netns::new()?;
     let dir = std::env::temp_dir().join(format!("tcpq-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -375,11 +376,12 @@ pub fn run_bench(agent_bin: PathBuf, scenario_bin: PathBuf) -> Result<()> {
         .context("starting nginx (apt-get install nginx-light)")?;
     sleep(Duration::from_millis(500));
     let result = (|| -> Result<()> {
-        header()?;
+        header(rounds)?;
         wrk(false)?; // warm-up
-        loads(&agent_bin)?;
+        loads(&agent_bin, rounds)?;
         stats_run(&agent_bin)?;
-        flood(&agent_bin, &scenario_bin)
+        flood(&agent_bin, &scenario_bin)?;
+        namespaces(&agent_bin, &scenario_bin)
     })();
     let _ = nginx.kill();
     let _ = nginx.wait();
@@ -387,11 +389,11 @@ pub fn run_bench(agent_bin: PathBuf, scenario_bin: PathBuf) -> Result<()> {
     result
 }
 
-fn header() -> Result<()> {
+fn header(rounds: usize) -> Result<()> {
     let kernel = run(Command::new("uname").arg("-r"))?;
     let date = run(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?;
     println!(
-        "tcpq bench, {}, kernel {}, {} CPUs; nginx-light 1 worker + wrk -t1 -c32, {SECS} s per run, {ROUNDS} rounds",
+        "tcpq bench, {}, kernel {}, {} CPUs; nginx-light 1 worker + wrk -t1 -c32, {SECS} s per run, {rounds} rounds",
         date.trim(),
         kernel.trim(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -399,9 +401,9 @@ fn header() -> Result<()> {
     Ok(())
 }
 
-/// The ratio runs: per load, ROUNDS rounds of untraced / tcpq / bpftrace
+/// The ratio runs: per load, `rounds` rounds of untraced / tcpq / bpftrace
 /// in a rotating order.
-fn loads(agent_bin: &PathBuf) -> Result<()> {
+fn loads(agent_bin: &PathBuf, rounds: usize) -> Result<()> {
     let orders = [
         [Tracer::None, Tracer::Tcpq, Tracer::Bpftrace],
         [Tracer::Tcpq, Tracer::Bpftrace, Tracer::None],
@@ -411,7 +413,7 @@ fn loads(agent_bin: &PathBuf) -> Result<()> {
     println!("\nload                     untraced req/s   tcpq/untraced   bpftrace/untraced   (per round: tcpq | bpftrace)");
     for (close, name) in [(false, "keep-alive"), (true, "connection-per-request")] {
         let (mut off, mut tcpq, mut bpft) = (Vec::new(), Vec::new(), Vec::new());
-        for round in 0..ROUNDS {
+        for round in 0..rounds {
             let mut got = [0.0; 3];
             for &t in &orders[round % orders.len()] {
                 let (rps, agent) = measure(agent_bin, close, t)?;
@@ -536,6 +538,63 @@ fn flood(agent_bin: &PathBuf, scenario_bin: &PathBuf) -> Result<()> {
 }
 
 /// A TcpExt field of /proc/net/netstat (header line, then values).
+/// Quiet namespaces (a pod each, with a listener and nothing going on).
+const QUIET_NETNS: usize = 50;
+const IDLE_SECS: u64 = 10;
+
+/// What many quiet namespaces cost the agent: idle CPU with none and with
+/// QUIET_NETNS, each with one listener (a host full of pods).
+fn namespaces(agent_bin: &PathBuf, scenario_bin: &PathBuf) -> Result<()> {
+    let idle = |what: &str| -> Result<f64> {
+        let agent = Agent::start(agent_bin, false)?;
+        sleep(Duration::from_secs(IDLE_SECS));
+        let r = agent.stop()?;
+        println!(
+            "  {what:<40} agent {:.2}% of a core, peak RSS {} KiB",
+            r.cpu, r.hwm_kib
+        );
+        Ok(r.cpu)
+    };
+    println!(
+        "
+quiet namespaces (no load, {IDLE_SECS} s each):"
+    );
+    let base = idle("no namespace added")?;
+    let names: Vec<String> = (0..QUIET_NETNS)
+        .map(|i| format!("tcpq-bench-q{i}"))
+        .collect();
+    let mut servers = Vec::new();
+    let result = (|| -> Result<f64> {
+        for n in &names {
+            run(Command::new("ip").args(["netns", "add", n]))?;
+            run(Command::new("ip").args(["-n", n, "link", "set", "lo", "up"]))?;
+            servers.push(
+                Command::new("ip")
+                    .args(["netns", "exec", n])
+                    .arg(scenario_bin)
+                    .args(["listen", "8000", "16", "60"])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .context("starting tcpq-scenario")?,
+            );
+        }
+        sleep(Duration::from_millis(500));
+        idle(&format!("{QUIET_NETNS} namespaces with a listener each"))
+    })();
+    for mut s in servers {
+        let _ = (s.kill(), s.wait());
+    }
+    for n in &names {
+        let _ = Command::new("ip").args(["netns", "del", n]).status();
+    }
+    let many = result?;
+    println!(
+        "  each quiet namespace: {:.1} µs of agent CPU per second",
+        (many - base).max(0.0) / 100.0 * 1e6 / QUIET_NETNS as f64
+    );
+    Ok(())
+}
+
 fn netstat_field(text: &str, name: &str) -> Option<u64> {
     let lines: Vec<&str> = text.lines().collect();
     lines.chunks(2).find_map(|pair| {

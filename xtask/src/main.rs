@@ -38,7 +38,12 @@ enum Task {
     /// 5.10, 6.1 and 6.12 kernels under QEMU (`vm`, `VM_PLAN`).
     Test,
     /// Set up, then measure what tcpq costs a loaded nginx (ratios).
-    Bench,
+    Bench {
+        /// Interleaved rounds of untraced / tcpq / bpftrace per load (the
+        /// medians are quoted; this machine swings ±30 % between runs).
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(3..=50))]
+        rounds: u32,
+    },
     /// cargo fmt --check and clippy -D warnings.
     Lint,
     /// Set up, then run the test executables inside Debian cloud kernels
@@ -158,7 +163,7 @@ fn run() -> Result<()> {
             ensure!(vm_ok, "vm: not every test executable passed");
             Ok(())
         }
-        Task::Bench => {
+        Task::Bench { rounds } => {
             setup::all()?;
             cargo(&[
                 "build",
@@ -172,6 +177,7 @@ fn run() -> Result<()> {
             bench::run_bench(
                 root().join("target/release/tcpq-agent"),
                 root().join("target/release/tcpq-scenario"),
+                rounds as usize,
             )
         }
         Task::Lint => lint(),

@@ -6,6 +6,7 @@
 //! - bpf-linker 0.10.2: its default `rust-llvm-22` links against the LLVM
 //!   of rustc 1.95 itself (a newer nightly's LLVM 23 fails to dlopen);
 //! - Debian packages: iproute2 (ip netns, ss), util-linux (setpriv),
+//!   libcap2-bin (setcap: the file-capability privilege test),
 //!   redis-server and nginx-light (real servers for scenario tests), wrk,
 //!   hping3 (SYN floods) and bpftrace (the benchmark's peer);
 //!   prometheus and rsyslog (real receivers for the sidecar's exporters);
@@ -28,8 +29,10 @@ pub const TOOLCHAIN: &str = "1.95.0";
 const DEBIAN: &[&str] = &[
     "iproute2",
     "util-linux",
+    "libcap2-bin",
     "procps",
     "redis-server",
+    "strace",
     "nginx-light",
     "wrk",
     "hping3",

@@ -53,13 +53,16 @@ pub const SKIP_MARK: &str = "TCPQ-SKIP ";
 const GUEST_BIN: &str = "tcpq/target/debug";
 /// Host tools the tests run besides busybox (`cargo xtask setup` installs
 /// them): iproute2's, util-linux's `setpriv --reuid` (busybox's lacks it),
-/// the real redis-server;
+/// the real redis-server and redis-cli (with strace, which counts the
+/// client's own failed connects);
 /// nginx, wrk and hping3 for the healthy-path and load tests.
 const TOOLS: &[&str] = &[
     "ip",
     "ss",
     "setpriv",
     "redis-server",
+    "redis-cli",
+    "strace",
     "nginx",
     "wrk",
     "hping3",
@@ -710,7 +713,14 @@ struct TestExe {
 /// prometheus and rsyslogd (sidecar, prometheus), tmux (top) or the Python
 /// venv and collector (otlp), which the guest does not carry; the kernel
 /// side they drive is the engine the other tests run in the guest.
-const HOST_ONLY: &[&str] = &["sidecar", "top", "otlp", "prometheus", "metrics_flood"];
+const HOST_ONLY: &[&str] = &[
+    "sidecar",
+    "top",
+    "otlp",
+    "prometheus",
+    "privilege",
+    "metrics_flood",
+];
 
 fn build() -> Result<Vec<TestExe>> {
     cargo(&["build", "-p", "tcpq-agent", "-p", "tcpq-tests", "--bins"])?;

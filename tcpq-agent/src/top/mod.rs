@@ -51,7 +51,7 @@ pub fn run(args: TopArgs) -> Result<()> {
         bail!("top needs a terminal (stdin and stdout are not a TTY): use `tcpq-agent trace` for a line per event, or `tcpq-agent status` for one table");
     }
     let trace_args = args.to_trace();
-    crate::cli::validate(&trace_args)?;
+    crate::cli::validate("top", &trace_args)?;
     let filter = OwnerFilter {
         pid: args.pid,
         comm: args.comm.clone(),
@@ -201,13 +201,14 @@ fn restore_stderr() {
 /// for sockets it reports): `/proc` walked at most every 5 s for new
 /// listeners, every 5 s for holders that forked or exited.
 fn owner_lookups(
-    wanted: Arc<Mutex<Vec<u32>>>,
+    wanted: Arc<Mutex<state::Wanted>>,
     owners: Arc<Mutex<HashMap<u32, crate::resolve::Owner>>>,
     stop: Arc<AtomicBool>,
 ) {
     let mut resolver = Resolver::new(Duration::from_secs(5));
     while !stop.load(Ordering::Relaxed) {
-        let inodes = wanted.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (inodes, groups) = wanted.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        resolver.set_groups(groups);
         resolver.learn(inodes.iter().copied());
         resolver.retain(|i| inodes.contains(&i));
         let found: HashMap<u32, crate::resolve::Owner> = inodes

@@ -229,13 +229,17 @@ struct ClientTally {
     destination: String,
 }
 
+/// Listener inodes to look up, and the SO_REUSEPORT groups among them.
+pub type Wanted = (Vec<u32>, Vec<Vec<u32>>);
+
 /// The sink: tallies reports, publishes a frame at every flush.
 pub struct Tally {
     pub frame: Arc<Mutex<Frame>>,
     /// Owners found by the owner thread, by socket inode.
     pub owners: Arc<Mutex<HashMap<u32, Owner>>>,
-    /// Listener inodes the owner thread should look up.
-    pub wanted: Arc<Mutex<Vec<u32>>>,
+    /// Listener inodes the owner thread should look up, and the
+    /// SO_REUSEPORT groups (a member's owner is its worker).
+    pub wanted: Arc<Mutex<Wanted>>,
     pub filter: OwnerFilter,
     pub port: Option<u16>,
     listeners: HashMap<ListenerKey, ListenerTally>,
@@ -461,7 +465,8 @@ impl Tally {
             };
             ports.push(p);
         }
-        *self.wanted.lock().unwrap_or_else(|e| e.into_inner()) = wanted;
+        *self.wanted.lock().unwrap_or_else(|e| e.into_inner()) =
+            (wanted, view.agg.reuseport_groups());
         self.generation += 1;
         let frame = Frame {
             at: Some(SystemTime::now()),

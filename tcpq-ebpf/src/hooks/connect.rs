@@ -20,6 +20,10 @@
 //! handshake (SYN_RECV → ESTABLISHED, right after the child joined the
 //! accept queue): the start of its accept latency (see `latency`).
 //!
+//! Where it runs in the caller's context (listen(), a connect() with no free
+//! local port) it also keeps the caller's name (`names`), for a client that
+//! exits before the agent reads /proc.
+//!
 //! Cost on the healthy path: this fires on every TCP state change (about 10
 //! per connection); it reads two ints and compares them, and once per
 //! accepted connection loads one array slot (accept latency is off unless
@@ -30,7 +34,7 @@ use aya_ebpf::{
 };
 use tcpq_common::{config::tcp_state, stats, storm::StormKey, Event, EventKind};
 
-use crate::{conf, emit::emit, sock, storm};
+use crate::{conf, emit::emit, names, sock, storm};
 
 const IPPROTO_TCP: u16 = 6;
 const EADDRNOTAVAIL: u32 = 99;
@@ -45,6 +49,9 @@ fn listener(sk: u64, up: bool) {
         return;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if up {
+        names::remember(tgid);
+    }
     let kind = if up {
         EventKind::ListenerUp
     } else {
@@ -94,7 +101,9 @@ fn try_sock_state(ctx: &RawTracePointContext) -> Option<()> {
     // (`inet_num` is already 0 here on every failure, the port released;
     // `inet_sport` keeps the one that was used.)
     let (errno, tgid) = if sock::read::<u16>(sk, conf!(inet_sport))? == 0 {
-        (EADDRNOTAVAIL, (bpf_get_current_pid_tgid() >> 32) as u32)
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        names::remember(tgid);
+        (EADDRNOTAVAIL, tgid)
     } else {
         (sock::read::<i32>(sk, conf!(sk_err)).unwrap_or(0) as u32, 0)
     };

@@ -40,6 +40,9 @@ use crate::{
 pub fn main(args: RunArgs) -> Result<()> {
     let cfg = config::Run::load(&args)?;
     crate::privs::require("run", crate::privs::Mode::Trace)?;
+    // Each /metrics connection holds a descriptor: room for the server's
+    // cap (see metrics::serve) beside the agent's own netns and /proc reads.
+    metrics::raise_fd_limit();
     // The exporters (the /metrics server, the syslog sender) run on a
     // thread of their own: the engine's thread does blocking work (sock_diag
     // dumps, /proc walks, writes to a full pipe) that must not stall a

@@ -711,7 +711,7 @@ struct TestExe {
 
 /// Test executables that run on the host only: they need Debian's
 /// prometheus and rsyslogd (sidecar, prometheus), tmux (top), the Python
-/// venv and collector (otlp), promtool (exporters), setpriv with a user
+/// venv and collector (otlp), promtool (exporters, metrics_flood), setpriv with a user
 /// (privilege) or podman (containers), which the guest does not carry; the
 /// kernel side they drive is the engine the other tests run in the guest.
 const HOST_ONLY: &[&str] = &[
@@ -722,6 +722,7 @@ const HOST_ONLY: &[&str] = &[
     "exporters",
     "privilege",
     "containers",
+    "metrics_flood",
 ];
 
 fn build() -> Result<Vec<TestExe>> {

@@ -509,25 +509,23 @@ fn a_capped_backlog_is_named_with_what_listen_asked_for() {
     ns.sysctl("net.core.somaxconn", "4");
     let port = 9120;
     let p = port.to_string();
-    // The agent first: the listener is born while it traces.
+    // The agent first: the listener is born while it traces. Whether this
+    // kernel let it hook __sys_listen: its start-up line lists the hooks.
     let agent = Agent::trace(&["--port", &p]);
+    let kfunc = agent.ready_line.contains("fentry __sys_listen")
+        || agent.ready_line.contains("kprobe __sys_listen");
     let before = ns.counters();
     let (mut server, _) = ns.scenario(&["listen", &p, "64", "8"]);
     let (mut clients, _) = ns.scenario(&["connect", &p, "10", "1", "3"]);
     clients.wait().unwrap();
     let after = ns.counters();
-    let (timed, stderr) = agent.stop_with_stderr(libc::SIGINT);
-    let lines: Vec<serde_json::Value> = timed.into_iter().map(|(_, v)| v).collect();
+    let lines = agent.stop();
     let _ = (server.kill(), server.wait());
     assert_counts_match(&lines, port, &ns, &before, &after, 3);
     let ov: Vec<_> = lines
         .iter()
         .filter(|l| l["event"] == "listen_overflow" && l["server.port"] == port)
         .collect();
-    // Whether this kernel let tcpq hook __sys_listen (its start-up line).
-    let kfunc = stderr
-        .iter()
-        .any(|l| l.contains("fentry __sys_listen") || l.contains("kprobe __sys_listen"));
     for l in &ov {
         assert_eq!(l["queue.limit"], 4, "{l}");
         let cause = l["verdict.cause"].as_str().unwrap_or_default();

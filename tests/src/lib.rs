@@ -693,9 +693,25 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        self.signal_workers(libc::SIGKILL);
+        // nginx's own fast shutdown: the master stops its workers and reaps
+        // them (workers killed first would be respawned, or left as zombies
+        // of init).
+        let mut workers = children(self.child.id());
+        workers.extend(&self.workers);
+        for &w in &workers {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(w as i32, libc::SIGCONT) };
+        }
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for w in workers {
+            unsafe { libc::kill(w as i32, libc::SIGKILL) };
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -160,6 +160,12 @@ fn read(path: &Path) -> Result<File> {
     parse(&text).map_err(|e| anyhow!("config {}: {e}", path.display()))
 }
 
+/// A configuration file's text, resolved with `args` over it, as
+/// [`Run::load`] does after reading the file (public for the fuzz target).
+pub fn from_text(text: &str, args: &RunArgs) -> Result<Run> {
+    resolve(parse(text)?, args, &|key: &str| key.to_string())
+}
+
 /// TOML → File; the error is one line with the line number.
 fn parse(text: &str) -> Result<File> {
     toml::from_str::<File>(text).map_err(|e| {

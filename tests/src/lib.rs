@@ -246,18 +246,24 @@ impl Agent {
     /// Starts the agent with extra `trace` flags and waits until it says it
     /// is tracing.
     pub fn trace(extra: &[&str]) -> Agent {
-        Agent::start(&["trace", "--output", "json"], extra)
+        Agent::start(&["trace", "--output", "json"], extra, &[])
+    }
+
+    /// Like `trace`, with these environment variables set for the agent.
+    pub fn trace_env(extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        Agent::start(&["trace", "--output", "json"], extra, env)
     }
 
     /// Starts `tcpq-agent run` (the sidecar) with these flags and waits
     /// until it is tracing. Its JSON lines are on stdout unless
     /// `--output-file` is given.
     pub fn run(extra: &[&str]) -> Agent {
-        Agent::start(&["run"], extra)
+        Agent::start(&["run"], extra, &[])
     }
 
-    fn start(sub: &[&str], extra: &[&str]) -> Agent {
+    fn start(sub: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let mut child = Command::new(agent_bin())
+            .envs(env.iter().copied())
             .args(sub)
             .args(extra)
             .args(match std::env::var("TCPQ_ATTACH") {

@@ -7,7 +7,8 @@
 //! debug assertions and overflow checks), on the pinned stable toolchain
 //! with `RUSTC_BOOTSTRAP=1` for the `-Z` flag. libfuzzer-sys compiles
 //! libFuzzer itself with the system C++ compiler. With cargo-fuzz
-//! installed, `cd fuzz && cargo fuzz run TARGET` runs the same targets.
+//! installed, `cd fuzz && RUSTC_BOOTSTRAP=1 AYA_BUILD_SKIP=1 cargo fuzz run
+//! TARGET` runs the same targets.
 //!
 //! Each target starts from its seeds (`fuzz/corpus/TARGET`, committed:
 //! real inputs from this host's kernel and /proc, and the unit tests'

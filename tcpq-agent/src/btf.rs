@@ -210,13 +210,15 @@ impl KernelBtf {
         let mut s = self.named_struct(ty)?;
         let mut total_bits = 0u32;
         for (i, field) in path.iter().enumerate() {
-            let (bits, member_type) = self.find_member(s, field)?.ok_or_else(|| {
+            let (bits, member_type) = self.find_member(s, field, 0)?.ok_or_else(|| {
                 anyhow!(
                     "kernel BTF: struct `{ty}` has no field `{}`",
                     path[..=i].join(".")
                 )
             })?;
-            total_bits += bits;
+            total_bits = total_bits
+                .checked_add(bits)
+                .ok_or_else(|| anyhow!("kernel BTF: `{ty}.{}` is past 4 GiB", path.join(".")))?;
             if i + 1 < path.len() {
                 s = self.resolve(member_type)?;
                 if s.kind != kind::STRUCT && s.kind != kind::UNION {
@@ -239,8 +241,13 @@ impl KernelBtf {
     }
 
     /// Finds `name` among the members of struct/union `s`, descending into
-    /// anonymous members. Returns (bit offset, member's type id).
-    fn find_member(&self, s: Ty, name: &str) -> Result<Option<(u32, u32)>> {
+    /// anonymous members (at most 32 deep: a struct that contains itself
+    /// is corrupt BTF, not a reason to overflow the stack). Returns (bit
+    /// offset, member's type id).
+    fn find_member(&self, s: Ty, name: &str, depth: u32) -> Result<Option<(u32, u32)>> {
+        if depth > 32 {
+            bail!("kernel BTF: anonymous members nested too deep");
+        }
         for i in 0..s.vlen {
             let (name_off, ty, off) = self.entry(s, i, 12)?;
             // With kind_flag the low 24 bits are the offset, the rest the
@@ -253,8 +260,11 @@ impl KernelBtf {
             if mname.is_empty() {
                 let inner = self.resolve(ty)?;
                 if inner.kind == kind::STRUCT || inner.kind == kind::UNION {
-                    if let Some((b, t)) = self.find_member(inner, name)? {
-                        return Ok(Some((bits + b, t)));
+                    if let Some((b, t)) = self.find_member(inner, name, depth + 1)? {
+                        let bits = bits
+                            .checked_add(b)
+                            .ok_or_else(|| anyhow!("kernel BTF: `{name}` is past 4 GiB"))?;
+                        return Ok(Some((bits, t)));
                     }
                 }
             }
@@ -449,5 +459,55 @@ mod tests {
         // struct net -> ns (struct ns_common) -> inum.
         assert!(k.offset("net", &["ns", "inum"]).unwrap() > 0);
         assert!(k.offset("net", &["ns", "no_such"]).is_err());
+    }
+
+    /// A BTF blob of `types` (records as the kernel writes them) and
+    /// `strings` (starting with the empty name).
+    fn blob(types: &[&[u32]], strings: &[u8]) -> KernelBtf {
+        let types: Vec<u8> = types
+            .concat()
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        let mut b = vec![0x9f, 0xeb, 1, 0];
+        for w in [
+            24,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            b.extend(w.to_le_bytes());
+        }
+        b.extend(types);
+        b.extend(strings);
+        KernelBtf::from_bytes(b).unwrap()
+    }
+
+    const STRUCT: u32 = kind::STRUCT << 24;
+
+    /// Found by the `btf` fuzz target: member offsets whose sum passes
+    /// u32 overflowed (a panic in debug builds, a wrong offset in release).
+    #[test]
+    fn offsets_past_4_gib_are_an_error() {
+        // Names: a=1 m=3 n=5 int=7.
+        let int = [7, 1 << 24, 4, 32];
+        // struct a { <3> m @ 0xf0000000 bits }
+        let a = [1, STRUCT | 1, 8, 3, 3, 0xf000_0000];
+        // struct { int n @ 0xf0000000 bits }
+        let inner = [0, STRUCT | 1, 4, 5, 1, 0xf000_0000];
+        let k = blob(&[&int, &a, &inner], b"\0a\0m\0n\0int\0");
+        let e = k.offset("a", &["m", "n"]).unwrap_err();
+        assert!(e.to_string().contains("past 4 GiB"), "{e}");
+    }
+
+    /// Found reading the code the `btf` fuzz target led to: a struct whose
+    /// anonymous member is itself recursed until the stack overflowed.
+    #[test]
+    fn a_struct_containing_itself_is_an_error() {
+        // struct a (id 1) { struct a <anonymous> @ 0 }
+        let k = blob(&[&[1, STRUCT | 1, 8, 0, 1, 0]], b"\0a\0");
+        let e = k.offset("a", &["x"]).unwrap_err();
+        assert!(e.to_string().contains("too deep"), "{e}");
     }
 }

@@ -210,6 +210,12 @@ pub fn read_bounded(path: &Path) -> std::result::Result<String, String> {
     })
 }
 
+/// A configuration file's text, resolved with `args` over it, as
+/// [`Run::load`] does after reading the file (public for the fuzz target).
+pub fn from_text(text: &str, args: &RunArgs) -> Result<Run> {
+    resolve(parse(text)?, args, &|key: &str| key.to_string())
+}
+
 /// TOML → File; the error is one line with the line number.
 fn parse(text: &str) -> Result<File> {
     toml::from_str::<File>(text).map_err(|e| {

@@ -237,12 +237,21 @@ pub fn load(
     raise_memlock();
     // No target BTF: tcpq has no CO-RE relocations (offsets come from
     // btf.rs). It is parsed below only if fentry will be tried.
-    let mut ebpf = loader_without_kernel_btf()
+    let mut loader = loader_without_kernel_btf();
+    loader
         .btf(None)
         .override_global("CONFIG", &plan.config, true)
-        .map_max_entries("EVENTS", ring_buffer_bytes)
-        .load(OBJECT)
-        .context("loading the eBPF object")?;
+        .map_max_entries("EVENTS", ring_buffer_bytes);
+    // Tests only: a tiny ACCEPT_ERRORS map, so a test can fill it and see
+    // the losses counted.
+    if let Some(n) = std::env::var("TCPQ_TEST_ACCEPT_ERRORS_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|&n| n > 0)
+    {
+        loader.map_max_entries("ACCEPT_ERRORS", n);
+    }
+    let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
 
     let btf = if choices
         .iter()

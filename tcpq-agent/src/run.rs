@@ -325,6 +325,7 @@ fn describe(r: &mut Registry) {
         ("tcpq_events_lost_total", "Kernel events lost because the ring buffer was full.", Type::Counter),
         ("tcpq_events_undecodable_total", "Kernel events the agent could not decode.", Type::Counter),
         ("tcpq_kernel_read_errors_total", "Failed kernel memory reads in the eBPF programs.", Type::Counter),
+        ("tcpq_kernel_map_losses_total", "What the kernel's maps could not hold: accept() failures not counted (map=ACCEPT_ERRORS loss=map_full), LRU entries evicted (ACCEPTS, ACCEPT_LATENCY: evicted), accepts missed (ACCEPT_ENTRY: entry_missing).", Type::Counter),
         ("tcpq_ringbuf_fill_ratio", "Most of the kernel-to-agent ring buffer in use since the last report (0-1).", Type::Gauge),
         ("tcpq_probes_attached", "eBPF programs attached, per hook kind.", Type::Gauge),
         ("tcpq_tracked_listeners", "Listeners the agent tracks.", Type::Gauge),
@@ -538,6 +539,10 @@ impl Sidecar {
         r.set_counter("tcpq_events_undecodable_total", &none, h.undecodable);
         r.set_counter("tcpq_kernel_read_errors_total", &none, h.read_errors);
         r.set("tcpq_ringbuf_fill_ratio", &none, h.ringbuf_fill);
+        for (map, loss, n) in h.map_losses.rows() {
+            let labels = vec![("map", map.to_string()), ("loss", loss.to_string())];
+            r.set_counter("tcpq_kernel_map_losses_total", &labels, n);
+        }
         r.replace_gauges(
             "tcpq_probes_attached",
             h.probes
@@ -656,6 +661,7 @@ impl Sidecar {
             "agent.owners_cached": h.owners_cached,
             "agent.metric_series": r.series(),
             "agent.metric_series_overflowed": r.overflowed(),
+            "agent.kernel_map_losses": h.map_losses.rows().iter().map(|(map, loss, n)| (format!("{map}.{loss}"), json!(n))).collect::<serde_json::Map<_, _>>(),
             "agent.probes": h.probes.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
         });
         let (unreadable, owner_failures) = crate::privs::loss_metrics();

@@ -92,7 +92,12 @@ pub fn parse(buf: &[u8]) -> Result<Parsed> {
                     .map(|b| i32::from_ne_bytes(b.try_into().unwrap()));
                 match errno {
                     Some(0) => {}
-                    Some(e) => bail!("sock_diag: {}", io::Error::from_raw_os_error(-e)),
+                    // wrapping: i32::MIN (no errno, but bytes can say it)
+                    // must not overflow.
+                    Some(e) => bail!(
+                        "sock_diag: {}",
+                        io::Error::from_raw_os_error(e.wrapping_neg())
+                    ),
                     None => bail!("sock_diag: short error message"),
                 }
             }
@@ -267,6 +272,18 @@ mod tests {
         assert!(parse(&e).unwrap_err().to_string().contains("not permitted"));
         let m = msg(1, 1, 1, false);
         assert!(parse(&m[..m.len() - 8]).is_err());
+    }
+
+    /// Found by the `sockdiag` fuzz target: an NLMSG_ERROR carrying
+    /// i32::MIN overflowed negating it.
+    #[test]
+    fn an_error_of_i32_min_is_an_error_not_a_panic() {
+        let mut e = Vec::new();
+        e.extend_from_slice(&20u32.to_ne_bytes());
+        e.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        e.extend_from_slice(&[0; 10]);
+        e.extend_from_slice(&i32::MIN.to_ne_bytes());
+        assert!(parse(&e).is_err());
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::{
     model::ListenerKey,
     netns, poll,
     resolve::{self, Owner, Resolver},
-    sink::{AgentFilters, Console, Health, Sink, View},
+    sink::{AgentFilters, Console, Health, MapCounts, MapLosses, Sink, View},
     tracefs,
 };
 
@@ -115,6 +115,12 @@ struct Session {
     probes: Vec<(String, u64)>,
     /// Most unconsumed ring-buffer bytes since the last flush.
     fill_peak: u64,
+    /// Keys in `ACCEPTS` and `ACCEPT_LATENCY` at the last read, and
+    /// `ACCEPT_LATENCY` keys removed here: with the kernel's counts of keys
+    /// created, what the LRU maps evicted.
+    accepts_present: u64,
+    latency_present: u64,
+    latency_removed: u64,
 }
 
 /// Runs until SIGINT/SIGTERM, `--duration`, or the `--pid` exits; every
@@ -317,6 +323,9 @@ pub async fn engine(
         lost_reported: 0,
         probes: loaded.probes(false),
         fill_peak: 0,
+        accepts_present: 0,
+        latency_present: 0,
+        latency_removed: 0,
         // Quiet since start: the first news is printed at once.
         last_flush: std::time::Instant::now()
             .checked_sub(args.interval)
@@ -465,6 +474,7 @@ pub async fn engine(
         s.stat(stats::NEWS_DROPPED),
         s.stat(stats::STORM_MAP_FULL),
     );
+    eprintln!("tcpq: kernel maps: {}", s.map_losses().summary());
     if s.args.bpf_stats {
         for (name, prog) in loaded.ebpf.programs() {
             if let Ok(info) = prog.info() {
@@ -537,6 +547,19 @@ impl Session {
         self.choose_latency_ports();
     }
 
+    /// What the kernel's maps could not hold, so far.
+    fn map_losses(&self) -> MapLosses {
+        MapLosses::new(MapCounts {
+            accept_errors_full: self.stat(stats::ACCEPT_ERRORS_MAP_FULL),
+            accepts_inserted: self.stat(stats::ACCEPTS_INSERTED),
+            accepts_present: self.accepts_present,
+            latency_inserted: self.stat(stats::LATENCY_INSERTED),
+            latency_present: self.latency_present,
+            latency_removed: self.latency_removed,
+            accept_entries_missing: self.stat(stats::ACCEPT_ENTRY_MISSING),
+        })
+    }
+
     fn stat(&self, index: u32) -> u64 {
         self.stats
             .get(&index, 0)
@@ -602,6 +625,7 @@ impl Session {
                 probes: self.probes.clone(),
                 owners_cached: self.resolver.len(),
                 tracked_listeners: self.agg.listener_infos().count(),
+                map_losses: self.map_losses(),
             },
         }
     }
@@ -700,8 +724,8 @@ impl Session {
             .filter_map(|r| r.ok())
             .map(|(k, per_cpu)| (k, per_cpu.iter().sum()))
             .collect();
-        // Only what the kernel still holds is remembered (its map is an LRU
-        // keyed by pid): a count below the last one is a new entry.
+        // Only what the kernel still holds is remembered: a count below the
+        // last one is a new entry (the key was deleted and made again).
         let mut prev = std::mem::take(seen);
         for &(key, total) in &now {
             seen.insert(key, total);
@@ -730,6 +754,18 @@ impl Session {
                 attrs.push(("process.fd_limit", serde_json::json!(n)));
             }
             self.agg.on_accept_errors(pid, errno, n, listener, attrs);
+        }
+        // The map is not LRU: the keys of processes that exited, read for
+        // the last time just now, make room (a dead process fails no more
+        // accepts, so nothing is lost by deleting after the read).
+        let gone: Vec<u64> = seen
+            .keys()
+            .copied()
+            .filter(|key| !std::path::Path::new(&format!("/proc/{}", key >> 32)).exists())
+            .collect();
+        for key in gone {
+            let _ = map.remove(&key);
+            seen.remove(&key);
         }
     }
 
@@ -817,7 +853,9 @@ impl Session {
         // or here): with listeners coming and going, memory stays flat.
         if let Some((map, _)) = self.latency.as_mut() {
             for k in stopped {
-                let _ = map.remove(&k);
+                if map.remove(&k).is_ok() {
+                    self.latency_removed += 1;
+                }
             }
         }
     }
@@ -833,6 +871,7 @@ impl Session {
             .filter_map(|r| r.ok())
             .map(|(k, per_cpu)| (k, latency::sum_cpus(per_cpu.iter())))
             .collect();
+        self.latency_present = now.len() as u64;
         let threshold = (self.args.accept_latency_ms * 1e6) as u64;
         for s in tracker.update(now) {
             sink.latency(&s);
@@ -873,6 +912,7 @@ impl Session {
             .filter_map(|r| r.ok())
             .map(|(sk, per_cpu)| (sk, accepts::sum_cpus(per_cpu.iter())))
             .collect();
+        self.accepts_present = entries.len() as u64;
         Some(counter.update(entries))
     }
 

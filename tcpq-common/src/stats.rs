@@ -41,4 +41,21 @@ pub const STORM_MAP_FULL: u32 = 12;
 /// healthy requests is the budget the healthy-path test holds tcpq to.
 pub const RINGBUF_SENT: u32 = 13;
 
-pub const COUNT: u32 = 14;
+// Kernel-map losses: each map that can run out of room counts it here.
+/// An accept() failure not counted: the `ACCEPT_ERRORS` hash was full
+/// (not LRU: an evicted key would lose its count without a trace).
+pub const ACCEPT_ERRORS_MAP_FULL: u32 = 14;
+/// Listener keys created in the `ACCEPTS` LRU map. The agent never deletes
+/// from it, so created − present = evicted (each eviction loses that
+/// listener's accepts since the agent's last read).
+pub const ACCEPTS_INSERTED: u32 = 15;
+/// (netns, port) keys created in the `ACCEPT_LATENCY` LRU map: created −
+/// present − removed by the agent = evicted (samples since the last read
+/// lost).
+pub const LATENCY_INSERTED: u32 = 16;
+/// A kretprobe on `inet_csk_accept` found no entry from its kprobe in the
+/// `ACCEPT_ENTRY` LRU map (evicted, or the call began between the
+/// kretprobe's and the kprobe's attachment): that accept was not counted.
+pub const ACCEPT_ENTRY_MISSING: u32 = 17;
+
+pub const COUNT: u32 = 18;

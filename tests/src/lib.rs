@@ -317,6 +317,17 @@ impl Agent {
         Agent::start_via(&[], sub, extra)
     }
 
+    /// Like [`Agent::trace`], with these variables in the agent's
+    /// environment (test-only knobs).
+    pub fn trace_env(extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        let mut cmd = Command::new(agent_bin());
+        cmd.envs(env.iter().copied())
+            .args(["trace", "--output", "json"])
+            .args(extra)
+            .args(attach_args());
+        Agent::spawn(cmd)
+    }
+
     fn start_via(wrapper: &[String], sub: &[&str], extra: &[&str]) -> Agent {
         let mut cmd = match wrapper.split_first() {
             Some((prog, args)) => {

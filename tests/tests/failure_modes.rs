@@ -201,6 +201,54 @@ fn accept_emfile_is_counted_per_process_with_its_fds_and_queue() {
 }
 
 #[test]
+fn accept_errors_beyond_the_kernel_map_are_counted_not_lost() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("emfull9314");
+    // Room for one (pid, errno) in the kernel: the first process failing
+    // accept() takes it, the second finds the map full.
+    let agent = Agent::trace_env(
+        &["--syscall-hooks", "always"],
+        &[("TCPQ_TEST_ACCEPT_ERRORS_ENTRIES", "1")],
+    );
+    let (first, pid1) = ns.scenario(&["accept-emfile", "9314", "3", "150", "0.5"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (second, pid2) = ns.scenario(&["accept-emfile", "9315", "3", "7", "0.5"]);
+    let (out1, out2) = (finish(first), finish(second));
+    let (lines, stderr) = agent.stop_with_stderr(libc::SIGINT);
+    let failed = field(&out1, "EMFILE") + field(&out2, "EMFILE");
+    let seen = |pid: u32| -> u64 {
+        lines
+            .iter()
+            .filter(|(_, l)| l["event"] == "accept_error" && l["process.pid"] == pid)
+            .map(|(_, l)| l["count"].as_u64().unwrap())
+            .sum()
+    };
+    let reported = seen(pid1) + seen(pid2);
+    let summary = stderr
+        .iter()
+        .find(|l| l.starts_with("tcpq: kernel maps:"))
+        .unwrap_or_else(|| panic!("no kernel-maps summary: {stderr:#?}"));
+    let full: u64 = summary
+        .split("ACCEPT_ERRORS map_full=")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{summary}"));
+    // Some failures did not fit, and each of those is counted (other
+    // processes on the host may add to the count, never take from it).
+    assert!(
+        reported < failed,
+        "reported {reported} of {failed}: nothing lost?"
+    );
+    assert!(
+        reported + full >= failed,
+        "reported {reported} + map_full {full} < {failed} failures: {summary}"
+    );
+}
+
+#[test]
 fn accept_hooks_attach_on_demand_when_a_queue_backs_up() {
     if !root_or_skip() {
         return;

@@ -5,6 +5,7 @@
 //! checkout.
 
 mod bench;
+mod fuzz;
 mod setup;
 mod vm;
 
@@ -46,6 +47,16 @@ enum Task {
     },
     /// cargo fmt --check and clippy -D warnings.
     Lint,
+    /// Build the fuzz targets of `fuzz/` (no cargo-fuzz needed) and run
+    /// each for SECS; fails on a crash, naming the input.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (default: all; `fuzz/fuzz_targets/*.rs`).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Set up, then run the test executables inside Debian cloud kernels
     /// under QEMU (TCG); ARGS after `--` go to each of them.
     Vm {
@@ -102,6 +113,10 @@ fn run() -> Result<()> {
             setup::all()?;
             let started = std::time::Instant::now();
             lint()?;
+            // Every parser and formatter under libFuzzer, briefly: a
+            // crash a short run finds is a regression (`cargo xtask fuzz`
+            // runs them longer).
+            fuzz::run(FUZZ_CI_SECONDS, None)?;
             cargo(&["build", "-p", "tcpq-agent", "-p", "tcpq-tests", "--bins"])?;
             // Scenario tests attach kernel programs and change sysctls in
             // their own netns; one at a time keeps timings honest on 2 cores.
@@ -181,6 +196,7 @@ fn run() -> Result<()> {
             )
         }
         Task::Lint => lint(),
+        Task::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()).map(drop),
         Task::Vm {
             kernel,
             timeout,
@@ -211,6 +227,9 @@ fn run() -> Result<()> {
         }
     }
 }
+
+/// How long `cargo xtask test` runs each fuzz target (9 targets: 90 s).
+const FUZZ_CI_SECONDS: u64 = 10;
 
 /// What `cargo xtask test` boots: every Debian LTS kernel in `auto` mode
 /// (fentry where the kernel allows, else kprobe), and 6.1 also with
@@ -352,7 +371,7 @@ pub fn sh(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn show(cmd: &Command) -> String {
+pub fn show(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
         .map(|s| s.to_string_lossy().into_owned())

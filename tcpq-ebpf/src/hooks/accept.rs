@@ -10,23 +10,27 @@
 //! no accept hook; tcpq then reports no accept counts.
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::bpf_get_current_pid_tgid,
     macros::{fexit, kprobe, kretprobe, map},
     maps::{LruHashMap, LruPerCpuHashMap},
     programs::{FExitContext, ProbeContext, RetProbeContext},
 };
-use tcpq_common::AcceptStats;
+use tcpq_common::{stats, AcceptStats};
 
-use crate::{conf, sock};
+use crate::{conf, emit::bump, sock};
 
 /// Per CPU, so concurrent accepts on one listener never race; the agent
-/// sums the CPUs.
+/// sums the CPUs. LRU, so listeners that closed make room; each key created
+/// is counted (`stats::ACCEPTS_INSERTED`) and the agent, which never
+/// deletes here, reports created − present as evicted.
 #[map]
 static ACCEPTS: LruPerCpuHashMap<u64, AcceptStats> = LruPerCpuHashMap::with_max_entries(8192, 0);
 
 /// kprobe entry → kretprobe: listener per thread. LRU: a thread that dies
 /// inside a blocking accept() never reaches the kretprobe, and its entry
-/// must not take a slot forever.
+/// must not take a slot forever. A kretprobe that finds no entry is
+/// counted (`stats::ACCEPT_ENTRY_MISSING`).
 #[map]
 static ACCEPT_ENTRY: LruHashMap<u64, u64> = LruHashMap::with_max_entries(8192, 0);
 
@@ -37,32 +41,35 @@ fn accepted(sk: u64, child: u64) {
     }
     // The queue has already given up the child: depth at accept is one more.
     let depth = sock::read::<u32>(sk, conf!(sk_ack_backlog)).unwrap_or(0) + 1;
-    if let Some(s) = ACCEPTS.get_ptr_mut(sk) {
-        // SAFETY: this CPU's value of a live entry. Created on another CPU,
-        // it starts zeroed here: fill in the listener's identity.
-        let s = unsafe { &mut *s };
-        s.accepts += 1;
-        if depth > s.depth_max {
-            s.depth_max = depth;
+    let mut p = ACCEPTS.get_ptr_mut(sk);
+    if p.is_none() {
+        let zero = AcceptStats {
+            accepts: 0,
+            depth_max: 0,
+            netns: 0,
+            sock_ino: 0,
+            _pad: 0,
+        };
+        // NOEXIST: created here, not by another CPU meanwhile.
+        if ACCEPTS.insert(sk, zero, BPF_NOEXIST as u64).is_ok() {
+            bump(stats::ACCEPTS_INSERTED);
         }
-        if s.sock_ino == 0 {
-            let mut ev = tcpq_common::Event::default_zeroed();
-            sock::fill_listener(&mut ev, sk);
-            s.netns = ev.netns;
-            s.sock_ino = ev.sock_ino;
-        }
-        return;
+        p = ACCEPTS.get_ptr_mut(sk);
     }
-    let mut ev = tcpq_common::Event::default_zeroed();
-    sock::fill_listener(&mut ev, sk);
-    let v = AcceptStats {
-        accepts: 1,
-        depth_max: depth,
-        netns: ev.netns,
-        sock_ino: ev.sock_ino,
-        _pad: 0,
-    };
-    let _ = ACCEPTS.insert(sk, v, 0);
+    let Some(s) = p else { return };
+    // SAFETY: this CPU's value of a live entry. Created here or on another
+    // CPU, it starts zeroed: fill in the listener's identity.
+    let s = unsafe { &mut *s };
+    s.accepts += 1;
+    if depth > s.depth_max {
+        s.depth_max = depth;
+    }
+    if s.sock_ino == 0 {
+        let mut ev = tcpq_common::Event::default_zeroed();
+        sock::fill_listener(&mut ev, sk);
+        s.netns = ev.netns;
+        s.sock_ino = ev.sock_ino;
+    }
 }
 
 #[fexit(function = "inet_csk_accept")]
@@ -81,9 +88,12 @@ pub fn tcpq_accept_kprobe(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn tcpq_accept_kretprobe(ctx: RetProbeContext) -> u32 {
     let tid = bpf_get_current_pid_tgid();
-    if let Some(sk) = unsafe { ACCEPT_ENTRY.get(tid) }.copied() {
-        let _ = ACCEPT_ENTRY.remove(tid);
-        accepted(sk, ctx.ret::<u64>());
+    match unsafe { ACCEPT_ENTRY.get(tid) }.copied() {
+        Some(sk) => {
+            let _ = ACCEPT_ENTRY.remove(tid);
+            accepted(sk, ctx.ret::<u64>());
+        }
+        None => bump(stats::ACCEPT_ENTRY_MISSING),
     }
     0
 }

@@ -10,18 +10,22 @@
 //! never sent one by one. Cost on the healthy path: one load, one compare.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::map, macros::tracepoint, maps::LruPerCpuHashMap,
-    programs::TracePointContext,
+    bindings::BPF_NOEXIST, helpers::bpf_get_current_pid_tgid, macros::map, macros::tracepoint,
+    maps::PerCpuHashMap, programs::TracePointContext,
 };
+use tcpq_common::stats;
 
-use crate::conf;
+use crate::{conf, emit::bump};
 
 const EAGAIN: i64 = 11;
 
 /// (tgid << 32 | errno) → failures since the entry was created, per CPU
-/// (no cross-CPU races; the agent sums).
+/// (no cross-CPU races; the agent sums). Not LRU: an evicted key would
+/// lose its count silently. The agent deletes the keys of processes that
+/// exited (after reading them); a failure that finds the map full is
+/// counted in `stats::ACCEPT_ERRORS_MAP_FULL`.
 #[map]
-static ACCEPT_ERRORS: LruPerCpuHashMap<u64, u64> = LruPerCpuHashMap::with_max_entries(4096, 0);
+static ACCEPT_ERRORS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(4096, 0);
 
 #[tracepoint]
 pub fn tcpq_accept_exit(ctx: TracePointContext) -> u32 {
@@ -38,12 +42,17 @@ pub fn tcpq_accept_exit(ctx: TracePointContext) -> u32 {
     }
     let tgid = bpf_get_current_pid_tgid() >> 32;
     let key = tgid << 32 | (-ret) as u64;
-    match ACCEPT_ERRORS.get_ptr_mut(key) {
+    let mut p = ACCEPT_ERRORS.get_ptr_mut(key);
+    if p.is_none() {
+        // NOEXIST: another CPU may have created it meanwhile (then this
+        // CPU's value of it is 0, and found below).
+        let _ = ACCEPT_ERRORS.insert(key, 0, BPF_NOEXIST as u64);
+        p = ACCEPT_ERRORS.get_ptr_mut(key);
+    }
+    match p {
         // SAFETY: this CPU's value of a live entry.
         Some(p) => unsafe { *p += 1 },
-        None => {
-            let _ = ACCEPT_ERRORS.insert(key, 1, 0);
-        }
+        None => bump(stats::ACCEPT_ERRORS_MAP_FULL),
     }
     0
 }

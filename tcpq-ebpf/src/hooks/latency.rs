@@ -15,20 +15,31 @@
 //! `--port` names): on a healthy server both ends cost one array load.
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_task, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
-use tcpq_common::latency::{bucket, LatencyHist, LAT_BUCKETS};
+use tcpq_common::{
+    latency::{bucket, LatencyHist, LAT_BUCKETS},
+    stats,
+};
 
-use crate::{conf, sock};
+use crate::{conf, emit::bump, sock};
 
 /// Child socket → when it completed its handshake.
 /// BPF_F_NO_COMMON_LRU: per-CPU LRU lists, no global lock on insert.
+/// LRU by design: connections that are never accepted (closed, or dropped
+/// at overflow) leave a stamp that must not hold a slot. An evicted stamp
+/// of a connection still waiting costs that one latency sample (not the
+/// accept count); it takes 65,536 connections waiting host-wide, and
+/// cannot be told apart from one established before measuring began.
 #[map]
 static ESTABLISHED_AT: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 2);
 
-/// (netns << 16 | port) → histogram, per CPU.
+/// (netns << 16 | port) → histogram, per CPU. LRU; each key created is
+/// counted (`stats::LATENCY_INSERTED`), so the agent can tell evictions
+/// from the keys it removed itself.
 #[map]
 static ACCEPT_LATENCY: LruPerCpuHashMap<u64, LatencyHist> =
     LruPerCpuHashMap::with_max_entries(4096, 0);
@@ -108,7 +119,10 @@ pub fn accepted(fd: i64) {
         Some(h) => h,
         None => {
             let Some(zero) = ZERO.get(0) else { return };
-            let _ = ACCEPT_LATENCY.insert(key, zero, 0);
+            // NOEXIST: created here, not by another CPU meanwhile.
+            if ACCEPT_LATENCY.insert(key, zero, BPF_NOEXIST as u64).is_ok() {
+                bump(stats::LATENCY_INSERTED);
+            }
             match ACCEPT_LATENCY.get_ptr_mut(key) {
                 Some(h) => h,
                 None => return,

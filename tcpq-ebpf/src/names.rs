@@ -17,6 +17,6 @@ static COMMS: LruHashMap<u32, [u8; 16]> = LruHashMap::with_max_entries(4096, 0);
 #[inline(always)]
 pub fn remember(tgid: u32) {
     if let Ok(comm) = bpf_get_current_comm() {
-        let _ = COMMS.insert(&tgid, &comm, 0);
+        let _ = COMMS.insert(tgid, comm, 0);
     }
 }

@@ -28,7 +28,7 @@ static REQUESTED_BACKLOG: LruHashMap<u64, i32> = LruHashMap::with_max_entries(10
 
 #[inline(always)]
 fn requested(backlog: i32) {
-    let _ = REQUESTED_BACKLOG.insert(&bpf_get_current_pid_tgid(), &backlog, 0);
+    let _ = REQUESTED_BACKLOG.insert(bpf_get_current_pid_tgid(), backlog, 0);
 }
 
 /// The backlog the current thread's listen() asked for, taken: the value
@@ -38,10 +38,10 @@ fn requested(backlog: i32) {
 #[inline(always)]
 pub fn take() -> u64 {
     let tid = bpf_get_current_pid_tgid();
-    match unsafe { REQUESTED_BACKLOG.get(&tid) } {
+    match unsafe { REQUESTED_BACKLOG.get(tid) } {
         Some(b) => {
             let v = TAKEN | u64::from(*b as u32);
-            let _ = REQUESTED_BACKLOG.remove(&tid);
+            let _ = REQUESTED_BACKLOG.remove(tid);
             v
         }
         None => 0,

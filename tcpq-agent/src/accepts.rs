@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use tcpq_common::AcceptStats;
+use tcpq_common::{accepted::PeerKey, AcceptStats};
 
-use crate::model::ListenerKey;
+use crate::{aggregate::Accepter, model::ListenerKey};
 
 /// What a listener's application did with its queue during an interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -59,6 +59,22 @@ impl AcceptCounter {
         self.last = seen; // entries evicted by the LRU are forgotten
         out
     }
+}
+
+/// The kernel's record of who accepted each connection (`ACCEPTED_BY`) as
+/// a lookup for the aggregator. `by_fd`: no `inet_csk_accept` hook, so the
+/// accept syscall's exit records accepts (while it is attached).
+pub fn accepter(ebpf: &mut aya::Ebpf, by_fd: bool) -> anyhow::Result<Option<Accepter>> {
+    if by_fd {
+        if let Some(m) = ebpf.map_mut("BY_FD") {
+            aya::maps::Array::<_, u32>::try_from(m)?.set(0, 1, 0)?;
+        }
+    }
+    let Some(map) = ebpf.take_map("ACCEPTED_BY") else {
+        return Ok(None);
+    };
+    let map = aya::maps::HashMap::<_, PeerKey, u32>::try_from(map)?;
+    Ok(Some(Box::new(move |k: &PeerKey| map.get(k, 0).ok())))
 }
 
 #[cfg(test)]

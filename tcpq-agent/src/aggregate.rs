@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use tcpq_common::{event::outcome, EventKind};
+use tcpq_common::{accepted::PeerKey, event::outcome, EventKind};
 
 use serde_json::json;
 
@@ -201,8 +201,9 @@ struct NsState {
     /// TCPDeferAcceptDrop likewise: bare ACKs a TCP_DEFER_ACCEPT listener
     /// ignores by design (+1 sk_drops each), not lost connections.
     defer_budget: u64,
-    /// CLOSE_WAIT sockets by cookie: (first seen, ns; local port; inode).
-    close_wait: HashMap<u64, (u64, u16, u32)>,
+    /// CLOSE_WAIT sockets by cookie: (first seen, ns; local port; inode;
+    /// the connection).
+    close_wait: HashMap<u64, (u64, u16, u32, PeerKey)>,
     /// CLOSE_WAIT groups: count last reported, and (time, count) history
     /// over the last minute for the growth rate.
     cw_groups: HashMap<CwGroup, CwHistory>,
@@ -235,9 +236,20 @@ pub struct Aggregator {
     /// only tracks listeners.
     hooked: Hooked,
     ns: HashMap<u32, NsState>,
+    /// Who accepted a connection, from the kernel's record of accepts:
+    /// names the owner of CLOSE_WAIT sockets no listener explains any more.
+    accepter: Option<Accepter>,
 }
 
+/// Looks up the process that accepted a connection (tgid).
+pub type Accepter = Box<dyn Fn(&PeerKey) -> Option<u32> + Send>;
+
 impl Aggregator {
+    /// Where to ask who accepted a connection.
+    pub fn set_accepter(&mut self, accepter: Accepter) {
+        self.accepter = Some(accepter);
+    }
+
     pub fn new(rst_reasons: HashMap<u32, String>, port: Option<u16>, hooked: Hooked) -> Self {
         Self {
             rst_reasons,
@@ -538,6 +550,7 @@ impl Aggregator {
                 self.add(Some(key), Kind::SyncookiesSent, ev.source, info, n, None);
             }
             EventKind::ResetReceived => {
+                let pid = (ev.aux != 0).then_some(ev.aux);
                 let info = ListenerInfo {
                     addr: ev.local.0,
                     port: ev.local.1,
@@ -557,8 +570,9 @@ impl Aggregator {
                     // per client address.
                     group: Some(ev.peer),
                     netns: Some(ev.netns),
-                    pid: None,
-                    inode: (ev.inode != 0).then_some(ev.inode),
+                    // A connection this host accepted: the kernel knows who.
+                    pid,
+                    inode: (pid.is_none() && ev.inode != 0).then_some(ev.inode),
                     attrs: Vec::new(),
                     ts: ev.ts_ns,
                 });
@@ -873,12 +887,12 @@ impl Aggregator {
             .filter(|o| o.state == sockdiag::STATE_CLOSE_WAIT)
         {
             let first = ns.close_wait.get(&o.cookie).map_or(now, |e| e.0);
-            seen.insert(o.cookie, (first, o.lport, o.inode));
+            seen.insert(o.cookie, (first, o.lport, o.inode, o.peer_key(snap.netns)));
         }
         ns.close_wait = seen;
         // Group: the listener on the same port, else the port.
-        let mut groups: HashMap<CwGroup, (u32, u64, u32)> = HashMap::new();
-        for &(first, lport, inode) in ns.close_wait.values() {
+        let mut groups: HashMap<CwGroup, (u32, u64, u32, PeerKey)> = HashMap::new();
+        for &(first, lport, inode, conn) in ns.close_wait.values() {
             let listener = snap
                 .listeners
                 .iter()
@@ -892,11 +906,14 @@ impl Aggregator {
                 Some(k) => CwGroup::Listener(k),
                 None => CwGroup::Port(lport),
             };
-            let e = groups.entry(g).or_insert((0, u64::MAX, 0));
+            let e = groups
+                .entry(g)
+                .or_insert((0, u64::MAX, 0, PeerKey::default()));
             e.0 += 1;
             if first < e.1 {
                 e.1 = first;
                 e.2 = inode;
+                e.3 = conn;
             }
         }
         let mut lines = Vec::new();
@@ -907,7 +924,11 @@ impl Aggregator {
             .chain(groups.keys().copied())
             .collect();
         for g in keys {
-            let (count, oldest, inode) = groups.get(&g).copied().unwrap_or((0, now, 0));
+            let (count, oldest, inode, conn) =
+                groups
+                    .get(&g)
+                    .copied()
+                    .unwrap_or((0, now, 0, PeerKey::default()));
             let h = ns.cw_groups.entry(g).or_default();
             h.history.push_back((now, count));
             while h.history.len() > 1 && now - h.history[0].0 > 60_000_000_000 {
@@ -924,11 +945,18 @@ impl Aggregator {
             } else {
                 0.0
             };
-            lines.push((g, count, (now - oldest) as f64 / 1e9, growth, inode));
+            lines.push((g, count, (now - oldest) as f64 / 1e9, growth, inode, conn));
         }
         ns.cw_groups.retain(|_, h| h.reported > 0);
-        for (g, count, age, growth, inode) in lines {
+        for (g, count, age, growth, inode, conn) in lines {
             let (key, info) = self.cw_target(g);
+            // No listener to name the owner: the process that accepted the
+            // oldest one, as the kernel recorded it, else its holder.
+            let pid = match (key, &self.accepter) {
+                (None, Some(by)) if count > 0 => by(&conn),
+                _ => None,
+            };
+            let inode = (pid.is_none() && inode != 0).then_some(inode);
             // An unknown listener has port 0: never the `--port`.
             if self.port.is_some_and(|p| info.port != p) {
                 continue;
@@ -942,8 +970,8 @@ impl Aggregator {
                 peer: None,
                 group: None,
                 netns: Some(snap.netns),
-                pid: None,
-                inode: (inode != 0).then_some(inode),
+                pid,
+                inode,
                 attrs: vec![
                     (
                         "close_wait.oldest_seconds",
@@ -1028,8 +1056,9 @@ impl Aggregator {
     pub fn pending_inodes(&self) -> impl Iterator<Item = u32> + '_ {
         self.pending
             .iter()
-            .flat_map(|((k, ..), s)| [k.map(|k| k.inode), s.inode])
-            .flatten()
+            // A line's owner is its listener's; only a line without one
+            // (nor a process the kernel named) is owned by its socket's holder.
+            .filter_map(|((k, ..), s)| k.map(|k| k.inode).or(s.inode))
     }
 
     /// Whether a listener with this socket inode is still tracked.
@@ -1057,6 +1086,8 @@ mod tests {
             state: 10,
             local: "127.0.0.1".parse().unwrap(),
             lport: 8080,
+            rport: 0,
+            peer: [0; 16],
             rqueue: rq,
             wqueue: wq,
             uid: 0,
@@ -1507,6 +1538,78 @@ mod tests {
         let p = a.take();
         assert_eq!((p.len(), p[0].count), (1, 0));
         assert!(a.close_wait_now().is_empty());
+    }
+
+    #[test]
+    fn close_wait_without_a_listener_is_owned_by_who_accepted_it() {
+        let mut a = Aggregator::default();
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = asked.clone();
+        a.set_accepter(Box::new(move |k: &PeerKey| {
+            log.lock().unwrap().push(*k);
+            (k.rport == 40001).then_some(4242)
+        }));
+        let cw = |cookie: u64, rport| {
+            let mut s = sock(50 + cookie as u32, 0, 0, 0);
+            (s.state, s.cookie, s.lport, s.rport) =
+                (sockdiag::STATE_CLOSE_WAIT, cookie, 9000, rport);
+            s.peer[..4].copy_from_slice(&[10, 0, 0, 9]);
+            s
+        };
+        // On the listener's port: the listener's owner, nothing asked.
+        let mut s0 = snap(vec![sock(1, 0, 0, 16)], 1_000_000_000, true);
+        s0.others = Some(vec![{
+            let mut c = cw(9, 40001);
+            c.lport = 8080;
+            c
+        }]);
+        a.on_snapshot(&s0);
+        let p = a.take();
+        assert_eq!((p[0].key.map(|k| k.inode), p[0].pid), (Some(1), None));
+        assert!(asked.lock().unwrap().is_empty());
+        // No listener on 9000: the oldest socket's accepter, no inode.
+        let mut s1 = snap(vec![sock(1, 0, 0, 16)], 2_000_000_000, false);
+        s1.others = Some(vec![cw(1, 40001)]);
+        a.on_snapshot(&s1);
+        let mut s2 = snap(vec![sock(1, 0, 0, 16)], 3_000_000_000, false);
+        s2.others = Some(vec![cw(1, 40001), cw(2, 40002), cw(3, 40003)]);
+        a.on_snapshot(&s2);
+        let p: Vec<_> = a
+            .take()
+            .into_iter()
+            .filter(|p| p.info.port == 9000)
+            .collect();
+        assert_eq!(
+            (p.len(), p[0].count, p[0].pid, p[0].inode),
+            (1, 3, Some(4242), None)
+        );
+        let k = asked.lock().unwrap()[0];
+        assert_eq!((k.netns, k.lport, k.rport, k.family), (NS, 9000, 40001, 2));
+        assert_eq!(k.raddr[..4], [10, 0, 0, 9]);
+        // The kernel does not know (evicted): the socket's holder.
+        let mut s3 = snap(vec![sock(1, 0, 0, 16)], 4_000_000_000, false);
+        s3.others = Some(vec![cw(2, 40002), cw(3, 40003)]);
+        a.on_snapshot(&s3);
+        let p: Vec<_> = a
+            .take()
+            .into_iter()
+            .filter(|p| p.info.port == 9000)
+            .collect();
+        assert_eq!((p[0].count, p[0].pid, p[0].inode), (2, None, Some(52)));
+    }
+
+    #[test]
+    fn a_reset_received_names_the_process_the_kernel_saw_accept() {
+        let mut a = Aggregator::default();
+        let mut e = raw(EventKind::ResetReceived);
+        (e.state, e.rport, e.aux) = (1, 5555, 4242);
+        a.on_event(&decode_event(&e).unwrap());
+        e.aux = 0;
+        a.on_event(&decode_event(&e).unwrap());
+        let p = a.take();
+        let by: Vec<_> = p.iter().map(|p| (p.pid, p.inode, p.count)).collect();
+        assert!(by.contains(&(Some(4242), None, 1)), "{by:?}");
+        assert!(by.contains(&(None, Some(777), 1)), "{by:?}");
     }
 
     #[test]

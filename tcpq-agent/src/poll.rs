@@ -33,7 +33,7 @@ pub fn slow_gap(cost: Duration, every: Duration) -> Duration {
 }
 
 /// CPU time the calling thread has used.
-fn thread_cpu() -> Duration {
+pub(crate) fn thread_cpu() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

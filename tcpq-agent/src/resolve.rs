@@ -298,6 +298,8 @@ pub struct Resolver {
     provisional: HashSet<u32>,
     last_scan: Option<Instant>,
     min_rescan: Duration,
+    /// CPU time the last full scan took: the next waits [`scan_gap`] of it.
+    last_scan_cost: Duration,
     last_reconcile: Instant,
     reconcile: Duration,
     last_full: Instant,
@@ -313,6 +315,7 @@ impl Resolver {
             provisional: HashSet::new(),
             last_scan: None,
             min_rescan,
+            last_scan_cost: Duration::ZERO,
             last_reconcile: Instant::now(),
             reconcile: Duration::from_secs(5),
             last_full: Instant::now(),
@@ -339,28 +342,57 @@ impl Resolver {
             .into_iter()
             .filter(|i| !self.owners.contains_key(i) || self.provisional.contains(i))
             .collect();
-        let due = now
-            || self
-                .last_scan
-                .is_none_or(|t| t.elapsed() >= self.min_rescan);
-        let reconcile = !self.owners.is_empty() && self.last_reconcile.elapsed() >= self.reconcile;
-        let mut all = if due || reconcile {
-            missing
-        } else {
-            HashSet::new()
-        };
-        if reconcile {
+        let mut full = HashSet::new();
+        if !self.owners.is_empty() && self.last_reconcile.elapsed() >= self.reconcile {
             self.last_reconcile = Instant::now();
             if self.last_full.elapsed() >= self.full_reconcile {
+                // All of /proc: also finds holders that got a socket by fd
+                // passing.
                 self.last_full = Instant::now();
-                all.extend(self.owners.keys().copied());
+                full.extend(self.owners.keys().copied());
             } else {
-                all.extend(self.check_holders());
+                full.extend(self.check_holders());
             }
         }
-        if !all.is_empty() {
-            self.scan(&all);
+        // The holders it knows first (a connection's socket is most often
+        // held by a listener's process); all of /proc for what is left,
+        // when the CPU budget allows.
+        let left = self.scan_known(missing);
+        let gap = scan_gap(self.last_scan_cost, self.min_rescan);
+        let gap = if now { gap } else { gap.max(self.min_rescan) };
+        if !full.is_empty() || self.last_scan.is_none_or(|t| t.elapsed() >= gap) {
+            full.extend(left);
         }
+        if !full.is_empty() {
+            let cpu = crate::poll::thread_cpu();
+            self.scan(&full, pids().collect());
+            for i in &full {
+                self.provisional.remove(i);
+            }
+            self.last_scan = Some(Instant::now());
+            self.last_scan_cost = crate::poll::thread_cpu().saturating_sub(cpu);
+        }
+    }
+
+    /// Looks for `wanted` in the fd tables of the processes holding known
+    /// sockets, and their children; returns what they do not hold.
+    fn scan_known(&mut self, wanted: HashSet<u32>) -> HashSet<u32> {
+        if wanted.is_empty() || self.owners.is_empty() {
+            return wanted;
+        }
+        let mut known: Vec<u32> = self
+            .owners
+            .values()
+            .flat_map(|o| o.holders.iter().copied().chain([o.pid]))
+            .collect();
+        known.sort_unstable();
+        known.dedup();
+        let mut pids = known.clone();
+        for p in known {
+            pids.extend(children_of(p));
+        }
+        let found = self.scan(&wanted, pids);
+        wanted.into_iter().filter(|i| !found.contains(i)).collect()
     }
 
     /// Re-checks each known socket against its holders' fd tables alone
@@ -478,8 +510,9 @@ impl Resolver {
         self.owners.is_empty()
     }
 
-    fn scan(&mut self, wanted: &HashSet<u32>) {
-        self.last_scan = Some(Instant::now());
+    /// Finds the holders of `wanted` among `pids` and updates their owners;
+    /// returns the inodes found.
+    fn scan(&mut self, wanted: &HashSet<u32>, mut pids: Vec<u32>) -> HashSet<u32> {
         // The other members of their groups too: who holds them decides
         // who owns a member.
         let mut looked: HashSet<u32> = wanted.clone();
@@ -487,8 +520,8 @@ impl Resolver {
             looked.extend(self.siblings(ino));
         }
         let mut holders: HashMap<u32, Vec<u32>> = HashMap::new();
-        let mut pids: Vec<u32> = pids().collect();
         pids.sort_unstable();
+        pids.dedup();
         let mut denied = 0u32;
         for pid in pids {
             let socks = match sockets_of_checked(pid) {
@@ -532,10 +565,12 @@ impl Resolver {
                 owners_of.extend(choose_owner(ino, h, &sib, &polled).map(|o| (ino, o)));
             }
         }
+        let mut found = HashSet::new();
         for ino in wanted {
-            self.provisional.remove(ino);
             match holders.remove(ino) {
                 Some(h) => {
+                    self.provisional.remove(ino);
+                    found.insert(*ino);
                     let owner = owners_of.get(ino).copied().unwrap_or(h[0]);
                     // Keep what is known of a still-present owner; look up
                     // a new one (the old owner exited, or first sighting).
@@ -558,8 +593,21 @@ impl Resolver {
                 }
             }
         }
+        found
     }
 }
+
+/// A full `/proc` scan may take at most 1/[`SCAN_BUDGET`] of a core: after
+/// one that took `cost` of CPU (~2 s with 2,000 processes × 200 fds), the
+/// next waits `cost × SCAN_BUDGET`, at least `min` and at most
+/// [`SCAN_MAX_GAP`]. Lines meanwhile name the owners the kernel or the known
+/// holders tell, else none.
+pub fn scan_gap(cost: Duration, min: Duration) -> Duration {
+    (cost * SCAN_BUDGET).clamp(min, SCAN_MAX_GAP.max(min))
+}
+
+pub const SCAN_BUDGET: u32 = 50;
+pub const SCAN_MAX_GAP: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {
@@ -620,6 +668,7 @@ mod tests {
         // first wanted.
         r.seed(ino, 1);
         assert_eq!(r.get(ino).unwrap().pid, 1);
+        r.last_scan_cost = Duration::ZERO; // the scan budget allows one now
         r.learn([ino]);
         assert_eq!(r.get(ino).unwrap().holders, vec![me]);
     }
@@ -647,8 +696,43 @@ mod tests {
         // No known holder has it: it is handed to a scan, which finds us.
         r.owners.get_mut(&ino).unwrap().holders = vec![u32::MAX];
         assert_eq!(r.check_holders(), HashSet::from([ino]));
-        r.scan(&HashSet::from([ino]));
+        r.scan(&HashSet::from([ino]), pids().collect());
         assert_eq!(r.get(ino).unwrap().holders, vec![me]);
+    }
+
+    fn ino_of(fd: &impl AsRawFd) -> u32 {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        socket_inode(link.to_str().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_socket_of_a_known_holder_is_found_without_reading_all_of_proc() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (accepted, _) = l.accept().unwrap();
+        let me = std::process::id();
+        // Budget: after a full scan that cost 10 ms, the next waits 500 ms.
+        let mut r = Resolver::new(Duration::from_secs(3600));
+        r.learn([ino_of(&l)]);
+        let full_scan = r.last_scan;
+        assert!(full_scan.is_some());
+        r.last_scan_cost = Duration::from_millis(10);
+        // The accepted socket: ours, a known holder's, found at once.
+        r.learn_now([ino_of(&accepted)]);
+        assert_eq!(r.get(ino_of(&accepted)).map(|o| o.pid), Some(me));
+        assert_eq!(r.last_scan, full_scan, "no scan of all of /proc");
+        // A socket nobody known holds waits for the budget.
+        drop(c);
+        r.learn_now([u32::MAX]);
+        assert_eq!(r.last_scan, full_scan, "within 500 ms of the last scan");
+        assert_eq!(
+            scan_gap(Duration::from_secs(2), Duration::from_millis(100)),
+            SCAN_MAX_GAP
+        );
+        assert_eq!(
+            scan_gap(Duration::from_millis(1), Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
     }
 
     #[test]

@@ -33,6 +33,11 @@ pub struct DiagSock {
     pub state: u8,
     pub local: IpAddr,
     pub lport: u16,
+    /// The remote port (0 for a listener).
+    pub rport: u16,
+    /// The remote address as the kernel stores it: IPv4 in the first 4
+    /// bytes, IPv6 (a v4-mapped peer of an AF_INET6 socket included) in 16.
+    pub peer: [u8; 16],
     /// For a listener: accept-queue length (`sk_ack_backlog`).
     pub rqueue: u32,
     /// For a listener: accept-queue limit (`sk_max_ack_backlog`).
@@ -42,6 +47,20 @@ pub struct DiagSock {
     pub cookie: u64,
     /// `sk_drops`, when the kernel sent SK_MEMINFO.
     pub drops: Option<u32>,
+}
+
+impl DiagSock {
+    /// The connection as the kernel's accepted-socket record keys it.
+    pub fn peer_key(&self, netns: u32) -> tcpq_common::accepted::PeerKey {
+        tcpq_common::accepted::PeerKey {
+            netns,
+            family: self.family as u16,
+            lport: self.lport,
+            rport: self.rport,
+            _pad: 0,
+            raddr: self.peer,
+        }
+    }
 }
 
 /// The request: `nlmsghdr` + `inet_diag_req_v2` asking for `states` of
@@ -128,6 +147,15 @@ fn parse_msg(b: &[u8]) -> Result<DiagSock> {
         state: b[1],
         local,
         lport,
+        rport: u16::from_be_bytes([b[6], b[7]]),
+        peer: match family == libc::AF_INET6 as u8 {
+            true => b[24..40].try_into().unwrap(),
+            false => {
+                let mut p = [0u8; 16];
+                p[..4].copy_from_slice(&b[24..28]);
+                p
+            }
+        },
         rqueue: u32_at(b, 56),
         wqueue: u32_at(b, 60),
         uid: u32_at(b, 64),
@@ -260,6 +288,25 @@ mod tests {
         assert_eq!(a.local, "127.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(a.cookie, 7);
         assert_eq!(p.socks[1].local, "::1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn a_connection_keeps_its_peer_as_the_kernel_keys_it() {
+        let mut v4 = msg(8080, 1, 0, false);
+        let body = NLMSG_HDRLEN;
+        v4[body + 6..body + 8].copy_from_slice(&51234u16.to_be_bytes());
+        v4[body + 24..body + 28].copy_from_slice(&[10, 0, 0, 9]);
+        let mut v6 = msg(8080, 2, 0, true);
+        let mapped = "::ffff:10.0.0.9".parse::<std::net::Ipv6Addr>().unwrap();
+        v6[body + 24..body + 40].copy_from_slice(&mapped.octets());
+        v4.extend(v6);
+        let p = parse(&v4).unwrap();
+        let k = p.socks[0].peer_key(7);
+        assert_eq!((k.netns, k.family, k.lport, k.rport), (7, 2, 8080, 51234));
+        assert_eq!(k.raddr[..4], [10, 0, 0, 9]);
+        assert_eq!(k.raddr[4..], [0; 12]);
+        let k6 = p.socks[1].peer_key(7);
+        assert_eq!((k6.family, k6.raddr), (10, mapped.octets()));
     }
 
     #[test]

@@ -334,6 +334,8 @@ mod tests {
             state,
             local: "0.0.0.0".parse().unwrap(),
             lport: port,
+            rport: 0,
+            peer: [0; 16],
             rqueue: rq,
             wqueue: wq,
             uid: 0,

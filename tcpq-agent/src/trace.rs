@@ -293,6 +293,8 @@ pub async fn engine(
         )?,
         tally: Default::default(),
     };
+    let by_fd = loaded.kind_of("inet_csk_accept").is_none();
+    let accepter = accepts::accepter(&mut loaded.ebpf, by_fd)?;
     let (tx, mut rx) = mpsc::channel::<poll::Round>(4);
     let (wake, wake_rx) = std_mpsc::channel();
     let _poller = poll::spawn(args.poll_interval, tx, wake_rx, Some(storms))?;
@@ -336,6 +338,9 @@ pub async fn engine(
         }),
         args,
     };
+    if let Some(a) = accepter {
+        s.agg.set_accepter(a);
+    }
     // Round 0 is the baseline: what listeners had dropped before we came.
     let first = rx
         .recv()

@@ -6,6 +6,7 @@
 //! globals.
 #![no_std]
 
+pub mod accepted;
 pub mod config;
 pub mod event;
 pub mod latency;

@@ -13,6 +13,7 @@
 #![no_std]
 #![no_main]
 
+mod accepted;
 mod emit;
 mod hooks;
 mod names;

@@ -104,3 +104,19 @@ fn fill_inode(ev: &mut Event, sk: u64) {
         }
     }
 }
+
+/// The `struct sock` behind fd `fd` of the current task.
+#[inline(always)]
+pub fn of_fd(fd: i64) -> Option<u64> {
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+    let files = read::<u64>(task, conf!(task_files))?;
+    let fdt = read::<u64>(files, conf!(files_fdt))?;
+    let max = read::<u32>(fdt, conf!(fdt_max_fds))?;
+    if fd as u64 >= max as u64 {
+        return None;
+    }
+    let array = read::<u64>(fdt, conf!(fdt_fd))?;
+    let file = read::<u64>(array + fd as u64 * 8, 0)?;
+    let socket = read::<u64>(file, conf!(file_private_data))?;
+    read::<u64>(socket, conf!(socket_sk))
+}

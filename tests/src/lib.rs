@@ -833,3 +833,43 @@ pub fn wait_until<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Opti
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// redis-server on 127.0.0.1:`port` in `ns`, without persistence, as
+/// Debian installs it (`cargo xtask setup`); `extra` flags after the rest.
+/// Returns once it listens; killed when dropped.
+pub fn redis_server(ns: &Netns, port: u16, extra: &[&str]) -> Redis {
+    let p = port.to_string();
+    let child = ns
+        .cmd("redis-server")
+        .args(["--port", &p, "--bind", "127.0.0.1", "--save", ""])
+        .args([
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (cargo xtask setup installs it)");
+    ns.wait_listening(port);
+    Redis(child)
+}
+
+/// A redis-server of [`redis_server`]: killed when dropped, so that a failed
+/// test leaves nothing running.
+pub struct Redis(pub Child);
+
+impl Redis {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = (self.0.kill(), self.0.wait());
+    }
+}

@@ -570,23 +570,7 @@ fn a_client_that_exits_at_once_is_named_by_the_kernel() {
     }
     let ns = Netns::new("rcli9309");
     ns.sysctl("net.ipv4.ip_local_port_range", "40000 40001");
-    let mut server = ns
-        .cmd("redis-server")
-        .args([
-            "--port",
-            "9309",
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .args(["--daemonize", "no", "--loglevel", "warning"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server (cargo xtask setup installs it)");
-    ns.wait_listening(9309);
+    let server = tcpq_tests::redis_server(&ns, 9309, &[]);
     // Two held connections take both local ports.
     let (holder, _) = ns.scenario(&["connect", "9309", "2", "1", "30"]);
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -608,7 +592,7 @@ fn a_client_that_exits_at_once_is_named_by_the_kernel() {
     std::thread::sleep(std::time::Duration::from_millis(1200));
     let lines = agent.stop();
     let _ = std::fs::remove_file(&trace);
-    let _ = (server.kill(), server.wait());
+    drop(server);
     finish_kill(holder);
     assert!(failed >= 3, "redis-cli did not run out of ports: {failed}");
     let mine: Vec<&Value> = lines_of(&lines, "connect_error", ns.inode())

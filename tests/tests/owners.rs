@@ -338,3 +338,41 @@ fn nginx_workers_sharing_one_socket_are_the_masters_service() {
         assert!(l.get("reuseport.group_size").is_none(), "{l}");
     }
 }
+
+/// Clients that reset their connections to redis-server: redis closes each
+/// socket at once, before the agent could look for its holder in /proc, and
+/// every `reset_received` line still names redis-server, because the kernel
+/// recorded who accepted the connection (`inet_csk_accept` exit, or the
+/// accept syscall's exit where kernel-function hooks are missing). Counts:
+/// equal to the namespace's OutRsts (the clients' RSTs), the clients' own
+/// count of answers.
+#[test]
+fn resets_of_accepted_connections_name_who_accepted_them() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("rrst9311");
+    let server = tcpq_tests::redis_server(&ns, 9311, &[]);
+    let agent = Agent::trace(&["--syscall-hooks", "always"]);
+    let before = ns.counters();
+    let (client, _) = ns.scenario(&["abort-client", "9311", "6", "PING"]);
+    let out = tcpq_tests::finish(client);
+    sleep(Duration::from_millis(1500));
+    let after = ns.counters();
+    let lines = agent.stop();
+    let pid = server.pid();
+    drop(server);
+    assert_eq!(out.trim(), "aborted 6", "redis-server answered every PING");
+    let sent = delta(&before, &after, "Tcp.OutRsts");
+    assert_eq!(sent, 6, "kernel: OutRsts");
+    let mine: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["event"] == "reset_received" && l["network.netns"] == ns.inode())
+        .filter(|l| l["tcp.state"] == "ESTABLISHED")
+        .collect();
+    assert_eq!(total(&mine), sent, "reset_received vs OutRsts: {lines:#?}");
+    for l in &mine {
+        assert_eq!(l["process.pid"], pid, "{l}");
+        assert_eq!(l["process.executable.name"], "redis-server", "{l}");
+    }
+}

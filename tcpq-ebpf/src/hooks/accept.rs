@@ -39,6 +39,7 @@ fn accepted(sk: u64, child: u64) {
     if child == 0 || sk == 0 || sock::filtered_out(sk) {
         return;
     }
+    crate::accepted::remember(child);
     // The queue has already given up the child: depth at accept is one more.
     let depth = sock::read::<u32>(sk, conf!(sk_ack_backlog)).unwrap_or(0) + 1;
     let mut p = ACCEPTS.get_ptr_mut(sk);

@@ -16,7 +16,7 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_task, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
@@ -25,7 +25,7 @@ use tcpq_common::{
     stats,
 };
 
-use crate::{conf, emit::bump, sock};
+use crate::{emit::bump, sock};
 
 /// Child socket → when it completed its handshake.
 /// BPF_F_NO_COMMON_LRU: per-CPU LRU lists, no global lock on insert.
@@ -53,7 +53,7 @@ static LATENCY_PORTS: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
 static LATENCY_ON: Array<u32> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
-fn on() -> bool {
+pub fn on() -> bool {
     LATENCY_ON.get(0).is_some_and(|v| *v != 0)
 }
 
@@ -82,28 +82,10 @@ pub fn established(sk: u64) {
     let _ = ESTABLISHED_AT.insert(sk, now, 0);
 }
 
-/// The `struct sock` behind fd `fd` of the current task.
+/// The current task accepted `sk` (the socket behind the fd the accept
+/// syscall returned).
 #[inline(always)]
-fn sock_of_fd(fd: i64) -> Option<u64> {
-    let task = unsafe { bpf_get_current_task() };
-    let files = sock::read::<u64>(task, conf!(task_files))?;
-    let fdt = sock::read::<u64>(files, conf!(files_fdt))?;
-    let max = sock::read::<u32>(fdt, conf!(fdt_max_fds))?;
-    if fd as u64 >= max as u64 {
-        return None;
-    }
-    let array = sock::read::<u64>(fdt, conf!(fdt_fd))?;
-    let file = sock::read::<u64>(array + fd as u64 * 8, 0)?;
-    let socket = sock::read::<u64>(file, conf!(file_private_data))?;
-    sock::read::<u64>(socket, conf!(socket_sk))
-}
-
-#[inline(always)]
-pub fn accepted(fd: i64) {
-    if !on() {
-        return;
-    }
-    let Some(sk) = sock_of_fd(fd) else { return };
+pub fn accepted(sk: u64) {
     let Some(at) = ESTABLISHED_AT.get_ptr_mut(sk) else {
         return;
     };

@@ -136,7 +136,11 @@ fn try_receive_reset(ctx: &TracePointContext) -> Option<u32> {
     emit(
         stats::RESET_RECEIVED_SEEN,
         EventKind::ResetReceived as u32,
-        |ev| sock::fill_socket(ev, sk),
+        |ev| {
+            sock::fill_socket(ev, sk);
+            // A connection this host accepted: who accepted it.
+            ev.aux = crate::accepted::by(ev);
+        },
     );
     Some(0)
 }

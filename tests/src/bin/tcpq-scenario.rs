@@ -54,6 +54,10 @@
 //!       CONNS accepted connections closed by the server with SO_LINGER
 //!       {on, 0} (a RST); each client's read() fails; prints `reset N`
 //!       (the ECONNRESET count)
+//!   tcpq-scenario abort-client PORT CONNS REQUEST
+//!       CONNS clients of a server on PORT, each sending the line REQUEST,
+//!       reading the answer and closing with SO_LINGER {on, 0} (a RST);
+//!       prints `aborted N` (the answers read)
 //!
 //!   tcpq-scenario churn PORT PORTS WORKERS LIFE_MS SECS
 //!       for SECS: WORKERS forked children at a time, each listening on
@@ -413,6 +417,28 @@ fn http_close(port: u16) -> io::Result<bool> {
     let mut answer = Vec::new();
     s.read_to_end(&mut answer)?;
     Ok(answer.starts_with(b"HTTP/1.1 200"))
+}
+
+/// SO_LINGER {on, 0}: closing the socket sends a RST.
+fn reset_on_close(fd: RawFd) -> io::Result<()> {
+    let lin = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid linger struct of the size passed.
+    check(
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const lin).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        },
+        "setsockopt SO_LINGER",
+    )?;
+    Ok(())
 }
 
 fn ready() {
@@ -879,24 +905,7 @@ fn main() -> io::Result<()> {
             }
             let mut clients = Vec::new();
             for (c, s) in pairs {
-                let lin = libc::linger {
-                    l_onoff: 1,
-                    l_linger: 0,
-                };
-                // SAFETY: a valid linger struct of the size passed.
-                check(
-                    unsafe {
-                        libc::setsockopt(
-                            s.as_raw_fd(),
-                            libc::SOL_SOCKET,
-                            libc::SO_LINGER,
-                            (&raw const lin).cast(),
-                            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                        )
-                    },
-                    "setsockopt SO_LINGER",
-                )?;
-                // Closing with a zero linger time sends a RST.
+                reset_on_close(s.as_raw_fd())?;
                 drop(s);
                 clients.push(c);
             }
@@ -913,6 +922,35 @@ fn main() -> io::Result<()> {
                 }
             }
             println!("reset {reset}");
+        }
+        "abort-client" => {
+            let port = arg(&args, 1, "PORT");
+            let conns: usize = arg(&args, 2, "CONNS");
+            let request: String = arg(&args, 3, "REQUEST");
+            ready();
+            let mut answered = 0;
+            for _ in 0..conns.min(1000) {
+                let c = match connect(port, Some(2), false, false)? {
+                    (s, None) => s,
+                    (_, Some(e)) => return Err(e),
+                };
+                let req = format!("{request}\r\n");
+                // SAFETY: `req` is readable for its length.
+                check(
+                    unsafe { libc::write(c.as_raw_fd(), req.as_ptr().cast(), req.len()) as i32 },
+                    "write",
+                )?;
+                let mut b = [0u8; 64];
+                // SAFETY: `b` is writable for its length.
+                if readable(c.as_raw_fd(), 2000)
+                    && unsafe { libc::read(c.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) } > 0
+                {
+                    answered += 1;
+                }
+                reset_on_close(c.as_raw_fd())?;
+                drop(c);
+            }
+            println!("aborted {answered}");
         }
         _ => {
             eprintln!(

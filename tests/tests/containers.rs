@@ -7,7 +7,7 @@
 use std::{collections::HashMap, path::Path, process::Command, thread::sleep, time::Duration};
 
 use serde_json::Value;
-use tcpq_tests::{root_or_skip, run, scenario_bin, Agent};
+use tcpq_tests::{agent_bin, root_or_skip, run, scenario_bin, Agent};
 
 const IMAGE: &str = "localhost/tcpq-scenario:test";
 
@@ -142,7 +142,28 @@ fn a_podman_containers_overflows_name_the_container_and_its_filter_shows_it_alon
     sleep(Duration::from_secs(4));
     let (ca, cb) = (a.counters(), b.counters());
     let (na, nb) = (a.netns(), b.netns());
+    // `status` (no kernel programs) names the owner, whose pid namespace is
+    // the container's, by the host pid the kernel gave it.
+    let status =
+        run(Command::new(agent_bin()).args(["status", "--port", "9400", "--output", "json"]));
     let lines = agent.stop();
+    let rows: Vec<Value> = status
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["network.netns"] == na)
+        .collect();
+    assert_eq!(rows.len(), 1, "one listener in the container: {status}");
+    let r = &rows[0];
+    assert_eq!(r["process.executable.name"], "tcpq-scenario", "{r}");
+    assert_eq!(r["container.id"], a.id.as_str(), "{r}");
+    let pid = r["process.pid"].as_u64().unwrap();
+    let ns = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    assert_eq!(
+        ns.ok(),
+        Some(na),
+        "the owner's host pid {pid} is in the container's netns: {r}"
+    );
     let kernel_a = ca["ListenOverflows"];
     assert!(kernel_a >= 5 && cb["ListenOverflows"] >= 5, "{ca:?} {cb:?}");
     let ov: Vec<&Value> = lines

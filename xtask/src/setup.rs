@@ -7,7 +7,7 @@
 //!   of rustc 1.95 itself (a newer nightly's LLVM 23 fails to dlopen);
 //! - Debian packages: iproute2 (ip netns, ss), util-linux (setpriv),
 //!   libcap2-bin (setcap: the file-capability privilege test),
-//!   redis-server and nginx-light (real servers for scenario tests), wrk,
+//!   redis-server, nginx-light and gunicorn (real servers for scenario tests), wrk,
 //!   hping3 (SYN floods) and bpftrace (the benchmark's peer);
 //!   prometheus and rsyslog (real receivers for the sidecar's exporters);
 //!   qemu, busybox-static, cpio and xz-utils (6.12's modules are `.ko.xz`)
@@ -36,6 +36,7 @@ const DEBIAN: &[&str] = &[
     "podman",
     "runc",
     "nginx-light",
+    "gunicorn",
     "wrk",
     "hping3",
     "bpftrace",

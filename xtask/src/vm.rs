@@ -712,7 +712,8 @@ struct TestExe {
 /// Test executables that run on the host only: they need Debian's
 /// prometheus and rsyslogd (sidecar, prometheus), tmux (top), the Python
 /// venv and collector (otlp), promtool (exporters, metrics_flood), setpriv with a user
-/// (privilege) or podman (containers), which the guest does not carry; the
+/// (privilege), podman (containers) or gunicorn and its Python (prefork),
+/// which the guest does not carry; the
 /// kernel side they drive is the engine the other tests run in the guest.
 const HOST_ONLY: &[&str] = &[
     "sidecar",
@@ -723,6 +724,7 @@ const HOST_ONLY: &[&str] = &[
     "privilege",
     "containers",
     "metrics_flood",
+    "prefork",
 ];
 
 fn build() -> Result<Vec<TestExe>> {

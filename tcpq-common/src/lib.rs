@@ -9,6 +9,7 @@
 pub mod config;
 pub mod event;
 pub mod latency;
+pub mod names;
 pub mod stats;
 pub mod storm;
 

@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 
+use tcpq_common::protos::kfunc;
+
 /// A kernel function tcpq hooks (the design card's kernel-function hooks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kfunc {
@@ -40,12 +42,12 @@ impl Kfunc {
     /// The kernel's name of the function (BTF, kallsyms).
     pub fn name(self) -> &'static str {
         match self {
-            Kfunc::ConnRequest => "tcp_conn_request",
-            Kfunc::SynRecv4 => "tcp_v4_syn_recv_sock",
-            Kfunc::SynRecv6 => "tcp_v6_syn_recv_sock",
-            Kfunc::CheckReq => "tcp_check_req",
-            Kfunc::CskAccept => "inet_csk_accept",
-            Kfunc::SysListen => "__sys_listen",
+            Kfunc::ConnRequest => kfunc::TCP_CONN_REQUEST,
+            Kfunc::SynRecv4 => kfunc::TCP_V4_SYN_RECV_SOCK,
+            Kfunc::SynRecv6 => kfunc::TCP_V6_SYN_RECV_SOCK,
+            Kfunc::CheckReq => kfunc::TCP_CHECK_REQ,
+            Kfunc::CskAccept => kfunc::INET_CSK_ACCEPT,
+            Kfunc::SysListen => kfunc::SYS_LISTEN,
         }
     }
 }

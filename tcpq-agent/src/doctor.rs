@@ -19,6 +19,10 @@ pub fn run(mode: AttachMode) -> Result<()> {
     let (plan, facts) = kernel::discover(&tracefs, 0, 0)?;
     let choices = caps::plan(&facts, mode);
     print!("\n{}", render_facts(&facts, &choices));
+    // The same BTF the plan came from (`--btf` or the kernel's).
+    if let Ok(btf) = crate::btf::KernelBtf::load() {
+        print!("\n{}", crate::protos::render(&crate::protos::check(&btf)));
+    }
     // A forced mode this kernel cannot honour: `trace` would refuse it.
     caps::check_plan(mode, &choices).map_err(|e| anyhow::anyhow!(e))?;
     if !missing.is_empty() {

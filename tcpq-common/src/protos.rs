@@ -39,7 +39,8 @@ pub mod arg {
 /// One documented prototype of a function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Variant {
-    /// Kernels with this prototype, as documented (for the reader).
+    /// Kernels with this prototype (for the reader): as documented, or the
+    /// kernels `cargo xtask vm` and the host showed it on.
     pub kernels: &'static str,
     pub ret: &'static str,
     /// (type, name) of each parameter.
@@ -59,7 +60,7 @@ pub struct Proto {
 
 const SYN_RECV_SOCK: &[Variant] = &[
     Variant {
-        kernels: "Linux 4.4 and later, before opt_child_init",
+        kernels: "six parameters (seen on 5.10, 6.1)",
         ret: "struct sock *",
         params: &[
             ("struct sock *", "sk"),
@@ -71,7 +72,7 @@ const SYN_RECV_SOCK: &[Variant] = &[
         ],
     },
     Variant {
-        kernels: "with opt_child_init: newer kernels (seen on 6.18.44)",
+        kernels: "with opt_child_init (seen on 6.12.117, 6.18.44)",
         ret: "struct sock *",
         params: &[
             ("struct sock *", "sk"),
@@ -118,7 +119,7 @@ pub const KFUNCS: &[Proto] = &[
         function: kfunc::TCP_CHECK_REQ,
         variants: &[
             Variant {
-                kernels: "before drop_reason (Linux ≤ 6.9)",
+                kernels: "five parameters (seen on 5.10, 6.1, 6.12)",
                 ret: "struct sock *",
                 params: &[
                     ("struct sock *", "sk"),
@@ -129,7 +130,7 @@ pub const KFUNCS: &[Proto] = &[
                 ],
             },
             Variant {
-                kernels: "with drop_reason (Linux 6.10+)",
+                kernels: "with drop_reason (seen on 6.18.44)",
                 ret: "struct sock *",
                 params: &[
                     ("struct sock *", "sk"),

@@ -212,7 +212,7 @@ pub fn tcpq_conn_request_kretprobe(_ctx: RetProbeContext) -> u32 {
 // struct sock *tcp_v4_syn_recv_sock(const struct sock *sk, struct sk_buff *skb,
 //         struct request_sock *req, struct dst_entry *dst,
 //         struct request_sock *req_unhash, bool *own_req);
-// newer kernels (seen on 6.18.44) add a seventh argument,
+// newer ones (seen on Debian's 6.12.117 and on 6.18.44) add a seventh,
 //         void (*opt_child_init)(struct sock *newsk, const struct sock *sk)
 // (and tcp_v6_syn_recv_sock). Called through icsk_af_ops, so never inlined.
 // NULL = no child socket: with `sk_acceptq_is_full()` that is the ACK-time
@@ -289,7 +289,8 @@ pub fn tcpq_syn_recv_kretprobe(ctx: RetProbeContext) -> u32 {
 // ---------------------------------------------------------------------------
 // struct sock *tcp_check_req(struct sock *sk, struct sk_buff *skb,
 //         struct request_sock *req, bool fastopen, bool *req_stolen);
-// Linux 6.10+ adds `enum skb_drop_reason *drop_reason`. Nothing is read:
+// newer kernels (seen on 6.18.44, not on 6.12.117) add
+// `enum skb_drop_reason *drop_reason`. Nothing is read:
 // entry and exit only mark "inside".
 // Every kernel. After `syn_recv_sock` fails it jumps to `listen_overflow:`:
 // with net.ipv4.tcp_abort_on_overflow=0 it marks the request acked and drops

@@ -17,6 +17,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = btf.raw_tp_args("");
     let _ = btf.func_id("tcp_conn_request");
     let _ = btf.func_args("");
+    let _ = btf.func_protos("");
+    // doctor's prototypes section: every hooked function's FUNC_PROTO.
+    let _ = tcpq_agent::protos::render(&tcpq_agent::protos::check(&btf));
     let _ = btf.enum_values("");
     let _ = btf.enum_value("skb_drop_reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW");
 });

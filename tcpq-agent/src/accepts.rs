@@ -66,11 +66,11 @@ impl AcceptCounter {
 /// accept syscall's exit records accepts (while it is attached).
 pub fn accepter(ebpf: &mut aya::Ebpf, by_fd: bool) -> anyhow::Result<Option<Accepter>> {
     if by_fd {
-        if let Some(m) = ebpf.map_mut("BY_FD") {
+        if let Some(m) = ebpf.map_mut(tcpq_common::names::map::BY_FD) {
             aya::maps::Array::<_, u32>::try_from(m)?.set(0, 1, 0)?;
         }
     }
-    let Some(map) = ebpf.take_map("ACCEPTED_BY") else {
+    let Some(map) = ebpf.take_map(tcpq_common::names::map::ACCEPTED_BY) else {
         return Ok(None);
     };
     let map = aya::maps::HashMap::<_, PeerKey, u32>::try_from(map)?;

@@ -910,7 +910,8 @@ impl Aggregator {
                 .entry(g)
                 .or_insert((0, u64::MAX, 0, PeerKey::default()));
             e.0 += 1;
-            if first < e.1 {
+            // Ties (seen in the same reading): the lower inode, the older.
+            if (first, inode) < (e.1, e.2) {
                 e.1 = first;
                 e.2 = inode;
                 e.3 = conn;

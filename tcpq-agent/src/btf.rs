@@ -56,6 +56,30 @@ mod kind {
     pub const ENUM64: u32 = 19;
 }
 
+/// A kernel function's prototype as BTF declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FuncProto {
+    pub ret: String,
+    /// (type, name) of each parameter.
+    pub params: Vec<(String, String)>,
+}
+
+impl std::fmt::Display for FuncProto {
+    /// C-like: `struct sock *(struct sock *sk, int flags)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|(ty, name)| match (ty.ends_with('*'), name.is_empty()) {
+                (_, true) => ty.clone(),
+                (true, false) => format!("{ty}{name}"),
+                (false, false) => format!("{ty} {name}"),
+            })
+            .collect();
+        write!(f, "{}({})", self.ret, params.join(", "))
+    }
+}
+
 pub struct KernelBtf {
     data: Vec<u8>,
     /// Start of the type and string sections in `data`.
@@ -313,7 +337,14 @@ impl KernelBtf {
         let name = self.name(t.name_off);
         match t.kind {
             _ if depth > 16 => "?".into(),
-            kind::PTR => format!("{} *", self.describe(t.size_or_type, depth + 1)),
+            kind::PTR => match self.ty(t.size_or_type) {
+                // A function pointer: `void (*)(struct sock *, struct sock *)`.
+                Ok(f) if f.kind == kind::FUNC_PROTO => {
+                    let (ret, params) = self.describe_proto(f, depth + 1);
+                    format!("{ret} (*)({})", params.join(", "))
+                }
+                _ => format!("{} *", self.describe(t.size_or_type, depth + 1)),
+            },
             kind::STRUCT => format!("struct {name}"),
             kind::UNION => format!("union {name}"),
             kind::ENUM | kind::ENUM64 => format!("enum {name}"),
@@ -322,6 +353,18 @@ impl KernelBtf {
             }
             _ => name.to_string(),
         }
+    }
+
+    /// Return type and parameter types of FUNC_PROTO `f`.
+    fn describe_proto(&self, f: Ty, depth: u32) -> (String, Vec<String>) {
+        let params = (0..f.vlen)
+            .map(|i| match self.entry(f, i, 8) {
+                Ok((_, 0, _)) => "...".to_string(),
+                Ok((_, ty, _)) => self.describe(ty, depth + 1),
+                Err(_) => "?".to_string(),
+            })
+            .collect();
+        (self.describe(f.size_or_type, depth + 1), params)
     }
 
     /// The type id of kernel function `name` (what fentry attaches by).
@@ -338,6 +381,37 @@ impl KernelBtf {
         let f = self.by_name(name, &[kind::FUNC]).next()?;
         let proto = self.ty(f.size_or_type).ok()?;
         (proto.kind == kind::FUNC_PROTO).then_some(proto.vlen)
+    }
+
+    /// The prototype of each BTF function named `name` (usually one; a
+    /// static function may appear once per compilation unit): return type
+    /// and (type, name) of each parameter, spelled as [`describe`] does
+    /// (`struct sock *`, `bool`, qualifiers dropped). Empty: not in BTF.
+    ///
+    /// [`describe`]: Self::describe
+    pub fn func_protos(&self, name: &str) -> Vec<FuncProto> {
+        self.by_name(name, &[kind::FUNC])
+            .filter_map(|f| {
+                let proto = self.ty(f.size_or_type).ok()?;
+                if proto.kind != kind::FUNC_PROTO {
+                    return None;
+                }
+                let params = (0..proto.vlen)
+                    .map(|i| {
+                        let (name_off, ty, _) = self.entry(proto, i, 8).ok()?;
+                        // A variadic function ends with (0, void).
+                        Some(match (ty, self.name(name_off)) {
+                            (0, "") => ("...".to_string(), String::new()),
+                            (ty, n) => (self.describe(ty, 0), n.to_string()),
+                        })
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                Some(FuncProto {
+                    ret: self.describe(proto.size_or_type, 0),
+                    params,
+                })
+            })
+            .collect()
     }
 
     /// Value of enumerator `name` in `enum ty`.
@@ -409,6 +483,28 @@ mod tests {
         // int tcp_conn_request(rsk_ops, af_ops, sk, skb): stable since 4.4.
         assert_eq!(k.func_args("tcp_conn_request"), Some(4));
         assert_eq!(k.func_args("no_such_function_xyz"), None);
+    }
+
+    #[test]
+    fn function_prototypes_come_from_btf() {
+        let Some(k) = kernel() else { return };
+        let p = k.func_protos("tcp_conn_request");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].ret, "int");
+        assert_eq!(p[0].params[2], ("struct sock *".into(), "sk".into()));
+        assert!(
+            p[0].to_string()
+                .contains("struct sock *sk, struct sk_buff *skb)"),
+            "{}",
+            p[0]
+        );
+        assert!(k.func_protos("no_such_function_xyz").is_empty());
+        // A function pointer parameter, spelled as C casts it.
+        let int = [7, 1 << 24, 4, 32];
+        let proto = [0, kind::FUNC_PROTO << 24 | 1, 1, 0, 1];
+        let ptr = [0, kind::PTR << 24, 2];
+        let k = blob(&[&int, &proto, &ptr], b"\0a\0m\0n\0int\0");
+        assert_eq!(k.describe(3, 0), "int (*)(int)");
     }
 
     #[test]

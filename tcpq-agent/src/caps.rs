@@ -9,27 +9,48 @@
 
 use std::collections::BTreeMap;
 
-/// The functions tcpq hooks, with what each contributes.
-pub const FUNCTIONS: [(&str, &str); 6] = [
-    (
-        "tcp_conn_request",
-        "SYN-time drops, exact (sk_drops before/after)",
-    ),
-    ("tcp_v4_syn_recv_sock", "ACK-time overflow (IPv4)"),
-    ("tcp_v6_syn_recv_sock", "ACK-time overflow (IPv6)"),
-    (
-        "tcp_check_req",
-        "what follows an ACK-time overflow: dropped or RST",
-    ),
-    (
-        "inet_csk_accept",
-        "accepts per listener, counted in the kernel",
-    ),
-    (
-        "__sys_listen",
-        "the backlog listen() asked for, before the somaxconn cap",
-    ),
-];
+use tcpq_common::protos::kfunc;
+
+/// A kernel function tcpq hooks (the design card's kernel-function hooks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kfunc {
+    /// SYN-time drops, exact (sk_drops before/after).
+    ConnRequest,
+    /// ACK-time overflow (IPv4).
+    SynRecv4,
+    /// ACK-time overflow (IPv6).
+    SynRecv6,
+    /// What follows an ACK-time overflow: dropped or RST.
+    CheckReq,
+    /// Accepts per listener, counted in the kernel.
+    CskAccept,
+    /// The backlog listen() asked for, before the somaxconn cap.
+    SysListen,
+}
+
+impl Kfunc {
+    /// Every hooked function, in plan order.
+    pub const ALL: [Kfunc; 6] = [
+        Kfunc::ConnRequest,
+        Kfunc::SynRecv4,
+        Kfunc::SynRecv6,
+        Kfunc::CheckReq,
+        Kfunc::CskAccept,
+        Kfunc::SysListen,
+    ];
+
+    /// The kernel's name of the function (BTF, kallsyms).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kfunc::ConnRequest => kfunc::TCP_CONN_REQUEST,
+            Kfunc::SynRecv4 => kfunc::TCP_V4_SYN_RECV_SOCK,
+            Kfunc::SynRecv6 => kfunc::TCP_V6_SYN_RECV_SOCK,
+            Kfunc::CheckReq => kfunc::TCP_CHECK_REQ,
+            Kfunc::CskAccept => kfunc::INET_CSK_ACCEPT,
+            Kfunc::SysListen => kfunc::SYS_LISTEN,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
@@ -87,10 +108,17 @@ pub struct Facts {
 /// The choice for one function: what to try, in order, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Choice {
-    pub function: &'static str,
+    pub kfunc: Kfunc,
     /// Hook kinds to try, best first; empty: tracepoint/sock_diag path.
     pub try_order: Vec<HookKind>,
     pub why: String,
+}
+
+impl Choice {
+    /// The kernel's name of the function.
+    pub fn function(&self) -> &'static str {
+        self.kfunc.name()
+    }
 }
 
 /// Most arguments a BPF trampoline takes on x86-64: 6 before Linux 6.6,
@@ -147,10 +175,14 @@ fn kprobe_verdict(facts: &Facts, f: &FnFacts) -> Result<(), String> {
 }
 
 pub fn plan(facts: &Facts, mode: AttachMode) -> Vec<Choice> {
-    FUNCTIONS
+    Kfunc::ALL
         .iter()
-        .map(|&(function, _)| {
-            let f = facts.functions.get(function).cloned().unwrap_or_default();
+        .map(|&kfunc| {
+            let f = facts
+                .functions
+                .get(kfunc.name())
+                .cloned()
+                .unwrap_or_default();
             let fentry = fentry_verdict(facts, &f);
             let kprobe = kprobe_verdict(facts, &f);
             let (try_order, why) = match mode {
@@ -183,7 +215,7 @@ pub fn plan(facts: &Facts, mode: AttachMode) -> Vec<Choice> {
                 },
             };
             Choice {
-                function,
+                kfunc,
                 try_order,
                 why,
             }
@@ -228,7 +260,7 @@ pub fn check_plan(mode: AttachMode, choices: &[Choice]) -> Result<(), String> {
     let refused: Vec<(&str, String)> = choices
         .iter()
         .filter(|c| c.try_order.is_empty())
-        .map(|c| (c.function, c.why.clone()))
+        .map(|c| (c.function(), c.why.clone()))
         .collect();
     match forced_error(mode, &refused) {
         Some(e) => Err(e),
@@ -252,16 +284,16 @@ mod tests {
             kprobes,
             ftrace: true,
             tracing_refused: None,
-            functions: FUNCTIONS
+            functions: Kfunc::ALL
                 .iter()
-                .map(|(n, _)| (n.to_string(), f.clone()))
+                .map(|k| (k.name().to_string(), f.clone()))
                 .collect(),
         }
     }
 
     fn order(c: &[Choice], f: &str) -> Vec<HookKind> {
         c.iter()
-            .find(|c| c.function == f)
+            .find(|c| c.function() == f)
             .unwrap()
             .try_order
             .clone()

@@ -6,8 +6,9 @@ use std::fmt::Write as _;
 use anyhow::Result;
 
 use crate::{
-    caps::{self, AttachMode, Choice, Facts},
-    kernel, load, privs, tracefs,
+    caps::{self, AttachMode, Choice, Facts, Kfunc},
+    kernel::{self, Tp},
+    load, privs, tracefs,
 };
 
 pub fn run(mode: AttachMode) -> Result<()> {
@@ -18,6 +19,10 @@ pub fn run(mode: AttachMode) -> Result<()> {
     let (plan, facts) = kernel::discover(&tracefs, 0, 0)?;
     let choices = caps::plan(&facts, mode);
     print!("\n{}", render_facts(&facts, &choices));
+    // The same BTF the plan came from (`--btf` or the kernel's).
+    if let Ok(btf) = crate::btf::KernelBtf::load() {
+        print!("\n{}", crate::protos::render(&crate::protos::check(&btf)));
+    }
     // A forced mode this kernel cannot honour: `trace` would refuse it.
     caps::check_plan(mode, &choices).map_err(|e| anyhow::anyhow!(e))?;
     if !missing.is_empty() {
@@ -36,10 +41,10 @@ pub fn run(mode: AttachMode) -> Result<()> {
         } else {
             format!("  [{}]", k.notes.join("; "))
         };
-        println!("  {:<22} {got}{notes}", k.function);
+        println!("  {:<22} {got}{notes}", k.function());
     }
     for t in &loaded.attached {
-        println!("  {t:<22} tracepoint");
+        println!("  {:<22} tracepoint", t.to_string());
     }
     for (t, why) in &loaded.skipped {
         println!("  {t:<22} not attached: {why}");
@@ -48,17 +53,17 @@ pub fn run(mode: AttachMode) -> Result<()> {
         "  {:<22} sock_diag polling of every listener in every netns (always)",
         "listeners"
     );
-    let syn = match loaded.kind_of("tcp_conn_request") {
+    let syn = match loaded.kind_of(Kfunc::ConnRequest) {
         Some(k) => format!("exact, from {} tcp_conn_request", k.as_str()),
         None => "from sock_diag (sk_drops between polls)".into(),
     };
     let ack = match (
-        loaded.kind_of("tcp_v4_syn_recv_sock"),
-        loaded.attached.iter().any(|t| t == "skb:kfree_skb"),
+        loaded.kind_of(Kfunc::SynRecv4),
+        loaded.has_tracepoint(Tp::KfreeSkb),
     ) {
         (Some(k), _) => format!("exact, from {} tcp_v4/v6_syn_recv_sock", k.as_str()),
         (None, true) => "exact, from tracepoint skb:kfree_skb".into(),
-        (None, false) if loaded.kind_of("tcp_conn_request").is_some() => {
+        (None, false) if loaded.kind_of(Kfunc::ConnRequest).is_some() => {
             "from sock_diag: half of the sk_drops the SYN hook does not explain".into()
         }
         (None, false) => {
@@ -71,7 +76,7 @@ pub fn run(mode: AttachMode) -> Result<()> {
         .kfuncs
         .iter()
         .filter(|k| k.kind.is_none())
-        .map(|k| (k.function, k.notes.join("; ")))
+        .map(|k| (k.function(), k.notes.join("; ")))
         .collect();
     if let Some(e) = caps::forced_error(mode, &refused) {
         anyhow::bail!(e);
@@ -103,7 +108,11 @@ pub fn render_facts(facts: &Facts, choices: &[Choice]) -> String {
     );
     let _ = writeln!(s, "\nfunctions:");
     for c in choices {
-        let f = facts.functions.get(c.function).cloned().unwrap_or_default();
+        let f = facts
+            .functions
+            .get(c.function())
+            .cloned()
+            .unwrap_or_default();
         let args = f
             .btf_args
             .map(|n| n.to_string())
@@ -118,7 +127,7 @@ pub fn render_facts(facts: &Facts, choices: &[Choice]) -> String {
         let _ = writeln!(
             s,
             "  {:<22} args={args} ftrace={} kallsyms={}  plan: {order}  ({})",
-            c.function,
+            c.function(),
             f.ftrace.map(yn).unwrap_or("unreadable"),
             yn(f.kallsyms),
             c.why
@@ -145,9 +154,9 @@ mod tests {
             kprobes: true,
             ftrace: true,
             tracing_refused: None,
-            functions: caps::FUNCTIONS
+            functions: caps::Kfunc::ALL
                 .iter()
-                .map(|(n, _)| (n.to_string(), f.clone()))
+                .map(|k| (k.name().to_string(), f.clone()))
                 .collect(),
         };
         let out = render_facts(&facts, &caps::plan(&facts, AttachMode::Auto));

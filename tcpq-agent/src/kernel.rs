@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
-use tcpq_common::Config;
+use tcpq_common::{names::prog, Config};
 
 use crate::{
     btf::KernelBtf,
@@ -12,9 +12,22 @@ use crate::{
     tracefs::Format,
 };
 
+/// A tracepoint tcpq attaches (one [`Hook`] each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tp {
+    KfreeSkb,
+    RetransmitSynack,
+    SendReset,
+    ReceiveReset,
+    SockState,
+    Accept4Exit,
+    AcceptExit,
+}
+
 /// A tracepoint hook and the program that serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hook {
+    pub tp: Tp,
     pub program: &'static str,
     pub category: &'static str,
     pub name: &'static str,
@@ -22,48 +35,69 @@ pub struct Hook {
     pub raw: bool,
 }
 
+impl Hook {
+    /// A syscall tracepoint (`syscalls:*`): attached on demand.
+    pub fn is_syscall(&self) -> bool {
+        self.category == "syscalls"
+    }
+}
+
+impl std::fmt::Display for Hook {
+    /// `category:name`, as doctor and the start-up message show it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.category, self.name)
+    }
+}
+
 /// A raw tracepoint: it fires for every dropped packet on the host, and the
 /// classic tracepoint would build its record each time before the program
 /// looked at the reason.
 pub const KFREE_SKB: Hook = Hook {
-    program: "tcpq_kfree_skb",
+    tp: Tp::KfreeSkb,
+    program: prog::KFREE_SKB,
     category: "skb",
     name: "kfree_skb",
     raw: true,
 };
 pub const RETRANSMIT_SYNACK: Hook = Hook {
-    program: "tcpq_retransmit_synack",
+    tp: Tp::RetransmitSynack,
+    program: prog::RETRANSMIT_SYNACK,
     category: "tcp",
     name: "tcp_retransmit_synack",
     raw: false,
 };
 pub const SEND_RESET: Hook = Hook {
-    program: "tcpq_send_reset",
+    tp: Tp::SendReset,
+    program: prog::SEND_RESET,
     category: "tcp",
     name: "tcp_send_reset",
     raw: false,
 };
 
 pub const RECEIVE_RESET: Hook = Hook {
-    program: "tcpq_receive_reset",
+    tp: Tp::ReceiveReset,
+    program: prog::RECEIVE_RESET,
     category: "tcp",
     name: "tcp_receive_reset",
     raw: false,
 };
 pub const SOCK_STATE: Hook = Hook {
-    program: "tcpq_sock_state",
+    tp: Tp::SockState,
+    program: prog::SOCK_STATE,
     category: "sock",
     name: "inet_sock_set_state",
     raw: true,
 };
 pub const ACCEPT4_EXIT: Hook = Hook {
-    program: "tcpq_accept_exit",
+    tp: Tp::Accept4Exit,
+    program: prog::ACCEPT_EXIT,
     category: "syscalls",
     name: "sys_exit_accept4",
     raw: false,
 };
 pub const ACCEPT_EXIT: Hook = Hook {
-    program: "tcpq_accept_exit",
+    tp: Tp::AcceptExit,
+    program: prog::ACCEPT_EXIT,
     category: "syscalls",
     name: "sys_exit_accept",
     raw: false,
@@ -294,7 +328,7 @@ pub fn facts(btf: &KernelBtf, tracefs: &std::path::Path) -> Facts {
         .unwrap_or_default()
         .trim()
         .to_string();
-    let names: Vec<&str> = caps::FUNCTIONS.iter().map(|&(n, _)| n).collect();
+    let names: Vec<&str> = caps::Kfunc::ALL.iter().map(|k| k.name()).collect();
     let ftrace_list = tracefs.join("available_filter_functions");
     // Unreadable under lockdown even for root: then "unknown", not "no".
     let ftrace = symbols_in(&ftrace_list, 0, &names);

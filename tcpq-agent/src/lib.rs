@@ -30,6 +30,7 @@ pub mod netstat;
 pub mod otlp;
 pub mod poll;
 pub mod privs;
+pub mod protos;
 pub mod resolve;
 pub mod run;
 pub mod sink;

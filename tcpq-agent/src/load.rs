@@ -12,9 +12,11 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 
+use tcpq_common::names::{self, map, prog};
+
 use crate::{
-    caps::{Choice, HookKind},
-    kernel::{self, Plan},
+    caps::{Choice, HookKind, Kfunc},
+    kernel::{self, Plan, Tp},
 };
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpq"));
@@ -22,18 +24,25 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc
 /// What happened to one kernel function.
 #[derive(Debug, Clone)]
 pub struct KfuncResult {
-    pub function: &'static str,
+    pub kfunc: Kfunc,
     /// The hook kind in use, if any.
     pub kind: Option<HookKind>,
     /// Why earlier kinds failed.
     pub notes: Vec<String>,
 }
 
+impl KfuncResult {
+    /// The kernel's name of the function.
+    pub fn function(&self) -> &'static str {
+        self.kfunc.name()
+    }
+}
+
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub kfuncs: Vec<KfuncResult>,
-    /// `category:name` of each attached tracepoint.
-    pub attached: Vec<String>,
+    /// The attached tracepoints (shown as `category:name`).
+    pub attached: Vec<kernel::Hook>,
     /// Tracepoints not attached, and why.
     pub skipped: Vec<(String, String)>,
     /// Syscall tracepoints loaded but left detached, for `attach_deferred`.
@@ -43,12 +52,17 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// The hook kind serving `function`, if any.
-    pub fn kind_of(&self, function: &str) -> Option<HookKind> {
+    /// The hook kind serving `kfunc`, if any.
+    pub fn kind_of(&self, kfunc: Kfunc) -> Option<HookKind> {
         self.kfuncs
             .iter()
-            .find(|k| k.function == function)
+            .find(|k| k.kfunc == kfunc)
             .and_then(|k| k.kind)
+    }
+
+    /// Whether tracepoint `tp` is attached.
+    pub fn has_tracepoint(&self, tp: Tp) -> bool {
+        self.attached.iter().any(|h| h.tp == tp)
     }
 
     /// Attaches the deferred syscall tracepoints; returns their links.
@@ -82,7 +96,7 @@ impl Loaded {
 
     /// Whether the accept() syscall hooks are attached or can be.
     pub fn has_syscall_hooks(&self) -> bool {
-        !self.deferred.is_empty() || self.attached.iter().any(|t| t.starts_with("syscalls:"))
+        !self.deferred.is_empty() || self.attached.iter().any(kernel::Hook::is_syscall)
     }
 
     /// Attached programs per hook kind (fentry, kprobe, tracepoint,
@@ -96,11 +110,7 @@ impl Loaded {
         for k in self.kfuncs.iter().filter_map(|k| k.kind) {
             *out.entry(k.as_str().to_string()).or_default() += 1;
         }
-        let syscalls = self
-            .attached
-            .iter()
-            .filter(|t| t.starts_with("syscalls:"))
-            .count();
+        let syscalls = self.attached.iter().filter(|h| h.is_syscall()).count();
         let deferred = if deferred_attached {
             self.deferred.len()
         } else {
@@ -120,7 +130,7 @@ impl Loaded {
         let mut out: Vec<String> = self
             .kfuncs
             .iter()
-            .filter_map(|k| Some(format!("{} {}", k.kind?.as_str(), k.function)))
+            .filter_map(|k| Some(format!("{} {}", k.kind?.as_str(), k.function())))
             .collect();
         out.extend(self.attached.iter().map(|t| format!("tracepoint {t}")));
         out.extend(
@@ -240,8 +250,8 @@ pub fn load(
     let mut loader = loader_without_kernel_btf();
     loader
         .btf(None)
-        .override_global("CONFIG", &plan.config, true)
-        .map_max_entries("EVENTS", ring_buffer_bytes);
+        .override_global(names::CONFIG, &plan.config, true)
+        .map_max_entries(map::EVENTS, ring_buffer_bytes);
     // Tests only: a tiny ACCEPT_ERRORS map, so a test can fill it and see
     // the losses counted.
     if let Some(n) = std::env::var("TCPQ_TEST_ACCEPT_ERRORS_ENTRIES")
@@ -249,7 +259,7 @@ pub fn load(
         .and_then(|v| v.parse::<u32>().ok())
         .filter(|&n| n > 0)
     {
-        loader.map_max_entries("ACCEPT_ERRORS", n);
+        loader.map_max_entries(map::ACCEPT_ERRORS, n);
     }
     let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
 
@@ -267,12 +277,12 @@ pub fn load(
     let mut kfuncs = Vec::new();
     for c in choices {
         let mut r = KfuncResult {
-            function: c.function,
+            kfunc: c.kfunc,
             kind: None,
             notes: Vec::new(),
         };
         for &kind in &c.try_order {
-            match attach_kfunc(&mut ebpf, c.function, kind, btf.as_ref()) {
+            match attach_kfunc(&mut ebpf, c.kfunc, kind, btf.as_ref()) {
                 Ok(()) => {
                     r.kind = Some(kind);
                     break;
@@ -285,21 +295,20 @@ pub fn load(
 
     let ack_hooked = kfuncs
         .iter()
-        .any(|k| k.function == "tcp_v4_syn_recv_sock" && k.kind.is_some());
+        .any(|k| k.kfunc == Kfunc::SynRecv4 && k.kind.is_some());
     let mut attached = Vec::new();
     let mut skipped: Vec<(String, String)> = plan
         .skipped
         .iter()
-        .map(|(h, why)| (format!("{}:{}", h.category, h.name), why.clone()))
+        .map(|(h, why)| (h.to_string(), why.clone()))
         .collect();
     let mut loaded_programs = std::collections::HashSet::new();
     let mut deferred = Vec::new();
     let mut raw_attached = 0;
     for hook in &plan.hooks {
-        let what = format!("{}:{}", hook.category, hook.name);
         if *hook == kernel::KFREE_SKB && ack_hooked {
             skipped.push((
-                what,
+                hook.to_string(),
                 "ACK-time overflows come from the tcp_v4/v6_syn_recv_sock hooks".into(),
             ));
             continue;
@@ -321,7 +330,7 @@ pub fn load(
                 if first {
                     prog.load()?;
                 }
-                if defer_syscalls && hook.category == "syscalls" {
+                if defer_syscalls && hook.is_syscall() {
                     deferred.push(hook.clone());
                     return Ok(());
                 }
@@ -333,9 +342,9 @@ pub fn load(
             Ok(()) if deferred.last() == Some(hook) => {}
             Ok(()) => {
                 raw_attached += hook.raw as usize;
-                attached.push(what)
+                attached.push(hook.clone())
             }
-            Err(e) => skipped.push((what, one_line(&format!("{e:#}")))),
+            Err(e) => skipped.push((hook.to_string(), one_line(&format!("{e:#}")))),
         }
     }
     if attached.is_empty() && kfuncs.iter().all(|k| k.kind.is_none()) && !plan.hooks.is_empty() {
@@ -352,31 +361,25 @@ pub fn load(
     })
 }
 
-/// The programs serving `function` as `kind`, exit side first (an exit
+/// The programs serving `kfunc` as `kind`, exit side first (an exit
 /// hook without its entry hook does nothing; the reverse would leave state
 /// behind).
-fn programs(function: &str, kind: HookKind) -> &'static [&'static str] {
-    match (function, kind) {
-        ("tcp_conn_request", HookKind::Fentry) => {
-            &["tcpq_conn_request_fexit", "tcpq_conn_request_fentry"]
+fn programs(kfunc: Kfunc, kind: HookKind) -> &'static [&'static str] {
+    use HookKind::{Fentry, Kprobe};
+    match (kfunc, kind) {
+        (Kfunc::ConnRequest, Fentry) => &[prog::CONN_REQUEST_FEXIT, prog::CONN_REQUEST_FENTRY],
+        (Kfunc::ConnRequest, Kprobe) => &[prog::CONN_REQUEST_KRETPROBE, prog::CONN_REQUEST_KPROBE],
+        (Kfunc::SynRecv4, Fentry) => &[prog::SYN_RECV4_FEXIT],
+        (Kfunc::SynRecv6, Fentry) => &[prog::SYN_RECV6_FEXIT],
+        (Kfunc::SynRecv4 | Kfunc::SynRecv6, Kprobe) => {
+            &[prog::SYN_RECV_KRETPROBE, prog::SYN_RECV_KPROBE]
         }
-        ("tcp_conn_request", HookKind::Kprobe) => {
-            &["tcpq_conn_request_kretprobe", "tcpq_conn_request_kprobe"]
-        }
-        ("tcp_v4_syn_recv_sock", HookKind::Fentry) => &["tcpq_syn_recv4_fexit"],
-        ("tcp_v6_syn_recv_sock", HookKind::Fentry) => &["tcpq_syn_recv6_fexit"],
-        ("tcp_v4_syn_recv_sock" | "tcp_v6_syn_recv_sock", HookKind::Kprobe) => {
-            &["tcpq_syn_recv_kretprobe", "tcpq_syn_recv_kprobe"]
-        }
-        ("tcp_check_req", HookKind::Fentry) => &["tcpq_check_req_fexit", "tcpq_check_req_fentry"],
-        ("tcp_check_req", HookKind::Kprobe) => {
-            &["tcpq_check_req_kretprobe", "tcpq_check_req_kprobe"]
-        }
-        ("inet_csk_accept", HookKind::Fentry) => &["tcpq_accept_fexit"],
-        ("inet_csk_accept", HookKind::Kprobe) => &["tcpq_accept_kretprobe", "tcpq_accept_kprobe"],
-        ("__sys_listen", HookKind::Fentry) => &["tcpq_sys_listen_fentry"],
-        ("__sys_listen", HookKind::Kprobe) => &["tcpq_sys_listen_kprobe"],
-        _ => &[],
+        (Kfunc::CheckReq, Fentry) => &[prog::CHECK_REQ_FEXIT, prog::CHECK_REQ_FENTRY],
+        (Kfunc::CheckReq, Kprobe) => &[prog::CHECK_REQ_KRETPROBE, prog::CHECK_REQ_KPROBE],
+        (Kfunc::CskAccept, Fentry) => &[prog::ACCEPT_FEXIT],
+        (Kfunc::CskAccept, Kprobe) => &[prog::ACCEPT_KRETPROBE, prog::ACCEPT_KPROBE],
+        (Kfunc::SysListen, Fentry) => &[prog::SYS_LISTEN_FENTRY],
+        (Kfunc::SysListen, Kprobe) => &[prog::SYS_LISTEN_KPROBE],
     }
 }
 
@@ -387,19 +390,10 @@ enum Link {
 }
 
 /// Attaches every program serving `function` as `kind`, or none of them.
-fn attach_kfunc(
-    ebpf: &mut Ebpf,
-    function: &'static str,
-    kind: HookKind,
-    btf: Option<&Btf>,
-) -> Result<()> {
-    let names = programs(function, kind);
-    if names.is_empty() {
-        bail!("no program for {function}");
-    }
+fn attach_kfunc(ebpf: &mut Ebpf, kfunc: Kfunc, kind: HookKind, btf: Option<&Btf>) -> Result<()> {
     let mut links = Vec::new();
-    for &name in names {
-        match attach_one(ebpf, name, function, btf) {
+    for &name in programs(kfunc, kind) {
+        match attach_one(ebpf, name, kfunc.name(), btf) {
             Ok(link) => links.push(link),
             Err(e) => {
                 for link in links {
@@ -489,7 +483,110 @@ fn raise_memlock() {
 
 #[cfg(test)]
 mod tests {
-    use super::OBJECT;
+    use std::collections::BTreeSet;
+
+    use aya_obj::{Object, ProgramSection};
+
+    use super::*;
+
+    /// The maps and programs of the embedded object are exactly those
+    /// tcpq-common names (a rename on either side fails here), each
+    /// program of a kernel function is of the kind the loader attaches it
+    /// as, and each fentry/fexit program targets the function it serves.
+    #[test]
+    fn object_has_the_maps_and_programs_tcpq_common_names() {
+        if OBJECT.is_empty() {
+            eprintln!("skipped: built with AYA_BUILD_SKIP=1, no BPF object embedded");
+            return;
+        }
+        let obj = Object::parse(OBJECT).expect("the embedded BPF object parses");
+        // `.rodata`, `.bss`, `.data`: the globals' sections, not maps of ours.
+        let maps: BTreeSet<&str> = obj
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|m| !m.starts_with('.'))
+            .collect();
+        assert_eq!(
+            maps,
+            names::MAPS.iter().copied().collect(),
+            "maps in the object vs tcpq_common::names::MAPS"
+        );
+        let progs: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();
+        assert_eq!(
+            progs,
+            names::PROGRAMS.iter().copied().collect(),
+            "programs in the object vs tcpq_common::names::PROGRAMS"
+        );
+        assert_eq!(
+            names::PROGRAMS.len(),
+            progs.len(),
+            "a name twice in PROGRAMS"
+        );
+        assert_eq!(names::MAPS.len(), maps.len(), "a name twice in MAPS");
+        assert!(
+            OBJECT
+                .windows(names::CONFIG.len())
+                .any(|w| w == names::CONFIG.as_bytes()),
+            "no global {} in the object",
+            names::CONFIG
+        );
+        // Every program is reached: by a tracepoint hook or a kernel function.
+        let mut used = BTreeSet::new();
+        for hook in [
+            kernel::KFREE_SKB,
+            kernel::RETRANSMIT_SYNACK,
+            kernel::SEND_RESET,
+            kernel::RECEIVE_RESET,
+            kernel::SOCK_STATE,
+            kernel::ACCEPT4_EXIT,
+            kernel::ACCEPT_EXIT,
+        ] {
+            let section = &obj.programs[hook.program].section;
+            match hook.raw {
+                true => assert!(
+                    matches!(section, ProgramSection::RawTracePoint),
+                    "{}: {section:?}",
+                    hook.program
+                ),
+                false => assert!(
+                    matches!(section, ProgramSection::TracePoint),
+                    "{}: {section:?}",
+                    hook.program
+                ),
+            }
+            used.insert(hook.program);
+        }
+        for kfunc in Kfunc::ALL {
+            for kind in [HookKind::Fentry, HookKind::Kprobe] {
+                for &name in programs(kfunc, kind) {
+                    let section = &obj.programs[name].section;
+                    let ok = match kind {
+                        HookKind::Fentry => {
+                            let (prefix, ok) = match section {
+                                ProgramSection::FEntry { .. } => ("fentry", true),
+                                ProgramSection::FExit { .. } => ("fexit", true),
+                                _ => ("", false),
+                            };
+                            // The attach target is the section name.
+                            let target = format!("{prefix}/{}\0", kfunc.name());
+                            ok && OBJECT.windows(target.len()).any(|w| w == target.as_bytes())
+                        }
+                        HookKind::Kprobe => {
+                            matches!(section, ProgramSection::KProbe | ProgramSection::KRetProbe)
+                        }
+                    };
+                    assert!(
+                        ok,
+                        "{name} serving {} as {kind:?}: {section:?}",
+                        kfunc.name()
+                    );
+                    used.insert(name);
+                }
+            }
+        }
+        assert_eq!(used, progs, "programs no hook uses");
+    }
 
     /// The embedded BPF object has the bytes the committed hash names: the
     /// build is pinned (toolchain, bpf-linker, Cargo.lock) and carries no

@@ -8,6 +8,7 @@ use std::{
 };
 
 use serde_json::Value;
+use tcpq_common::names::map;
 
 use crate::{
     aggregate::Aggregator,
@@ -83,10 +84,14 @@ impl MapLosses {
     /// (map, what was lost, count): metric labels and the exit summary.
     pub fn rows(&self) -> [(&'static str, &'static str, u64); 4] {
         [
-            ("ACCEPT_ERRORS", "map_full", self.accept_errors_full),
-            ("ACCEPTS", "evicted", self.accepts_evicted),
-            ("ACCEPT_LATENCY", "evicted", self.latency_evicted),
-            ("ACCEPT_ENTRY", "entry_missing", self.accept_entries_missing),
+            (map::ACCEPT_ERRORS, "map_full", self.accept_errors_full),
+            (map::ACCEPTS, "evicted", self.accepts_evicted),
+            (map::ACCEPT_LATENCY, "evicted", self.latency_evicted),
+            (
+                map::ACCEPT_ENTRY,
+                "entry_missing",
+                self.accept_entries_missing,
+            ),
         ]
     }
 

@@ -14,7 +14,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, Ring
 
 use crate::storm::Storms;
 use std::collections::HashMap;
-use tcpq_common::{latency::LatencyHist, stats, AcceptStats};
+use tcpq_common::{latency::LatencyHist, names::map, stats, AcceptStats};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
@@ -24,9 +24,10 @@ use tokio::{
 use crate::{
     accepts::{self, AcceptCounter, Accepts},
     aggregate::{Aggregator, Hooked},
-    caps,
+    caps::{self, Kfunc},
     cli::{SyscallHooks, TraceArgs},
-    decode, export, kernel,
+    decode, export,
+    kernel::{self, Tp},
     latency::{self, LatencyTracker},
     load,
     model::ListenerKey,
@@ -183,7 +184,7 @@ pub async fn engine(
         .kfuncs
         .iter()
         .filter(|k| k.kind.is_none())
-        .map(|k| (k.function, k.notes.join("; ")))
+        .map(|k| (k.function(), k.notes.join("; ")))
         .collect();
     if let Some(e) = caps::forced_error(args.attach, &refused) {
         anyhow::bail!(e);
@@ -198,8 +199,8 @@ pub async fn engine(
     {
         let why = k.notes.join("; ");
         match unhooked.iter_mut().find(|(w, _)| *w == why) {
-            Some((_, fns)) => fns.push(k.function),
-            None => unhooked.push((why, vec![k.function])),
+            Some((_, fns)) => fns.push(k.function()),
+            None => unhooked.push((why, vec![k.function()])),
         }
     }
     for (why, fns) in &unhooked {
@@ -214,8 +215,8 @@ pub async fn engine(
     let ring = RingBuf::try_from(
         loaded
             .ebpf
-            .take_map("EVENTS")
-            .ok_or_else(|| anyhow!("EVENTS map missing"))?,
+            .take_map(map::EVENTS)
+            .ok_or_else(|| anyhow!("{} map missing", map::EVENTS))?,
     )?;
     // SAFETY: the ring buffer owns its fd and outlives the registration.
     let mut ring = unsafe { AsyncFd::register(ring) }
@@ -223,44 +224,39 @@ pub async fn engine(
     let stats = PerCpuArray::try_from(
         loaded
             .ebpf
-            .take_map("STATS")
-            .ok_or_else(|| anyhow!("STATS map missing"))?,
+            .take_map(map::STATS)
+            .ok_or_else(|| anyhow!("{} map missing", map::STATS))?,
     )?;
 
-    let accepts = match loaded.kind_of("inet_csk_accept") {
+    let accepts = match loaded.kind_of(Kfunc::CskAccept) {
         Some(_) => {
             let map = loaded
                 .ebpf
-                .take_map("ACCEPTS")
-                .ok_or_else(|| anyhow!("ACCEPTS map missing"))?;
+                .take_map(map::ACCEPTS)
+                .ok_or_else(|| anyhow!("{} map missing", map::ACCEPTS))?;
             Some((PerCpuHashMap::try_from(map)?, AcceptCounter::default()))
         }
         None => None,
     };
     let comms = loaded
         .ebpf
-        .take_map("COMMS")
+        .take_map(map::COMMS)
         .map(BpfHashMap::try_from)
         .transpose()?;
     let accept_errors = match loaded.has_syscall_hooks() {
         true => loaded
             .ebpf
-            .take_map("ACCEPT_ERRORS")
+            .take_map(map::ACCEPT_ERRORS)
             .map(PerCpuHashMap::try_from)
             .transpose()?
             .map(|m| (m, HashMap::new())),
         false => None,
     };
     // Needs both ends: the handshake (inet_sock_set_state) and the accept.
-    let latency = match loaded
-        .attached
-        .iter()
-        .any(|t| t == "sock:inet_sock_set_state")
-        && loaded.has_syscall_hooks()
-    {
+    let latency = match loaded.has_tracepoint(Tp::SockState) && loaded.has_syscall_hooks() {
         true => loaded
             .ebpf
-            .take_map("ACCEPT_LATENCY")
+            .take_map(map::ACCEPT_LATENCY)
             .map(PerCpuHashMap::try_from)
             .transpose()?
             .map(|m| (m, LatencyTracker::default())),
@@ -271,14 +267,14 @@ pub async fn engine(
             ports: aya::maps::HashMap::try_from(
                 loaded
                     .ebpf
-                    .take_map("LATENCY_PORTS")
-                    .ok_or_else(|| anyhow!("LATENCY_PORTS map missing"))?,
+                    .take_map(map::LATENCY_PORTS)
+                    .ok_or_else(|| anyhow!("{} map missing", map::LATENCY_PORTS))?,
             )?,
             on: aya::maps::Array::try_from(
                 loaded
                     .ebpf
-                    .take_map("LATENCY_ON")
-                    .ok_or_else(|| anyhow!("LATENCY_ON map missing"))?,
+                    .take_map(map::LATENCY_ON)
+                    .ok_or_else(|| anyhow!("{} map missing", map::LATENCY_ON))?,
             )?,
             until: HashMap::new(),
         }),
@@ -288,12 +284,12 @@ pub async fn engine(
         map: PerCpuHashMap::try_from(
             loaded
                 .ebpf
-                .take_map("STORM")
-                .ok_or_else(|| anyhow!("STORM map missing"))?,
+                .take_map(map::STORM)
+                .ok_or_else(|| anyhow!("{} map missing", map::STORM))?,
         )?,
         tally: Default::default(),
     };
-    let by_fd = loaded.kind_of("inet_csk_accept").is_none();
+    let by_fd = loaded.kind_of(Kfunc::CskAccept).is_none();
     let accepter = accepts::accepter(&mut loaded.ebpf, by_fd)?;
     let (tx, mut rx) = mpsc::channel::<poll::Round>(4);
     let (wake, wake_rx) = std_mpsc::channel();
@@ -306,9 +302,9 @@ pub async fn engine(
             plan.rst_reasons.clone(),
             args.port,
             Hooked {
-                syn: loaded.kind_of("tcp_conn_request").is_some(),
-                ack: loaded.kind_of("tcp_v4_syn_recv_sock").is_some()
-                    || loaded.attached.iter().any(|t| t == "skb:kfree_skb"),
+                syn: loaded.kind_of(Kfunc::ConnRequest).is_some(),
+                ack: loaded.kind_of(Kfunc::SynRecv4).is_some()
+                    || loaded.has_tracepoint(Tp::KfreeSkb),
             },
         ),
         resolver: Resolver::new(Duration::from_millis(100)),

@@ -10,6 +10,8 @@ pub mod accepted;
 pub mod config;
 pub mod event;
 pub mod latency;
+pub mod names;
+pub mod protos;
 pub mod stats;
 pub mod storm;
 

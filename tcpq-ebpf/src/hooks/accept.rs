@@ -16,7 +16,7 @@ use aya_ebpf::{
     maps::{LruHashMap, LruPerCpuHashMap},
     programs::{FExitContext, ProbeContext, RetProbeContext},
 };
-use tcpq_common::{stats, AcceptStats};
+use tcpq_common::{protos::arg, stats, AcceptStats};
 
 use crate::{conf, emit::bump, sock};
 
@@ -75,13 +75,13 @@ fn accepted(sk: u64, child: u64) {
 
 #[fexit(function = "inet_csk_accept")]
 pub fn tcpq_accept_fexit(ctx: FExitContext) -> u32 {
-    accepted(ctx.arg::<u64>(0), ctx.ret::<u64>().unwrap_or(0));
+    accepted(ctx.arg::<u64>(arg::CSK_ACCEPT_SK), ctx.ret::<u64>().unwrap_or(0));
     0
 }
 
 #[kprobe]
 pub fn tcpq_accept_kprobe(ctx: ProbeContext) -> u32 {
-    let sk = ctx.arg::<u64>(0).unwrap_or(0);
+    let sk = ctx.arg::<u64>(arg::CSK_ACCEPT_SK).unwrap_or(0);
     let _ = ACCEPT_ENTRY.insert(bpf_get_current_pid_tgid(), sk, 0);
     0
 }

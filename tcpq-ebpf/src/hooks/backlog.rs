@@ -12,6 +12,9 @@
 //! (`__sys_listen_socket`, 6.11+) is not seen. Kernels with neither kind of
 //! hook: the requested value cannot be known, and the verdict says so.
 //!
+//! The prototype is checked against each kernel's BTF
+//! (`tcpq_common::protos::KFUNCS`, `tcpq-agent doctor`).
+//!
 //! Cost: runs on listen() calls only, never on the connection path.
 
 use aya_ebpf::{
@@ -20,6 +23,7 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::{FEntryContext, ProbeContext},
 };
+use tcpq_common::protos::arg;
 
 /// pid_tgid → the backlog its running listen() asked for. LRU: an entry
 /// whose listen() failed before the state change is simply displaced.
@@ -53,13 +57,13 @@ pub const TAKEN: u64 = 1 << 32;
 
 #[fentry(function = "__sys_listen")]
 pub fn tcpq_sys_listen_fentry(ctx: FEntryContext) -> u32 {
-    requested(ctx.arg::<i32>(1));
+    requested(ctx.arg::<i32>(arg::SYS_LISTEN_BACKLOG));
     0
 }
 
 #[kprobe]
 pub fn tcpq_sys_listen_kprobe(ctx: ProbeContext) -> u32 {
-    if let Some(b) = ctx.arg::<i32>(1) {
+    if let Some(b) = ctx.arg::<i32>(arg::SYS_LISTEN_BACKLOG) {
         requested(b);
     }
     0

@@ -32,7 +32,7 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
 };
-use tcpq_common::{config::tcp_state, stats, storm::StormKey, Event, EventKind};
+use tcpq_common::{config::tcp_state, protos::arg, stats, storm::StormKey, Event, EventKind};
 
 use crate::{conf, emit::emit, names, sock, storm};
 
@@ -76,10 +76,10 @@ pub fn tcpq_sock_state(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_sock_state(ctx: &RawTracePointContext) -> Option<()> {
-    let old = ctx.arg::<u64>(1) as i32;
-    let new = ctx.arg::<u64>(2) as i32;
+    let old = ctx.arg::<u64>(arg::SOCK_STATE_OLD) as i32;
+    let new = ctx.arg::<u64>(arg::SOCK_STATE_NEW) as i32;
     if old == tcp_state::SYN_RECV as i32 && new == tcp_state::ESTABLISHED as i32 {
-        crate::hooks::latency::established(ctx.arg::<u64>(0));
+        crate::hooks::latency::established(ctx.arg::<u64>(arg::SOCK_STATE_SK));
         return Some(());
     }
     // CLOSE → LISTEN in listen(), LISTEN → CLOSE when it closes. Every
@@ -89,13 +89,13 @@ fn try_sock_state(ctx: &RawTracePointContext) -> Option<()> {
     let close = tcp_state::CLOSE as i32;
     let listen = tcp_state::LISTEN as i32;
     if (old == close && new == listen) || (old == listen && new == close) {
-        listener(ctx.arg::<u64>(0), new == listen);
+        listener(ctx.arg::<u64>(arg::SOCK_STATE_SK), new == listen);
         return Some(());
     }
     if old != tcp_state::SYN_SENT as i32 || new != tcp_state::CLOSE as i32 {
         return Some(());
     }
-    let sk = ctx.arg::<u64>(0);
+    let sk = ctx.arg::<u64>(arg::SOCK_STATE_SK);
     if sk == 0 || sock::read::<u16>(sk, conf!(sk_protocol))? != IPPROTO_TCP {
         return Some(());
     }

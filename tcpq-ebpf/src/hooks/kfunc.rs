@@ -4,6 +4,10 @@
 //! variant this kernel can attach (see the agent's `caps` module); on a
 //! kernel with neither, the tracepoint and sock_diag paths stand in.
 //!
+//! The prototypes below, and the argument indexes the programs read
+//! (`tcpq_common::protos::arg`), are `tcpq_common::protos::KFUNCS`, which the
+//! agent checks against each kernel's BTF (`tcpq-agent doctor`).
+//!
 //! Entry→exit state lives in a per-CPU slot: these functions run in softirq
 //! context (TCP receive), which does not nest on one CPU.
 
@@ -15,6 +19,7 @@ use aya_ebpf::{
 use tcpq_common::{
     event::outcome,
     event::Source,
+    protos::arg,
     stats,
     storm::{class, StormKey},
     EventKind,
@@ -181,7 +186,7 @@ fn count_ack_drop(sk: u64, q: Queues, aux: u32, source: Source) {
 
 #[fentry(function = "tcp_conn_request")]
 pub fn tcpq_conn_request_fentry(ctx: FEntryContext) -> u32 {
-    conn_request_enter(ctx.arg::<u64>(2));
+    conn_request_enter(ctx.arg::<u64>(arg::CONN_REQUEST_SK));
     0
 }
 
@@ -193,7 +198,7 @@ pub fn tcpq_conn_request_fexit(_ctx: FExitContext) -> u32 {
 
 #[kprobe]
 pub fn tcpq_conn_request_kprobe(ctx: ProbeContext) -> u32 {
-    conn_request_enter(ctx.arg::<u64>(2).unwrap_or(0));
+    conn_request_enter(ctx.arg::<u64>(arg::CONN_REQUEST_SK).unwrap_or(0));
     0
 }
 
@@ -206,7 +211,9 @@ pub fn tcpq_conn_request_kretprobe(_ctx: RetProbeContext) -> u32 {
 // ---------------------------------------------------------------------------
 // struct sock *tcp_v4_syn_recv_sock(const struct sock *sk, struct sk_buff *skb,
 //         struct request_sock *req, struct dst_entry *dst,
-//         struct request_sock *req_unhash, bool *own_req, ...);
+//         struct request_sock *req_unhash, bool *own_req);
+// newer ones (seen on Debian's 6.12.117 and on 6.18.44) add a seventh,
+//         void (*opt_child_init)(struct sock *newsk, const struct sock *sk)
 // (and tcp_v6_syn_recv_sock). Called through icsk_af_ops, so never inlined.
 // NULL = no child socket: with `sk_acceptq_is_full()` that is the ACK-time
 // overflow (ListenOverflows); otherwise a failed child (memory, route).
@@ -243,7 +250,7 @@ fn emit_ack_drop(sk: u64, backlog: u32, max: u32, what: u32, source: Source) {
 #[fexit(function = "tcp_v4_syn_recv_sock")]
 pub fn tcpq_syn_recv4_fexit(ctx: FExitContext) -> u32 {
     syn_recv_exit(
-        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(arg::SYN_RECV_SOCK_SK),
         ctx.ret::<u64>().unwrap_or(1),
         Source::Fentry,
     );
@@ -253,7 +260,7 @@ pub fn tcpq_syn_recv4_fexit(ctx: FExitContext) -> u32 {
 #[fexit(function = "tcp_v6_syn_recv_sock")]
 pub fn tcpq_syn_recv6_fexit(ctx: FExitContext) -> u32 {
     syn_recv_exit(
-        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(arg::SYN_RECV_SOCK_SK),
         ctx.ret::<u64>().unwrap_or(1),
         Source::Fentry,
     );
@@ -264,7 +271,7 @@ pub fn tcpq_syn_recv6_fexit(ctx: FExitContext) -> u32 {
 #[kprobe]
 pub fn tcpq_syn_recv_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(s) = slot(SYN_RECV) {
-        s.sk = ctx.arg::<u64>(0).unwrap_or(0);
+        s.sk = ctx.arg::<u64>(arg::SYN_RECV_SOCK_SK).unwrap_or(0);
     }
     0
 }
@@ -281,7 +288,10 @@ pub fn tcpq_syn_recv_kretprobe(ctx: RetProbeContext) -> u32 {
 
 // ---------------------------------------------------------------------------
 // struct sock *tcp_check_req(struct sock *sk, struct sk_buff *skb,
-//         struct request_sock *req, bool fastopen, bool *req_stolen, ...);
+//         struct request_sock *req, bool fastopen, bool *req_stolen);
+// newer kernels (seen on 6.18.44, not on 6.12.117) add
+// `enum skb_drop_reason *drop_reason`. Nothing is read:
+// entry and exit only mark "inside".
 // Every kernel. After `syn_recv_sock` fails it jumps to `listen_overflow:`:
 // with net.ipv4.tcp_abort_on_overflow=0 it marks the request acked and drops
 // the ACK (the SYN-ACK timer retransmits); with 1 it sends a RST. tcpq reads

@@ -75,7 +75,10 @@ fn accepted(sk: u64, child: u64) {
 
 #[fexit(function = "inet_csk_accept")]
 pub fn tcpq_accept_fexit(ctx: FExitContext) -> u32 {
-    accepted(ctx.arg::<u64>(arg::CSK_ACCEPT_SK), ctx.ret::<u64>().unwrap_or(0));
+    accepted(
+        ctx.arg::<u64>(arg::CSK_ACCEPT_SK),
+        ctx.ret::<u64>().unwrap_or(0),
+    );
     0
 }
 

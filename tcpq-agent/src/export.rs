@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use serde_json::{json, Map, Value};
 
-use crate::{model::Pending, resolve::Owner};
+use crate::{model::Pending, report::Field, resolve::Owner};
 
 /// The JSON lines schema (docs/events.md). Bumped only when a key is
 /// removed or changes meaning; new keys and events keep the version.
@@ -154,8 +154,8 @@ pub fn json(r: &Report) -> Value {
         m.insert("accept.count".into(), json!(a.count));
         m.insert("accept.queue_max".into(), json!(a.queue_max));
     }
-    for (k, v) in &p.attrs {
-        m.insert((*k).into(), v.clone());
+    for (k, v) in p.attrs.iter().flat_map(|f| f.fields()) {
+        m.insert(k.into(), field_json(&v));
     }
     if let Some(v) = &r.verdict {
         m.insert("verdict.cause".into(), json!(v.cause));
@@ -163,6 +163,17 @@ pub fn json(r: &Report) -> Value {
     }
     m.insert("source".into(), json!(p.source.as_str()));
     Value::Object(m)
+}
+
+/// A fact's value in JSON; text lines spell it the same way (a string
+/// in quotes).
+fn field_json(f: &Field) -> Value {
+    match f {
+        Field::Int(n) => json!(n),
+        Field::Uint(n) => json!(n),
+        Field::Float(x) => json!(x),
+        Field::Str(s) => json!(s),
+    }
 }
 
 /// The owner's keys: OpenTelemetry `process.*`, `container.*`,
@@ -279,8 +290,8 @@ pub fn text(r: &Report) -> String {
     if let Some(a) = r.accepts {
         s += &format!(" accepted={}", a.count);
     }
-    for (k, v) in &p.attrs {
-        s += &format!(" {k}={v}");
+    for (k, v) in p.attrs.iter().flat_map(|f| f.fields()) {
+        s += &format!(" {k}={}", field_json(&v));
     }
     s += &format!(" source={}", p.source.as_str());
     let mut s = text_safe(&s).into_owned();
@@ -434,6 +445,31 @@ mod tests {
              netns=4026532000 queue=3/2 pid=? source=sock_diag"
         );
         assert!(lost(Format::Json, at, 7).contains("\"count\":7"));
+    }
+
+    #[test]
+    fn facts_are_rounded_where_rendered() {
+        let mut p = pending();
+        p.attrs = vec![
+            crate::model::Fact::CloseWait {
+                oldest_seconds: 29.96,
+                growth_per_minute: 2.0,
+            },
+            crate::model::Fact::PortRange { lo: 1, hi: 4 },
+        ];
+        let r = Report {
+            at: UNIX_EPOCH,
+            pending: &p,
+            owner: None,
+            accepts: None,
+            verdict: None,
+        };
+        assert!(text(&r).contains(
+            " close_wait.oldest_seconds=30.0 close_wait.growth_per_minute=2.0 \
+             port_range=\"1-4\" port_range.size=4 "
+        ));
+        assert_eq!(json(&r)["close_wait.oldest_seconds"], 30.0);
+        assert_eq!(json(&r)["port_range"], "1-4");
     }
 
     /// A name a process can give itself with prctl(PR_SET_NAME), and

@@ -31,6 +31,7 @@ pub mod otlp;
 pub mod poll;
 pub mod privs;
 pub mod protos;
+pub mod report;
 pub mod resolve;
 pub mod run;
 pub mod sink;

@@ -192,8 +192,7 @@ impl Kind {
     }
 }
 
-/// An extra fact on a report line: a JSON-style key and its value.
-pub type Attr = (&'static str, serde_json::Value);
+pub use crate::report::Fact;
 
 /// Aggregated counts for one listener (or, for socket-less resets, one local
 /// endpoint) and one kind, over one interval.
@@ -215,8 +214,8 @@ pub struct Pending {
     /// A socket whose owner is the line's owner (for lines that are not
     /// about a listener).
     pub inode: Option<u32>,
-    /// Kind-specific facts.
-    pub attrs: Vec<Attr>,
+    /// Kind-specific facts, typed and unrounded.
+    pub attrs: Vec<Fact>,
 }
 
 /// TCP state names as `ss` prints them.

@@ -749,10 +749,10 @@ impl Session {
             let listener = self.agg.busiest_listener(&resolve::sockets_of(pid));
             let mut attrs = Vec::new();
             if let Some(n) = resolve::open_fds(pid) {
-                attrs.push(("process.open_fds", serde_json::json!(n)));
+                attrs.push(crate::model::Fact::OpenFds(n as u64));
             }
             if let Some(n) = resolve::fd_limit(pid) {
-                attrs.push(("process.fd_limit", serde_json::json!(n)));
+                attrs.push(crate::model::Fact::FdLimit(n));
             }
             self.agg.on_accept_errors(pid, errno, n, listener, attrs);
         }

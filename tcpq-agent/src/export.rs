@@ -94,7 +94,7 @@ pub fn timestamp(at: SystemTime) -> String {
 
 /// Whether the line names a server end (`server.address`/`server.port`):
 /// a listener, a connect()'s destination, or a socket-less reset's port.
-fn has_server(p: &Pending) -> bool {
+pub fn has_server(p: &Pending) -> bool {
     !p.kind.is_connection() && (p.key.is_some() || p.info.port != 0)
 }
 

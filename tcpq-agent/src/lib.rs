@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod decode;
 pub mod doctor;
+pub mod event;
 pub mod explain;
 pub mod export;
 pub mod k8s;

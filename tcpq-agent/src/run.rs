@@ -31,7 +31,7 @@ use crate::{
     export::{self, Report},
     latency::{self, Summary},
     metrics::{self, Labels, Registry, Type},
-    model::{self, Measure},
+    model::{self, Event, Measure},
     sink::{AgentFilters, LineOut, RawStdout, Sink, View},
     syslog::Syslog,
     trace::{self, Control},
@@ -273,7 +273,7 @@ struct Sidecar {
     out_failing: Option<u64>,
 }
 
-/// A label's name in OTLP: the JSON lines' key it came from.
+/// A label's name in OTLP: the JSON lines' key of the same fact.
 fn otlp_attr(label: &str) -> String {
     LABELS
         .iter()
@@ -282,8 +282,8 @@ fn otlp_attr(label: &str) -> String {
         .to_string()
 }
 
-/// A line's labels: where, whose, and the kind's dimensions. Every family
-/// has all of them (empty ones are not rendered); no pid (pids churn).
+/// A report's labels, with the JSON lines' keys of the same facts (their
+/// OTLP names), in the order [`labels`] gives them.
 const LABELS: [(&str, &str); 12] = [
     ("server_address", "server.address"),
     ("server_port", "server.port"),
@@ -299,18 +299,38 @@ const LABELS: [(&str, &str); 12] = [
     ("tcp_state", "tcp.state"),
 ];
 
-fn labels(v: &Value) -> Labels {
-    LABELS
-        .iter()
-        .map(|&(label, key)| (label, v.get(key).map(plain).unwrap_or_default()))
-        .collect()
-}
-
-fn plain(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// A report's labels: where, whose, and the kind's dimensions. Every family
+/// has all of them (empty ones are not rendered); no pid (pids churn).
+fn labels(r: &Report) -> Labels {
+    let p = r.pending;
+    let text = |v: Option<&str>| v.unwrap_or_default().to_string();
+    let (addr, port) = match export::has_server(p) {
+        true => (p.info.addr.to_string(), p.info.port.to_string()),
+        false => Default::default(),
+    };
+    let placement = r.owner.and_then(|o| o.placement.as_ref());
+    let pod = placement.and_then(|pl| pl.k8s_names.as_ref());
+    let state = match &p.kind {
+        model::Kind::ResetReceived { state } => Some(*state),
+        _ => None,
+    };
+    let values = [
+        addr,
+        port,
+        p.netns
+            .or(p.key.map(|k| k.netns))
+            .map_or_else(String::new, |n| n.to_string()),
+        text(r.owner.map(|o| o.name.as_str())),
+        text(placement.and_then(|pl| pl.container_id.as_deref())),
+        text(pod.map(|n| n.namespace.as_str())),
+        text(pod.map(|n| n.pod.as_str())),
+        text(p.kind.stage().map(model::Stage::as_str)),
+        text(p.kind.next()),
+        text(p.kind.reason()),
+        text(p.kind.error()),
+        text(state),
+    ];
+    LABELS.iter().map(|(l, _)| *l).zip(values).collect()
 }
 
 /// The families that exist whether or not anything happened yet.
@@ -339,10 +359,10 @@ fn describe(r: &mut Registry) {
     ] {
         r.describe(name, help, ty);
     }
-    for event in model::EVENTS {
-        match model::measure(event) {
-            Measure::Counter { name, help } => r.describe(&name, &help, Type::Counter),
-            Measure::Gauge { name, help } => r.describe(&name, &help, Type::Gauge),
+    for event in Event::ALL {
+        match event.measure() {
+            Measure::Counter { name, help } => r.describe(name, help, Type::Counter),
+            Measure::Gauge { name, help } => r.describe(name, help, Type::Gauge),
             Measure::Other => {}
         }
     }
@@ -427,14 +447,12 @@ impl Sidecar {
         }
     }
 
-    fn count(&mut self, v: &Value) {
-        let event = v["event"].as_str().unwrap_or("");
-        let n = v["count"].as_u64().unwrap_or(0);
-        match model::measure(event) {
+    fn count(&mut self, report: &Report) {
+        match report.pending.kind.event().measure() {
             Measure::Counter { name, help } => {
                 let mut r = self.registry();
-                r.describe(&name, &help, Type::Counter);
-                r.inc(&name, &labels(v), n);
+                r.describe(name, help, Type::Counter);
+                r.inc(name, &labels(report), report.pending.count);
             }
             // Gauges are rebuilt from the engine's state at every flush.
             Measure::Gauge { .. } | Measure::Other => {}
@@ -528,8 +546,8 @@ impl Sidecar {
         let mut r = reg.lock().unwrap_or_else(|e| e.into_inner());
         r.replace_gauges("tcpq_listen_queue_length", len);
         r.replace_gauges("tcpq_listen_queue_limit", limit);
-        if let Measure::Gauge { name, .. } = model::measure("close_wait") {
-            r.replace_gauges(&name, close_wait);
+        if let Measure::Gauge { name, .. } = Event::CloseWait.measure() {
+            r.replace_gauges(name, close_wait);
         }
         r.replace_gauges("tcpq_local_port_range_size", range);
         r.replace_gauges("tcpq_time_wait_sockets", time_wait);
@@ -715,9 +733,8 @@ impl Sidecar {
 
 impl Sink for Sidecar {
     fn report(&mut self, r: &Report) -> io::Result<()> {
-        let v = export::json(r);
-        self.count(&v);
-        self.emit(&v, true);
+        self.count(r);
+        self.emit(&export::json(r), true);
         Ok(())
     }
 
@@ -859,30 +876,99 @@ impl Sink for Sidecar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Kind, ListenerInfo, ListenerKey, Next, Pending, Source, Stage};
 
-    #[test]
-    fn labels_come_from_the_json_keys_without_pid() {
-        let v = json!({
-            "event": "listen_overflow", "count": 3, "stage": "syn",
-            "server.address": "127.0.0.1", "server.port": 8080,
-            "network.netns": 4026531840u32, "process.pid": 7,
-            "process.executable.name": "nginx",
-        });
-        let l = labels(&v);
-        let get = |k: &str| l.iter().find(|(n, _)| *n == k).unwrap().1.clone();
-        assert_eq!(get("server_address"), "127.0.0.1");
-        assert_eq!(get("server_port"), "8080");
-        assert_eq!(get("netns"), "4026531840");
-        assert_eq!(get("process"), "nginx");
-        assert_eq!(get("stage"), "syn");
-        assert_eq!(get("container_id"), "");
-        assert!(l.iter().all(|(n, _)| !n.contains("pid")));
+    fn report_of(kind: Kind, owner: Option<&crate::resolve::Owner>, f: impl Fn(Report)) {
+        let p = Pending {
+            kind,
+            source: Source::Tracepoint,
+            key: Some(ListenerKey {
+                netns: 4026531840,
+                inode: 9,
+            }),
+            netns: None,
+            info: ListenerInfo {
+                addr: "127.0.0.1".parse().unwrap(),
+                port: 8080,
+                queue_len: 1,
+                queue_limit: 2,
+            },
+            count: 3,
+            peer: Some(("10.0.0.1".parse().unwrap(), 5555)),
+            pid: Some(7),
+            inode: None,
+            attrs: Vec::new(),
+        };
+        f(Report {
+            at: SystemTime::UNIX_EPOCH,
+            pending: &p,
+            owner,
+            accepts: None,
+            verdict: None,
+        })
     }
 
     #[test]
-    fn every_event_kind_has_a_metric_and_new_ones_get_one() {
-        // Every kind the model names is in the list exporters declare.
-        use crate::model::{Kind, Next, Stage};
+    fn labels_are_the_json_lines_facts_without_pid() {
+        let owner = crate::resolve::Owner {
+            pid: 7,
+            name: "nginx".into(),
+            exe: None,
+            cmdline: None,
+            user: None,
+            placement: Some(crate::cgroup::Placement {
+                container_id: Some("abc".into()),
+                k8s_names: Some(crate::k8s::PodNames {
+                    namespace: "shop".into(),
+                    pod: "web".into(),
+                }),
+                ..Default::default()
+            }),
+            holders: vec![7],
+        };
+        let kinds = [
+            Kind::ListenOverflow(Stage::Syn, Next::Reset),
+            Kind::ResetSent {
+                reason: "r",
+                kernel_reason: "k".into(),
+            },
+            Kind::ResetReceived {
+                state: "ESTABLISHED",
+            },
+            Kind::ConnectError { error: "E".into() },
+        ];
+        for (kind, owner) in kinds.iter().flat_map(|k| [(k, None), (k, Some(&owner))]) {
+            report_of(kind.clone(), owner, |r| {
+                let l = labels(&r);
+                let v = export::json(&r);
+                assert!(l.iter().all(|(n, _)| !n.contains("pid")));
+                // The same values the JSON line has under the labels' keys.
+                for ((label, value), (name, key)) in l.iter().zip(LABELS) {
+                    let want = match v.get(key) {
+                        None => String::new(),
+                        Some(Value::String(s)) => s.clone(),
+                        Some(other) => other.to_string(),
+                    };
+                    assert_eq!((*label, value), (name, &want), "{kind:?}");
+                }
+                assert_eq!(l.len(), LABELS.len());
+            });
+        }
+        report_of(kinds[0].clone(), Some(&owner), |r| {
+            let l = labels(&r);
+            let get = |k: &str| l.iter().find(|(n, _)| *n == k).unwrap().1.clone();
+            assert_eq!(get("server_address"), "127.0.0.1");
+            assert_eq!(get("server_port"), "8080");
+            assert_eq!(get("netns"), "4026531840");
+            assert_eq!(get("process"), "nginx");
+            assert_eq!(get("container_id"), "abc");
+            assert_eq!(get("stage"), "syn");
+            assert_eq!(get("next"), "reset");
+        });
+    }
+
+    #[test]
+    fn every_event_kind_has_a_metric() {
         for k in [
             Kind::ListenOverflow(Stage::Syn, Next::Unknown),
             Kind::ListenDrop(Stage::Ack),
@@ -899,13 +985,13 @@ mod tests {
             Kind::CloseWait,
             Kind::AcceptLatency,
         ] {
-            assert!(model::EVENTS.contains(&k.event_name()), "{k:?}");
+            assert!(Event::ALL.contains(&k.event()), "{k:?}");
         }
         let mut r = Registry::new(10, Duration::from_secs(60));
         describe(&mut r);
         let text = r.render();
-        for e in model::EVENTS {
-            match model::measure(e) {
+        for e in Event::ALL {
+            match e.measure() {
                 Measure::Counter { name, .. } | Measure::Gauge { name, .. } => {
                     assert!(text.contains(&format!("# TYPE {name} ")), "{name}")
                 }
@@ -913,12 +999,12 @@ mod tests {
             }
         }
         // Every kind but the gauge and the histogram is a counter.
-        for e in model::EVENTS
+        for e in Event::ALL
             .iter()
-            .filter(|e| !matches!(**e, "close_wait" | "accept_latency"))
+            .filter(|e| !matches!(**e, Event::CloseWait | Event::AcceptLatency))
         {
-            let Measure::Counter { name, .. } = model::measure(e) else {
-                panic!("{e}")
+            let Measure::Counter { name, .. } = e.measure() else {
+                panic!("{e:?}")
             };
             assert!(
                 name.starts_with("tcpq_") && name.ends_with("_total"),
@@ -926,15 +1012,11 @@ mod tests {
             );
         }
         assert_eq!(
-            model::measure("listen_overflow"),
+            Event::ListenOverflow.measure(),
             Measure::Counter {
-                name: "tcpq_listen_overflows_total".into(),
-                help: "Connections lost to a full accept queue (ListenOverflows).".into()
+                name: "tcpq_listen_overflows_total",
+                help: "Connections lost to a full accept queue (ListenOverflows)."
             }
         );
-        let Measure::Counter { name, .. } = model::measure("brand-new") else {
-            panic!()
-        };
-        assert_eq!(name, "tcpq_brand_new_total");
     }
 }

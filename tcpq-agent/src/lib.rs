@@ -20,6 +20,7 @@ pub mod doctor;
 pub mod event;
 pub mod explain;
 pub mod export;
+pub mod head;
 pub mod k8s;
 pub mod kernel;
 pub mod latency;

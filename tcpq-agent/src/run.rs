@@ -29,6 +29,7 @@ use crate::{
     cli::RunArgs,
     config,
     export::{self, Report},
+    head::Head,
     latency::{self, Summary},
     metrics::{self, Labels, Registry, Type},
     model::{self, Event, Measure},
@@ -373,9 +374,9 @@ impl Sidecar {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A line to the JSON output and syslog; write errors are counted (a
-    /// full disk must not stop the metrics).
-    fn emit(&mut self, v: &Value, to_syslog: bool) {
+    /// A line to the JSON output and, with its `head`, to syslog and OTLP;
+    /// write errors are counted (a full disk must not stop the metrics).
+    fn emit(&mut self, v: &Value, head: Option<Head>) {
         match self.out.line(v) {
             Ok(()) if self.out_failing.is_some() => {
                 let since = self.out_failing.take().unwrap_or_default();
@@ -399,13 +400,13 @@ impl Sidecar {
                 r.inc("tcpq_output_lines_lost_total", &Vec::new(), 1);
             }
         }
-        if to_syslog {
+        if let Some(head) = head {
             self.take_new_syslog();
             if let Some(s) = &self.syslog {
-                s.send(v);
+                s.send(&head, v);
             }
             if let Some(o) = &self.otlp {
-                o.log(v);
+                o.log(&head, v);
             }
         }
     }
@@ -734,12 +735,12 @@ impl Sidecar {
 impl Sink for Sidecar {
     fn report(&mut self, r: &Report) -> io::Result<()> {
         self.count(r);
-        self.emit(&export::json(r), true);
+        self.emit(&export::json(r), Some(Head::report(r)));
         Ok(())
     }
 
     fn lost(&mut self, at: SystemTime, n: u64) -> io::Result<()> {
-        self.emit(&export::lost_json(at, n), true);
+        self.emit(&export::lost_json(at, n), Some(Head::lost(at)));
         Ok(())
     }
 
@@ -778,10 +779,10 @@ impl Sink for Sidecar {
                     self.owners.insert(ino as u32, (p.to_string(), c));
                 }
             }
-            self.emit(&v, false);
+            self.emit(&v, None);
         }
         let h = self.health_line(view);
-        self.emit(&h, false);
+        self.emit(&h, None);
         Ok(())
     }
 

@@ -166,14 +166,10 @@ async fn snapshots(
                 }
             }
         }
-        let rows = tokio::task::spawn_blocking(move || {
-            crate::status::collect(port)
-                .map(|(rows, ports)| crate::status::json_lines(&rows, &ports, SystemTime::now()))
-        })
-        .await;
-        match rows {
-            Ok(Ok(lines)) => {
-                if tx.send(Control::Snapshot(lines)).await.is_err() {
+        let snap = tokio::task::spawn_blocking(move || crate::status::collect(port)).await;
+        match snap {
+            Ok(Ok(snap)) => {
+                if tx.send(Control::Snapshot(snap)).await.is_err() {
                     return;
                 }
             }
@@ -258,9 +254,9 @@ struct Sidecar {
     /// A connection to the syslog target of a reload, taken over once made.
     next_syslog: Arc<Mutex<Option<(crate::syslog::Connection, crate::syslog::Config)>>>,
     registry: Arc<Mutex<Registry>>,
-    /// Listener inode → (process, container id), from the snapshots, for
-    /// the labels of listeners whose owner the engine has not resolved.
-    owners: HashMap<u32, (String, String)>,
+    /// Listener inode → owner, from the last snapshot's rows, for the
+    /// labels of listeners whose owner the engine has not resolved.
+    owners: HashMap<u32, crate::resolve::Owner>,
     snapshot_every: watch::Sender<Option<Duration>>,
     warned_overflow: bool,
     expired_at: Instant,
@@ -489,15 +485,12 @@ impl Sidecar {
     /// Process and container of a listener: the engine's resolver, else
     /// the last snapshot.
     fn owner_labels(&self, view: &View, inode: u32) -> (String, String) {
-        if let Some(o) = view.resolver.get(inode) {
-            let container = o
-                .placement
-                .as_ref()
-                .and_then(|p| p.container_id.clone())
-                .unwrap_or_default();
-            return (o.name.clone(), container);
-        }
-        self.owners.get(&inode).cloned().unwrap_or_default()
+        let Some(o) = view.resolver.get(inode).or(self.owners.get(&inode)) else {
+            return Default::default();
+        };
+        let placement = o.placement.as_ref();
+        let container = placement.and_then(|p| p.container_id.clone());
+        (o.name.clone(), container.unwrap_or_default())
     }
 
     fn gauges(&mut self, view: &View) {
@@ -766,21 +759,13 @@ impl Sink for Sidecar {
         Ok(())
     }
 
-    fn snapshot(&mut self, lines: Vec<Value>, view: &View) -> io::Result<()> {
-        self.owners.clear();
-        for mut v in lines {
-            if v["event"] == "listener" {
-                v["event"] = json!("listener_snapshot");
-                if let (Some(ino), Some(p)) = (
-                    v["socket.inode"].as_u64(),
-                    v["process.executable.name"].as_str(),
-                ) {
-                    let c = v["container.id"].as_str().unwrap_or("").to_string();
-                    self.owners.insert(ino as u32, (p.to_string(), c));
-                }
-            }
+    fn snapshot(&mut self, snap: crate::status::Snapshot, view: &View) -> io::Result<()> {
+        for v in crate::status::json_lines(&snap, "listener_snapshot") {
             self.emit(&v, None);
         }
+        self.owners = (snap.rows.into_iter())
+            .filter_map(|r| Some((r.sock.inode, r.owner?)))
+            .collect();
         let h = self.health_line(view);
         self.emit(&h, None);
         Ok(())

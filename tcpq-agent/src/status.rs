@@ -223,9 +223,17 @@ fn reuseport_groups(snaps: &[crate::aggregate::NetnsSnapshot]) -> Vec<Vec<u32>> 
     groups.into_values().filter(|g| g.len() > 1).collect()
 }
 
-/// Every listener's row (sorted by netns, port, inode), and the local-port
-/// verdict of each namespace that is short of ports.
-pub fn collect(port: Option<u16>) -> Result<(Vec<Row>, BTreeMap<u32, verdict::Verdict>)> {
+/// One look at the host: every listener's row (sorted by netns, port,
+/// inode), and the local-port verdict of each namespace short of ports.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// When the look ended.
+    pub at: std::time::SystemTime,
+    pub rows: Vec<Row>,
+    pub ports: BTreeMap<u32, verdict::Verdict>,
+}
+
+pub fn collect(port: Option<u16>) -> Result<Snapshot> {
     let home = File::open("/proc/thread-self/ns/net").context("opening our network namespace")?;
     let home_ino = netns::current()?;
     let snaps = poll::round(
@@ -264,19 +272,21 @@ pub fn collect(port: Option<u16>) -> Result<(Vec<Row>, BTreeMap<u32, verdict::Ve
         }
     }
     all.sort_by_key(|r| (r.netns, r.sock.lport, r.sock.inode));
-    Ok((all, ports))
+    Ok(Snapshot {
+        at: std::time::SystemTime::now(),
+        rows: all,
+        ports,
+    })
 }
 
-/// The JSON form: one object per listener (`event` = `listener`), then one
-/// `local_ports` object per namespace short of ports.
-pub fn json_lines(
-    rows: &[Row],
-    ports: &BTreeMap<u32, verdict::Verdict>,
-    at: std::time::SystemTime,
-) -> Vec<Value> {
+/// The JSON form: one object per listener (`event` = `listener_event`),
+/// then one `local_ports` object per namespace short of ports.
+pub fn json_lines(snap: &Snapshot, listener_event: &str) -> Vec<Value> {
+    let (rows, ports, at) = (&snap.rows, &snap.ports, snap.at);
     let mut out = Vec::new();
     for r in rows {
         let mut v = json_row(r);
+        v["event"] = json!(listener_event);
         v["timestamp"] = json!(export::timestamp(at));
         v["schema.version"] = json!(export::SCHEMA_VERSION);
         out.push(v);
@@ -295,19 +305,18 @@ pub fn json_lines(
 }
 
 pub fn run(format: Format, port: Option<u16>) -> Result<()> {
-    let (all, ports) = collect(port)?;
-    let at = std::time::SystemTime::now();
+    let snap = collect(port)?;
     let mut out = std::io::stdout().lock();
     let written = (|| -> std::io::Result<()> {
         match format {
             Format::Json => {
-                for v in json_lines(&all, &ports, at) {
+                for v in json_lines(&snap, "listener") {
                     writeln!(out, "{}", export::json_line(&v))?;
                 }
             }
             Format::Text => {
-                write!(out, "{}", text_table(&all))?;
-                for (ns, v) in &ports {
+                write!(out, "{}", text_table(&snap.rows))?;
+                for (ns, v) in &snap.ports {
                     writeln!(
                         out,
                         "netns {ns} local ports:\n    cause:  {}\n    remedy: {}",

@@ -21,6 +21,7 @@ pub mod event;
 pub mod explain;
 pub mod export;
 pub mod head;
+pub mod json;
 pub mod k8s;
 pub mod kernel;
 pub mod latency;

@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{anyhow, Context, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::{mpsc, watch},
@@ -208,7 +208,7 @@ impl Output {
     }
 
     fn line(&mut self, v: &Value) -> io::Result<()> {
-        let line = export::json_line(v);
+        let line = crate::json::line(v);
         match self {
             Output::Stdout(w) => w.line(&line),
             Output::File { w, .. } => w.line(&line),
@@ -238,6 +238,19 @@ fn open_append(path: &PathBuf) -> io::Result<File> {
         .read(true)
         .append(true)
         .open(path)
+}
+
+/// The sidecar's `agent_health` line: the engine's health and its own.
+pub struct HealthLine<'a> {
+    pub at: SystemTime,
+    pub engine: &'a crate::sink::Health,
+    pub metric_series: usize,
+    pub metric_series_overflowed: u64,
+    pub netns_unreadable: u64,
+    pub owner_lookup_failures: u64,
+    /// Syslog messages dropped and truncated, when syslog ran.
+    pub syslog: Option<(u64, u64)>,
+    pub output_lines_lost: u64,
 }
 
 struct Sidecar {
@@ -659,36 +672,23 @@ impl Sidecar {
     }
 
     fn health_line(&self, view: &View) -> Value {
-        let h = &view.health;
         let r = self.registry();
-        let mut v = json!({
-            "timestamp": export::timestamp(SystemTime::now()),
-            "schema.version": export::SCHEMA_VERSION,
-            "event": "agent_health",
-            "agent.events_received": h.received,
-            "agent.events_lost": h.lost,
-            "agent.undecodable": h.undecodable,
-            "agent.ringbuf_fill_ratio": h.ringbuf_fill,
-            "agent.tracked_listeners": h.tracked_listeners,
-            "agent.owners_cached": h.owners_cached,
-            "agent.metric_series": r.series(),
-            "agent.metric_series_overflowed": r.overflowed(),
-            "agent.kernel_map_losses": h.map_losses.rows().iter().map(|(map, loss, n)| (format!("{map}.{loss}"), json!(n))).collect::<serde_json::Map<_, _>>(),
-            "agent.probes": h.probes.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
-        });
         let (unreadable, owner_failures) = crate::privs::loss_metrics();
         let total = |s: &crate::privs::LossSeries| s.iter().map(|(_, _, n)| n).sum::<u64>();
-        v["agent.netns_unreadable"] = json!(total(&unreadable));
-        v["agent.owner_lookup_failures"] = json!(total(&owner_failures));
-        if let Some(s) = &self.syslog_stats {
+        let syslog = self.syslog_stats.as_ref().map(|s| {
             use std::sync::atomic::Ordering::Relaxed;
-            v["agent.syslog_dropped"] = json!(s.dropped.load(Relaxed));
-            v["agent.syslog_truncated"] = json!(s.truncated.load(Relaxed));
-        }
-        if self.lines_lost > 0 {
-            v["agent.output_lines_lost"] = json!(self.lines_lost);
-        }
-        v
+            (s.dropped.load(Relaxed), s.truncated.load(Relaxed))
+        });
+        crate::json::health(&HealthLine {
+            at: SystemTime::now(),
+            engine: &view.health,
+            metric_series: r.series(),
+            metric_series_overflowed: r.overflowed(),
+            netns_unreadable: total(&unreadable),
+            owner_lookup_failures: total(&owner_failures),
+            syslog,
+            output_lines_lost: self.lines_lost,
+        })
     }
 
     async fn close(&mut self) {
@@ -728,12 +728,12 @@ impl Sidecar {
 impl Sink for Sidecar {
     fn report(&mut self, r: &Report) -> io::Result<()> {
         self.count(r);
-        self.emit(&export::json(r), Some(Head::report(r)));
+        self.emit(&crate::json::report(r), Some(Head::report(r)));
         Ok(())
     }
 
     fn lost(&mut self, at: SystemTime, n: u64) -> io::Result<()> {
-        self.emit(&export::lost_json(at, n), Some(Head::lost(at)));
+        self.emit(&crate::json::lost(at, n), Some(Head::lost(at)));
         Ok(())
     }
 
@@ -760,7 +760,7 @@ impl Sink for Sidecar {
     }
 
     fn snapshot(&mut self, snap: crate::status::Snapshot, view: &View) -> io::Result<()> {
-        for v in crate::status::json_lines(&snap, "listener_snapshot") {
+        for v in crate::json::status(&snap, "listener_snapshot") {
             self.emit(&v, None);
         }
         self.owners = (snap.rows.into_iter())
@@ -926,7 +926,7 @@ mod tests {
         for (kind, owner) in kinds.iter().flat_map(|k| [(k, None), (k, Some(&owner))]) {
             report_of(kind.clone(), owner, |r| {
                 let l = labels(&r);
-                let v = export::json(&r);
+                let v = crate::json::report(&r);
                 assert!(l.iter().all(|(n, _)| !n.contains("pid")));
                 // The same values the JSON line has under the labels' keys.
                 for ((label, value), (name, key)) in l.iter().zip(LABELS) {

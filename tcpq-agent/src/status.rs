@@ -10,7 +10,6 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use serde_json::{json, Map, Value};
 
 use crate::{
     export::{self, Format},
@@ -119,42 +118,6 @@ fn evidence(r: &Row) -> ListenerEvidence {
 
 fn endpoint(s: &DiagSock) -> String {
     export::endpoint(s.local, s.lport)
-}
-
-pub fn json_row(r: &Row) -> Value {
-    let mut m = Map::new();
-    m.insert("event".into(), json!("listener"));
-    m.insert("server.address".into(), json!(r.sock.local.to_string()));
-    m.insert("server.port".into(), json!(r.sock.lport));
-    m.insert("network.netns".into(), json!(r.netns));
-    m.insert("socket.inode".into(), json!(r.sock.inode));
-    if let Some(o) = &r.owner {
-        export::owner_json(o, &mut m);
-    }
-    if let Some(n) = r.open_fds {
-        m.insert("process.open_fds".into(), json!(n));
-    }
-    if let Some(n) = r.fd_limit {
-        m.insert("process.fd_limit".into(), json!(n));
-    }
-    m.insert("queue.length".into(), json!(r.sock.rqueue));
-    m.insert("queue.limit".into(), json!(r.sock.wqueue));
-    if let Some(v) = r.settings.somaxconn {
-        m.insert("net.core.somaxconn".into(), json!(v));
-        // The limit is min(backlog, somaxconn): equal means it was capped
-        // (or asked for exactly that).
-        m.insert("queue.limit_is_somaxconn".into(), json!(v == r.sock.wqueue));
-    }
-    if let Some(d) = r.sock.drops {
-        m.insert("drops".into(), json!(d));
-    }
-    m.insert("syn_queue.length".into(), json!(r.syn_queue));
-    m.insert("close_wait.count".into(), json!(r.close_wait));
-    if let Some(v) = &r.verdict {
-        m.insert("verdict.cause".into(), json!(v.cause));
-        m.insert("verdict.remedy".into(), json!(v.remedy));
-    }
-    Value::Object(m)
 }
 
 pub fn text_table(rows: &[Row]) -> String {
@@ -279,39 +242,14 @@ pub fn collect(port: Option<u16>) -> Result<Snapshot> {
     })
 }
 
-/// The JSON form: one object per listener (`event` = `listener_event`),
-/// then one `local_ports` object per namespace short of ports.
-pub fn json_lines(snap: &Snapshot, listener_event: &str) -> Vec<Value> {
-    let (rows, ports, at) = (&snap.rows, &snap.ports, snap.at);
-    let mut out = Vec::new();
-    for r in rows {
-        let mut v = json_row(r);
-        v["event"] = json!(listener_event);
-        v["timestamp"] = json!(export::timestamp(at));
-        v["schema.version"] = json!(export::SCHEMA_VERSION);
-        out.push(v);
-    }
-    for (ns, v) in ports {
-        out.push(json!({
-            "timestamp": export::timestamp(at),
-            "schema.version": export::SCHEMA_VERSION,
-            "event": "local_ports",
-            "network.netns": ns,
-            "verdict.cause": v.cause,
-            "verdict.remedy": v.remedy,
-        }));
-    }
-    out
-}
-
 pub fn run(format: Format, port: Option<u16>) -> Result<()> {
     let snap = collect(port)?;
     let mut out = std::io::stdout().lock();
     let written = (|| -> std::io::Result<()> {
         match format {
             Format::Json => {
-                for v in json_lines(&snap, "listener") {
-                    writeln!(out, "{}", export::json_line(&v))?;
+                for v in crate::json::status(&snap, "listener") {
+                    writeln!(out, "{}", crate::json::line(&v))?;
                 }
             }
             Format::Text => {
@@ -335,6 +273,7 @@ pub fn run(format: Format, port: Option<u16>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json::status_row as json_row;
     use crate::netstat::Sysctls;
 
     fn sock(state: u8, port: u16, rq: u32, wq: u32, drops: u32) -> DiagSock {

@@ -193,7 +193,7 @@ pub fn format(
         header_field(hostname, 255),
         header_field(app_name, 48),
         header_field(&pid.to_string(), 128),
-        crate::export::json_line(event),
+        crate::json::line(event),
     )
 }
 

@@ -896,21 +896,18 @@ mod tests {
 
     #[test]
     fn labels_are_the_json_lines_facts_without_pid() {
+        let pod = crate::k8s::PodNames {
+            namespace: "shop".into(),
+            pod: "web".into(),
+        };
         let owner = crate::resolve::Owner {
-            pid: 7,
             name: "nginx".into(),
-            exe: None,
-            cmdline: None,
-            user: None,
             placement: Some(crate::cgroup::Placement {
                 container_id: Some("abc".into()),
-                k8s_names: Some(crate::k8s::PodNames {
-                    namespace: "shop".into(),
-                    pod: "web".into(),
-                }),
+                k8s_names: Some(pod),
                 ..Default::default()
             }),
-            holders: vec![7],
+            ..Default::default()
         };
         let kinds = [
             Kind::ListenOverflow(Stage::Syn, Next::Reset),

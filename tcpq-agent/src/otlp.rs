@@ -32,13 +32,13 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message;
 use serde_json::Value;
-
-use crate::head::{Head, Severity};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
     sync::mpsc,
 };
+
+use crate::head::{Head, Severity};
 
 /// Where and how to export.
 #[derive(Debug, Clone, PartialEq)]

@@ -28,11 +28,11 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 use tokio::io::AsyncWrite;
-
-pub use crate::head::{Head, Severity};
 use tokio::net::{TcpStream, UdpSocket, UnixDatagram, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, timeout};
+
+pub use crate::head::{Head, Severity};
 
 const QUEUE: usize = 10_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

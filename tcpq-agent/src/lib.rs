@@ -24,6 +24,7 @@ pub mod head;
 pub mod json;
 pub mod k8s;
 pub mod kernel;
+pub mod labels;
 pub mod latency;
 pub mod load;
 pub mod metrics;

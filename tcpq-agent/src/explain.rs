@@ -189,6 +189,19 @@ mod tests {
     }
 
     #[test]
+    fn a_verdict_reads_the_exact_p99() {
+        let mut p = pending(Kind::AcceptLatency, 10);
+        // 851.46 ms: the line shows 851.5, the verdict rounds once.
+        p.attrs = vec![Fact::AcceptLatency {
+            p50_ns: 1_000_000,
+            p99_ns: 851_460_000,
+            max_ns: 900_000_000,
+        }];
+        let v = line(&p, None, Some(&ns())).unwrap();
+        assert!(v.cause.contains("waited 851 ms (p99)"), "{}", v.cause);
+    }
+
+    #[test]
     fn retransmits_have_no_verdict_of_their_own() {
         assert!(line(&pending(Kind::SynackRetransmit, 3), None, Some(&ns())).is_none());
     }

@@ -3,7 +3,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
-use tcpq_agent::syslog::{format, Facility};
+use tcpq_agent::syslog::{format, Facility, Head, Severity};
 
 fuzz_target!(|data: &[u8]| {
     // Either a JSON event as given, or an event whose fields are the
@@ -24,7 +24,13 @@ fuzz_target!(|data: &[u8]| {
         })
     });
     let host = String::from_utf8_lossy(data.get(..16).unwrap_or(data)).into_owned();
-    let msg = format(&event, Facility::Daemon, &host, "tcpq", 4242);
+    // The MSGID is the event's name: from the input too.
+    let head = Head {
+        at: std::time::SystemTime::now(),
+        event: event.get("event").and_then(Value::as_str).unwrap_or(""),
+        severity: Severity::Notice,
+    };
+    let msg = format(&head, &event, Facility::Daemon, &host, "tcpq", 4242);
     let pri = msg
         .strip_prefix('<')
         .and_then(|m| m.split_once(">1 "))

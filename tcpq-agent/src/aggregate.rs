@@ -17,11 +17,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use tcpq_common::{accepted::PeerKey, event::outcome, EventKind};
 
-use serde_json::json;
-
 use crate::{
     decode::KernelEvent,
-    model::{self, Attr, Kind, ListenerInfo, ListenerKey, Next, Pending, Source, Stage},
+    model::{self, Fact, Kind, ListenerInfo, ListenerKey, Next, Pending, Source, Stage},
     netstat::NetnsState,
     sockdiag::{self, DiagSock},
 };
@@ -68,13 +66,12 @@ pub fn classify_syn_drop(info: &ListenerInfo, qlen: u32, syncookies: u8, msb: u3
 
 /// What is left of the namespace's local port range: its size and the
 /// sockets in TIME_WAIT holding ports of it.
-fn port_headroom(st: &NetnsState, attrs: &mut Vec<Attr>) {
+fn port_headroom(st: &NetnsState, attrs: &mut Vec<Fact>) {
     if let Some(tw) = st.time_wait {
-        attrs.push(("time_wait.count", json!(tw)));
+        attrs.push(Fact::TimeWait(tw));
     }
     if let Some((lo, hi)) = st.sysctls.port_range {
-        attrs.push(("port_range", json!(format!("{lo}-{hi}"))));
-        attrs.push(("port_range.size", json!(hi as u32 - lo as u32 + 1)));
+        attrs.push(Fact::PortRange { lo, hi });
     }
 }
 
@@ -166,7 +163,7 @@ struct Slot {
     count: u64,
     peer: Option<Endpoint>,
     inode: Option<u32>,
-    attrs: Vec<Attr>,
+    attrs: Vec<Fact>,
     /// Timestamp of the latest kernel event counted (0: none).
     last_ts: u64,
     /// `take`s this slot was held back for.
@@ -186,7 +183,7 @@ struct Line {
     netns: Option<u32>,
     pid: Option<u32>,
     inode: Option<u32>,
-    attrs: Vec<Attr>,
+    attrs: Vec<Fact>,
     ts: u64,
 }
 
@@ -331,7 +328,7 @@ impl Aggregator {
         errno: u32,
         n: u64,
         listener: Option<(ListenerKey, ListenerInfo)>,
-        attrs: Vec<Attr>,
+        attrs: Vec<Fact>,
     ) {
         let (key, info) = match listener {
             Some((k, i)) => (Some(k), i),
@@ -366,7 +363,6 @@ impl Aggregator {
             .filter_map(|(k, st)| Some((*k, st.info.clone()?)))
             .min_by_key(|(k, _)| k.inode);
         let Some((key, info)) = found else { return };
-        let ms = |ns: u64| json!((ns as f64 / 1e5).round() / 10.0);
         self.add_line(Line {
             key: Some(key),
             kind: Kind::AcceptLatency,
@@ -378,11 +374,11 @@ impl Aggregator {
             netns: Some(s.netns),
             pid: None,
             inode: None,
-            attrs: vec![
-                ("accept_latency.p50_ms", ms(s.p50_ns)),
-                ("accept_latency.p99_ms", ms(s.p99_ns)),
-                ("accept_latency.max_ms", ms(s.max_ns)),
-            ],
+            attrs: vec![Fact::AcceptLatency {
+                p50_ns: s.p50_ns,
+                p99_ns: s.p99_ns,
+                max_ns: s.max_ns,
+            }],
             ts: 0,
         });
     }
@@ -440,8 +436,10 @@ impl Aggregator {
             let n = size.get(&g).copied().unwrap_or(0);
             if n > 1 && p.kind != Kind::CloseWait {
                 let t = totals[&(g, p.kind.event_name(), p.kind.stage())];
-                p.attrs.push(("reuseport.group_size", json!(n)));
-                p.attrs.push(("reuseport.group_count", json!(t)));
+                p.attrs.push(Fact::Reuseport {
+                    group_size: n,
+                    group_count: t,
+                });
             }
         }
     }
@@ -973,13 +971,10 @@ impl Aggregator {
                 netns: Some(snap.netns),
                 pid,
                 inode,
-                attrs: vec![
-                    (
-                        "close_wait.oldest_seconds",
-                        json!((age * 10.0).round() / 10.0),
-                    ),
-                    ("close_wait.growth_per_minute", json!(growth.round())),
-                ],
+                attrs: vec![Fact::CloseWait {
+                    oldest_seconds: age,
+                    growth_per_minute: growth,
+                }],
                 ts: 0,
             });
         }
@@ -1011,7 +1006,7 @@ impl Aggregator {
                     .and_then(|k| self.listeners.get(&k))
                     .and_then(|st| st.backlog_requested);
                 if let Some(b) = requested {
-                    attrs.push(("listen.backlog_requested", json!(b)));
+                    attrs.push(Fact::BacklogRequested(b));
                 }
                 if kind.error() == Some("EADDRNOTAVAIL") {
                     if let Some(st) = netns.and_then(|n| self.ns.get(&n)?.last.as_ref()) {
@@ -1078,6 +1073,7 @@ impl Aggregator {
 mod tests {
     use super::*;
     use crate::decode::{decode_event, tests::raw};
+    use crate::report::Field;
 
     const NS: u32 = 4026531840;
 
@@ -1463,11 +1459,10 @@ mod tests {
         assert_eq!(p.len(), 2);
         for l in &p {
             assert!(
-                l.attrs.contains(&("reuseport.group_size", json!(2))),
-                "{l:?}"
-            );
-            assert!(
-                l.attrs.contains(&("reuseport.group_count", json!(8))),
+                l.attrs.contains(&Fact::Reuseport {
+                    group_size: 2,
+                    group_count: 8
+                }),
                 "{l:?}"
             );
         }
@@ -1524,9 +1519,10 @@ mod tests {
         a.on_snapshot(&s2);
         let p = a.take();
         assert_eq!(p[0].count, 3);
-        let attr = |k| p[0].attrs.iter().find(|(n, _)| *n == k).unwrap().1.clone();
-        assert_eq!(attr("close_wait.oldest_seconds"), json!(30.0));
-        assert_eq!(attr("close_wait.growth_per_minute"), json!(2.0));
+        let fields: Vec<_> = p[0].attrs.iter().flat_map(Fact::fields).collect();
+        let attr = |k| fields.iter().find(|(n, _)| *n == k).unwrap().1.clone();
+        assert_eq!(attr("close_wait.oldest_seconds"), Field::Float(30.0));
+        assert_eq!(attr("close_wait.growth_per_minute"), Field::Float(2.0));
         assert_eq!(a.close_wait_now()[0].3, 3);
         // Two readings in one interval: the line has the latest (a gauge),
         // not their sum; down to none: a 0 line, and no group left.
@@ -1638,7 +1634,8 @@ mod tests {
         a.on_snapshot(&s1);
         let p = a.take();
         assert_eq!((p[0].count, p[0].pid), (1, Some(42)));
-        assert!(p[0].attrs.contains(&("time_wait.count", json!(4))));
-        assert!(p[0].attrs.contains(&("port_range.size", json!(4))));
+        assert!(p[0].attrs.contains(&Fact::TimeWait(4)));
+        let fields: Vec<_> = p[0].attrs.iter().flat_map(Fact::fields).collect();
+        assert!(fields.contains(&("port_range.size", Field::Uint(4))));
     }
 }

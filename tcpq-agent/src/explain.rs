@@ -2,15 +2,11 @@
 //! namespace's settings, handed to `verdict`. Pure.
 
 use crate::{
-    model::{Kind, Next, Pending},
+    model::{Fact, Kind, Next, Pending},
     netstat::NetnsState,
     resolve::Owner,
     verdict::{self, ListenerEvidence, PortEvidence, Verdict},
 };
-
-fn attr_u64(p: &Pending, key: &str) -> Option<u64> {
-    p.attrs.iter().find(|(k, _)| *k == key)?.1.as_u64()
-}
 
 pub fn line(p: &Pending, owner: Option<&Owner>, st: Option<&NetnsState>) -> Option<Verdict> {
     let settings = st.map(|s| s.sysctls.clone()).unwrap_or_default();
@@ -29,12 +25,10 @@ pub fn line(p: &Pending, owner: Option<&Owner>, st: Option<&NetnsState>) -> Opti
     let mut e = ListenerEvidence {
         endpoint: crate::export::endpoint(p.info.addr, p.info.port),
         // A negative listen() backlog means the largest (the kernel caps it).
-        backlog_requested: p
-            .attrs
-            .iter()
-            .find(|(k, _)| *k == "listen.backlog_requested")
-            .and_then(|(_, v)| v.as_i64())
-            .map(|b| u32::try_from(b).unwrap_or(u32::MAX)),
+        backlog_requested: p.attrs.iter().find_map(|f| match *f {
+            Fact::BacklogRequested(b) => Some(u32::try_from(b).unwrap_or(u32::MAX)),
+            _ => None,
+        }),
         process: owner.map(|o| format!("{} (pid {})", o.name, o.pid)),
         queue_len: p.info.queue_len,
         queue_limit: p.info.queue_limit,
@@ -58,16 +52,17 @@ pub fn line(p: &Pending, owner: Option<&Owner>, st: Option<&NetnsState>) -> Opti
         Kind::SyncookiesSent => e.syncookies_sent = p.count,
         Kind::CloseWait => e.close_wait = p.count as u32,
         Kind::AcceptLatency => {
-            e.accept_latency_p99_ms = p
-                .attrs
-                .iter()
-                .find(|(k, _)| *k == "accept_latency.p99_ms")
-                .and_then(|(_, v)| v.as_f64());
+            e.accept_latency_p99_ms = p.attrs.iter().find_map(Fact::accept_latency_p99_ms);
         }
         Kind::AcceptError { error } => {
             e.accept_errors = vec![(error.clone(), p.count)];
-            e.open_fds = attr_u64(p, "process.open_fds").map(|n| n as u32);
-            e.fd_limit = attr_u64(p, "process.fd_limit");
+            for f in &p.attrs {
+                match *f {
+                    Fact::OpenFds(n) => e.open_fds = Some(n as u32),
+                    Fact::FdLimit(n) => e.fd_limit = Some(n),
+                    _ => {}
+                }
+            }
         }
         _ => return None,
     }
@@ -126,8 +121,7 @@ mod tests {
     #[test]
     fn a_requested_backlog_names_both_numbers() {
         let mut p = pending(Kind::ListenOverflow(Stage::Syn, Next::Unknown), 7);
-        p.attrs
-            .push(("listen.backlog_requested", serde_json::json!(8192)));
+        p.attrs.push(Fact::BacklogRequested(8192));
         let v = line(&p, None, Some(&ns())).unwrap();
         assert!(
             v.cause
@@ -154,10 +148,7 @@ mod tests {
             },
             5,
         );
-        p.attrs = vec![
-            ("process.open_fds", serde_json::json!(9)),
-            ("process.fd_limit", serde_json::json!(9)),
-        ];
+        p.attrs = vec![Fact::OpenFds(9), Fact::FdLimit(9)];
         let v = line(&p, None, Some(&ns())).unwrap();
         assert!(
             v.cause.contains("EMFILE") && v.cause.contains('9'),
@@ -195,6 +186,19 @@ mod tests {
         let p = pending(Kind::ListenOverflow(Stage::Ack, Next::Unknown), 2);
         let v = line(&p, None, Some(&st)).unwrap();
         assert!(v.cause.contains("reset"), "{}", v.cause);
+    }
+
+    #[test]
+    fn a_verdict_reads_the_exact_p99() {
+        let mut p = pending(Kind::AcceptLatency, 10);
+        // 851.46 ms: the line shows 851.5, the verdict rounds once.
+        p.attrs = vec![Fact::AcceptLatency {
+            p50_ns: 1_000_000,
+            p99_ns: 851_460_000,
+            max_ns: 900_000_000,
+        }];
+        let v = line(&p, None, Some(&ns())).unwrap();
+        assert!(v.cause.contains("waited 851 ms (p99)"), "{}", v.cause);
     }
 
     #[test]

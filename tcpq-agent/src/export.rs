@@ -3,9 +3,7 @@
 
 use std::time::SystemTime;
 
-use serde_json::{json, Map, Value};
-
-use crate::{model::Pending, resolve::Owner};
+use crate::{json, model::Pending, resolve::Owner};
 
 /// The JSON lines schema (docs/events.md). Bumped only when a key is
 /// removed or changes meaning; new keys and events keep the version.
@@ -63,147 +61,14 @@ pub fn text_safe(s: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
-/// One JSON object as one line: serde_json's escaping (every C0 control,
-/// `"` and `\`), plus DEL, the C1 controls and U+2028/U+2029 as `\uNNNN`,
-/// so the line holds no control character at all. It parses back to the
-/// same value.
-pub fn json_line(v: &Value) -> String {
-    let s = v.to_string();
-    if !s
-        .chars()
-        .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
-    {
-        return s;
-    }
-    // Outside strings serde_json writes no such character, so every one
-    // found is inside a string, where `\uNNNN` is its escape.
-    let mut out = String::with_capacity(s.len() + 12);
-    for c in s.chars() {
-        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
-            out += &format!("\\u{:04x}", c as u32);
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 pub fn timestamp(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
 /// Whether the line names a server end (`server.address`/`server.port`):
 /// a listener, a connect()'s destination, or a socket-less reset's port.
-fn has_server(p: &Pending) -> bool {
+pub fn has_server(p: &Pending) -> bool {
     !p.kind.is_connection() && (p.key.is_some() || p.info.port != 0)
-}
-
-pub fn json(r: &Report) -> Value {
-    let p = r.pending;
-    let mut m = Map::new();
-    m.insert("timestamp".into(), json!(timestamp(r.at)));
-    m.insert("schema.version".into(), json!(SCHEMA_VERSION));
-    m.insert("event".into(), json!(p.kind.event_name()));
-    if let Some(stage) = p.kind.stage() {
-        m.insert("stage".into(), json!(stage.as_str()));
-    }
-    if let Some(next) = p.kind.next() {
-        m.insert("next".into(), json!(next));
-    }
-    m.insert("count".into(), json!(p.count));
-    if has_server(p) {
-        m.insert("server.address".into(), json!(p.info.addr.to_string()));
-        m.insert("server.port".into(), json!(p.info.port));
-    }
-    if let Some(ns) = p.netns.or(p.key.map(|k| k.netns)) {
-        m.insert("network.netns".into(), json!(ns));
-    }
-    if let Some(k) = p.key {
-        m.insert("socket.inode".into(), json!(k.inode));
-        m.insert("queue.length".into(), json!(p.info.queue_len));
-        m.insert("queue.limit".into(), json!(p.info.queue_limit));
-    }
-    if let Some(o) = r.owner {
-        owner_json(o, &mut m);
-    }
-    if let Some(reason) = p.kind.reason() {
-        m.insert("reason".into(), json!(reason));
-    }
-    if let crate::model::Kind::ResetSent { kernel_reason, .. } = &p.kind {
-        m.insert("reset.kernel_reason".into(), json!(kernel_reason));
-    }
-    if let Some(e) = p.kind.error() {
-        m.insert("error.type".into(), json!(e));
-    }
-    if let crate::model::Kind::ResetReceived { state } = &p.kind {
-        m.insert("tcp.state".into(), json!(state));
-        m.insert(
-            "network.local.address".into(),
-            json!(p.info.addr.to_string()),
-        );
-        m.insert("network.local.port".into(), json!(p.info.port));
-        if let Some((addr, port)) = p.peer {
-            m.insert("network.peer.address".into(), json!(addr.to_string()));
-            m.insert("network.peer.port".into(), json!(port));
-        }
-    } else if let Some((addr, port)) = p.peer {
-        m.insert("client.address".into(), json!(addr.to_string()));
-        m.insert("client.port".into(), json!(port));
-    }
-    if let Some(a) = r.accepts {
-        m.insert("accept.count".into(), json!(a.count));
-        m.insert("accept.queue_max".into(), json!(a.queue_max));
-    }
-    for (k, v) in &p.attrs {
-        m.insert((*k).into(), v.clone());
-    }
-    if let Some(v) = &r.verdict {
-        m.insert("verdict.cause".into(), json!(v.cause));
-        m.insert("verdict.remedy".into(), json!(v.remedy));
-    }
-    m.insert("source".into(), json!(p.source.as_str()));
-    Value::Object(m)
-}
-
-/// The owner's keys: OpenTelemetry `process.*`, `container.*`,
-/// `k8s.pod.uid`, `k8s.namespace.name`, `k8s.pod.name`, plus `cgroup.path`, `systemd.unit` and, when several
-/// processes hold the socket (forked workers), `process.holders`.
-pub fn owner_json(o: &Owner, m: &mut Map<String, Value>) {
-    m.insert("process.pid".into(), json!(o.pid));
-    m.insert("process.executable.name".into(), json!(o.name));
-    if let Some(v) = &o.exe {
-        m.insert("process.executable.path".into(), json!(v));
-    }
-    if let Some(v) = &o.cmdline {
-        m.insert("process.command_line".into(), json!(v));
-    }
-    if let Some(v) = &o.user {
-        m.insert("process.owner".into(), json!(v));
-    }
-    if o.holders.len() > 1 {
-        m.insert("process.holders".into(), json!(o.holders));
-    }
-    if let Some(pl) = &o.placement {
-        if !pl.cgroup.is_empty() {
-            m.insert("cgroup.path".into(), json!(pl.cgroup));
-        }
-        if let Some(v) = &pl.container_id {
-            m.insert("container.id".into(), json!(v));
-        }
-        if let Some(v) = pl.container_runtime {
-            m.insert("container.runtime".into(), json!(v));
-        }
-        if let Some(v) = &pl.systemd_unit {
-            m.insert("systemd.unit".into(), json!(v));
-        }
-        if let Some(v) = &pl.k8s_pod_uid {
-            m.insert("k8s.pod.uid".into(), json!(v));
-        }
-        if let Some(n) = &pl.k8s_names {
-            m.insert("k8s.namespace.name".into(), json!(n.namespace));
-            m.insert("k8s.pod.name".into(), json!(n.pod));
-        }
-    }
 }
 
 /// The owner in a text line: pid (name), and where it runs.
@@ -279,8 +144,8 @@ pub fn text(r: &Report) -> String {
     if let Some(a) = r.accepts {
         s += &format!(" accepted={}", a.count);
     }
-    for (k, v) in &p.attrs {
-        s += &format!(" {k}={v}");
+    for (k, v) in p.attrs.iter().flat_map(|f| f.fields()) {
+        s += &format!(" {k}={}", json::field(&v));
     }
     s += &format!(" source={}", p.source.as_str());
     let mut s = text_safe(&s).into_owned();
@@ -302,26 +167,15 @@ pub fn endpoint(addr: std::net::IpAddr, port: u16) -> String {
 pub fn render(format: Format, r: &Report) -> String {
     match format {
         Format::Text => text(r),
-        Format::Json => json_line(&json(r)),
+        Format::Json => json::line(&json::report(r)),
     }
-}
-
-/// The `events_lost` object.
-pub fn lost_json(at: SystemTime, count: u64) -> Value {
-    json!({
-        "timestamp": timestamp(at),
-        "schema.version": SCHEMA_VERSION,
-        "event": "events_lost",
-        "count": count,
-        "source": "agent",
-    })
 }
 
 /// A line about the agent itself: events the kernel saw that never reached
 /// user space.
 pub fn lost(format: Format, at: SystemTime, count: u64) -> String {
     match format {
-        Format::Json => json_line(&lost_json(at, count)),
+        Format::Json => json::line(&json::lost(at, count)),
         Format::Text => format!(
             "{} events_lost count={count} (ring buffer full: kernel events not delivered; counts above are low by this much)",
             timestamp(at)
@@ -332,7 +186,9 @@ pub fn lost(format: Format, at: SystemTime, count: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json::{line as json_line, report as json};
     use crate::model::{Kind, ListenerInfo, ListenerKey, Source, Stage};
+    use serde_json::{json, Value};
     use std::time::{Duration, UNIX_EPOCH};
 
     fn pending() -> Pending {
@@ -434,6 +290,31 @@ mod tests {
              netns=4026532000 queue=3/2 pid=? source=sock_diag"
         );
         assert!(lost(Format::Json, at, 7).contains("\"count\":7"));
+    }
+
+    #[test]
+    fn facts_are_rounded_where_rendered() {
+        let mut p = pending();
+        p.attrs = vec![
+            crate::model::Fact::CloseWait {
+                oldest_seconds: 29.96,
+                growth_per_minute: 2.0,
+            },
+            crate::model::Fact::PortRange { lo: 1, hi: 4 },
+        ];
+        let r = Report {
+            at: UNIX_EPOCH,
+            pending: &p,
+            owner: None,
+            accepts: None,
+            verdict: None,
+        };
+        assert!(text(&r).contains(
+            " close_wait.oldest_seconds=30.0 close_wait.growth_per_minute=2.0 \
+             port_range=\"1-4\" port_range.size=4 "
+        ));
+        assert_eq!(json(&r)["close_wait.oldest_seconds"], 30.0);
+        assert_eq!(json(&r)["port_range"], "1-4");
     }
 
     /// A name a process can give itself with prctl(PR_SET_NAME), and

@@ -2,6 +2,8 @@
 
 use std::net::IpAddr;
 
+pub use crate::event::{Event, Measure};
+
 /// A listening socket, host-wide: its network namespace and socket inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ListenerKey {
@@ -138,20 +140,24 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn event_name(&self) -> &'static str {
+    pub fn event(&self) -> Event {
         match self {
-            Kind::ListenOverflow(..) => "listen_overflow",
-            Kind::ListenDrop(_) => "listen_drop",
-            Kind::SynQueueDrop { .. } => "syn_queue_drop",
-            Kind::SyncookiesSent => "syncookies_sent",
-            Kind::SynackRetransmit => "synack_retransmit",
-            Kind::ResetSent { .. } => "reset_sent",
-            Kind::ResetReceived { .. } => "reset_received",
-            Kind::ConnectError { .. } => "connect_error",
-            Kind::AcceptError { .. } => "accept_error",
-            Kind::CloseWait => "close_wait",
-            Kind::AcceptLatency => "accept_latency",
+            Kind::ListenOverflow(..) => Event::ListenOverflow,
+            Kind::ListenDrop(_) => Event::ListenDrop,
+            Kind::SynQueueDrop { .. } => Event::SynQueueDrop,
+            Kind::SyncookiesSent => Event::SyncookiesSent,
+            Kind::SynackRetransmit => Event::SynackRetransmit,
+            Kind::ResetSent { .. } => Event::ResetSent,
+            Kind::ResetReceived { .. } => Event::ResetReceived,
+            Kind::ConnectError { .. } => Event::ConnectError,
+            Kind::AcceptError { .. } => Event::AcceptError,
+            Kind::CloseWait => Event::CloseWait,
+            Kind::AcceptLatency => Event::AcceptLatency,
         }
+    }
+
+    pub fn event_name(&self) -> &'static str {
+        self.event().name()
     }
 
     pub fn next(&self) -> Option<&'static str> {
@@ -192,8 +198,7 @@ impl Kind {
     }
 }
 
-/// An extra fact on a report line: a JSON-style key and its value.
-pub type Attr = (&'static str, serde_json::Value);
+pub use crate::report::Fact;
 
 /// Aggregated counts for one listener (or, for socket-less resets, one local
 /// endpoint) and one kind, over one interval.
@@ -215,8 +220,8 @@ pub struct Pending {
     /// A socket whose owner is the line's owner (for lines that are not
     /// about a listener).
     pub inode: Option<u32>,
-    /// Kind-specific facts.
-    pub attrs: Vec<Attr>,
+    /// Kind-specific facts, typed and unrounded.
+    pub attrs: Vec<Fact>,
 }
 
 /// TCP state names as `ss` prints them.
@@ -263,81 +268,4 @@ pub fn errno_name(errno: u32) -> String {
         .find(|(n, _)| *n as u32 == errno)
         .map(|(_, s)| s.to_string())
         .unwrap_or_else(|| format!("errno {errno}"))
-}
-
-/// Every event kind's name, for exporters that declare their families up
-/// front (a kind missing here is still exported when it first appears).
-pub const EVENTS: &[&str] = &[
-    "listen_overflow",
-    "listen_drop",
-    "syn_queue_drop",
-    "syncookies_sent",
-    "synack_retransmit",
-    "reset_sent",
-    "reset_received",
-    "connect_error",
-    "accept_error",
-    "close_wait",
-    "accept_latency",
-];
-
-/// How an event appears in Prometheus.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Measure {
-    /// A counter family: `count` is added.
-    Counter { name: String, help: String },
-    /// A gauge family: `count` is the value now.
-    Gauge { name: String, help: String },
-    /// Not from report lines (accept latency comes from the kernel's
-    /// histograms; lost events from the agent's own counters).
-    Other,
-}
-
-/// The metric of an event kind. Kinds without an entry become
-/// `tcpq_<event>_total` counters, so a kind added later is exported
-/// without changes to the exporters.
-pub fn measure(event: &str) -> Measure {
-    let counter = |name: &str, help: &str| Measure::Counter {
-        name: name.into(),
-        help: help.into(),
-    };
-    match event {
-        "listen_overflow" => counter(
-            "tcpq_listen_overflows_total",
-            "Connections lost to a full accept queue (ListenOverflows).",
-        ),
-        "listen_drop" => counter(
-            "tcpq_listen_drops_total",
-            "Connections a listener dropped for another reason than a full accept queue.",
-        ),
-        "syn_queue_drop" => counter(
-            "tcpq_syn_queue_drops_total",
-            "SYNs dropped because the SYN (half-open) queue was full.",
-        ),
-        "syncookies_sent" => counter(
-            "tcpq_syncookies_sent_total",
-            "SYNs answered with a syncookie because the SYN queue was full.",
-        ),
-        "synack_retransmit" => counter(
-            "tcpq_synack_retransmits_total",
-            "SYN-ACKs retransmitted by a listener.",
-        ),
-        "reset_sent" => counter("tcpq_resets_sent_total", "RSTs sent, by reason."),
-        "reset_received" => counter("tcpq_resets_received_total", "RSTs received, by TCP state."),
-        "connect_error" => counter("tcpq_connect_errors_total", "connect() failures, by errno."),
-        "accept_error" => counter("tcpq_accept_errors_total", "accept() failures, by errno."),
-        "close_wait" => Measure::Gauge {
-            name: "tcpq_close_wait_sockets".into(),
-            help: "Accepted connections in CLOSE_WAIT: the peer closed, the application has not."
-                .into(),
-        },
-        "accept_latency" | "events_lost" => Measure::Other,
-        other => {
-            let name: String = other
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                .collect();
-            counter(&format!("tcpq_{name}_total"), &format!("{other} events."))
-        }
-    }
 }

@@ -38,6 +38,8 @@ use tokio::{
     sync::mpsc,
 };
 
+use crate::head::{Head, Severity};
+
 /// Where and how to export.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -237,19 +239,15 @@ fn nanos(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// One JSON line as a LogRecord: every key but `timestamp` an attribute,
-/// `event` also the record's event name and body, severity as in syslog.
-pub fn log_record(v: &Value) -> LogRecord {
-    let at = v
-        .get("timestamp")
-        .and_then(Value::as_str)
-        .and_then(|t| humantime::parse_rfc3339(t).ok());
-    let event = v.get("event").and_then(Value::as_str).unwrap_or("");
-    let (number, text) = match crate::syslog::severity(v) {
-        3 => (17, "ERROR"),
-        4 => (13, "WARNING"),
-        5 => (10, "NOTICE"),
-        _ => (9, "INFO"),
+/// One JSON line as a LogRecord: every key but `timestamp` an attribute;
+/// time, event name (also the body) and severity from `head`, as in syslog.
+pub fn log_record(head: &Head, v: &Value) -> LogRecord {
+    let event = head.event;
+    let (number, text) = match head.severity {
+        Severity::Err => (17, "ERROR"),
+        Severity::Warning => (13, "WARNING"),
+        Severity::Notice => (10, "NOTICE"),
+        Severity::Info => (9, "INFO"),
     };
     let attributes = v
         .as_object()
@@ -261,7 +259,7 @@ pub fn log_record(v: &Value) -> LogRecord {
         })
         .unwrap_or_default();
     LogRecord {
-        time_unix_nano: at.map(nanos).unwrap_or(0),
+        time_unix_nano: nanos(head.at),
         observed_time_unix_nano: nanos(SystemTime::now()),
         severity_number: number,
         severity_text: text.into(),
@@ -422,8 +420,8 @@ impl Otlp {
 
     /// Queues one JSON line as a log record (dropped and counted when the
     /// queue is full).
-    pub fn log(&self, v: &Value) {
-        match self.logs.try_send(log_record(v)) {
+    pub fn log(&self, head: &Head, v: &Value) {
+        match self.logs.try_send(log_record(head, v)) {
             Ok(()) => self.stats.queued_logs.fetch_add(1, Relaxed),
             Err(_) => self.stats.log_records_dropped.fetch_add(1, Relaxed),
         };
@@ -630,7 +628,12 @@ mod tests {
             "timestamp": "2026-11-21T01:26:10.437Z", "event": "listen_overflow", "count": 3,
             "server.port": 6379, "process.holders": [1, 2], "verdict.cause": "full", "x": null
         });
-        let r = log_record(&v);
+        let head = |event, severity| Head {
+            at: UNIX_EPOCH + Duration::from_millis(1_795_224_370_437),
+            event,
+            severity,
+        };
+        let r = log_record(&head("listen_overflow", Severity::Warning), &v);
         let keys: Vec<&str> = r.attributes.iter().map(|a| a.key.as_str()).collect();
         assert_eq!(
             keys,
@@ -648,7 +651,10 @@ mod tests {
             (13, "WARNING")
         );
         assert_eq!(r.event_name, "listen_overflow");
-        let lost = log_record(&serde_json::json!({"event": "events_lost", "count": 1}));
+        let lost = log_record(
+            &head("events_lost", Severity::Err),
+            &serde_json::json!({"event": "events_lost", "count": 1}),
+        );
         assert_eq!(lost.severity_number, 17);
         // Decodes as what it encodes.
         let req = logs_request(vec![r.clone()], &resource());

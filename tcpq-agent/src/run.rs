@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{anyhow, Context, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::{mpsc, watch},
@@ -28,10 +28,12 @@ use tokio::{
 use crate::{
     cli::RunArgs,
     config,
-    export::{self, Report},
+    export::Report,
+    head::Head,
+    labels,
     latency::{self, Summary},
     metrics::{self, Labels, Registry, Type},
-    model::{self, Measure},
+    model::{Event, Measure},
     sink::{AgentFilters, LineOut, RawStdout, Sink, View},
     syslog::Syslog,
     trace::{self, Control},
@@ -165,14 +167,10 @@ async fn snapshots(
                 }
             }
         }
-        let rows = tokio::task::spawn_blocking(move || {
-            crate::status::collect(port)
-                .map(|(rows, ports)| crate::status::json_lines(&rows, &ports, SystemTime::now()))
-        })
-        .await;
-        match rows {
-            Ok(Ok(lines)) => {
-                if tx.send(Control::Snapshot(lines)).await.is_err() {
+        let snap = tokio::task::spawn_blocking(move || crate::status::collect(port)).await;
+        match snap {
+            Ok(Ok(snap)) => {
+                if tx.send(Control::Snapshot(snap)).await.is_err() {
                     return;
                 }
             }
@@ -211,7 +209,7 @@ impl Output {
     }
 
     fn line(&mut self, v: &Value) -> io::Result<()> {
-        let line = export::json_line(v);
+        let line = crate::json::line(v);
         match self {
             Output::Stdout(w) => w.line(&line),
             Output::File { w, .. } => w.line(&line),
@@ -243,6 +241,19 @@ fn open_append(path: &PathBuf) -> io::Result<File> {
         .open(path)
 }
 
+/// The sidecar's `agent_health` line: the engine's health and its own.
+pub struct HealthLine<'a> {
+    pub at: SystemTime,
+    pub engine: &'a crate::sink::Health,
+    pub metric_series: usize,
+    pub metric_series_overflowed: u64,
+    pub netns_unreadable: u64,
+    pub owner_lookup_failures: u64,
+    /// Syslog messages dropped and truncated, when syslog ran.
+    pub syslog: Option<(u64, u64)>,
+    pub output_lines_lost: u64,
+}
+
 struct Sidecar {
     /// Where syslog senders run.
     exporters: tokio::runtime::Handle,
@@ -257,9 +268,9 @@ struct Sidecar {
     /// A connection to the syslog target of a reload, taken over once made.
     next_syslog: Arc<Mutex<Option<(crate::syslog::Connection, crate::syslog::Config)>>>,
     registry: Arc<Mutex<Registry>>,
-    /// Listener inode → (process, container id), from the snapshots, for
-    /// the labels of listeners whose owner the engine has not resolved.
-    owners: HashMap<u32, (String, String)>,
+    /// Listener inode → owner, from the last snapshot's rows, for the
+    /// labels of listeners whose owner the engine has not resolved.
+    owners: HashMap<u32, crate::resolve::Owner>,
     snapshot_every: watch::Sender<Option<Duration>>,
     warned_overflow: bool,
     expired_at: Instant,
@@ -271,46 +282,6 @@ struct Sidecar {
     lines_lost: u64,
     /// While writes fail: `lines_lost` when they started failing.
     out_failing: Option<u64>,
-}
-
-/// A label's name in OTLP: the JSON lines' key it came from.
-fn otlp_attr(label: &str) -> String {
-    LABELS
-        .iter()
-        .find(|(l, _)| *l == label)
-        .map_or(label, |(_, k)| k)
-        .to_string()
-}
-
-/// A line's labels: where, whose, and the kind's dimensions. Every family
-/// has all of them (empty ones are not rendered); no pid (pids churn).
-const LABELS: [(&str, &str); 12] = [
-    ("server_address", "server.address"),
-    ("server_port", "server.port"),
-    ("netns", "network.netns"),
-    ("process", "process.executable.name"),
-    ("container_id", "container.id"),
-    ("k8s_namespace", "k8s.namespace.name"),
-    ("k8s_pod", "k8s.pod.name"),
-    ("stage", "stage"),
-    ("next", "next"),
-    ("reason", "reason"),
-    ("error_type", "error.type"),
-    ("tcp_state", "tcp.state"),
-];
-
-fn labels(v: &Value) -> Labels {
-    LABELS
-        .iter()
-        .map(|&(label, key)| (label, v.get(key).map(plain).unwrap_or_default()))
-        .collect()
-}
-
-fn plain(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// The families that exist whether or not anything happened yet.
@@ -339,10 +310,10 @@ fn describe(r: &mut Registry) {
     ] {
         r.describe(name, help, ty);
     }
-    for event in model::EVENTS {
-        match model::measure(event) {
-            Measure::Counter { name, help } => r.describe(&name, &help, Type::Counter),
-            Measure::Gauge { name, help } => r.describe(&name, &help, Type::Gauge),
+    for event in Event::ALL {
+        match event.measure() {
+            Measure::Counter { name, help } => r.describe(name, help, Type::Counter),
+            Measure::Gauge { name, help } => r.describe(name, help, Type::Gauge),
             Measure::Other => {}
         }
     }
@@ -353,9 +324,9 @@ impl Sidecar {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A line to the JSON output and syslog; write errors are counted (a
-    /// full disk must not stop the metrics).
-    fn emit(&mut self, v: &Value, to_syslog: bool) {
+    /// A line to the JSON output and, with its `head`, to syslog and OTLP;
+    /// write errors are counted (a full disk must not stop the metrics).
+    fn emit(&mut self, v: &Value, head: Option<Head>) {
         match self.out.line(v) {
             Ok(()) if self.out_failing.is_some() => {
                 let since = self.out_failing.take().unwrap_or_default();
@@ -379,13 +350,13 @@ impl Sidecar {
                 r.inc("tcpq_output_lines_lost_total", &Vec::new(), 1);
             }
         }
-        if to_syslog {
+        if let Some(head) = head {
             self.take_new_syslog();
             if let Some(s) = &self.syslog {
-                s.send(v);
+                s.send(&head, v);
             }
             if let Some(o) = &self.otlp {
-                o.log(v);
+                o.log(&head, v);
             }
         }
     }
@@ -427,14 +398,12 @@ impl Sidecar {
         }
     }
 
-    fn count(&mut self, v: &Value) {
-        let event = v["event"].as_str().unwrap_or("");
-        let n = v["count"].as_u64().unwrap_or(0);
-        match model::measure(event) {
+    fn count(&mut self, report: &Report) {
+        match report.pending.kind.event().measure() {
             Measure::Counter { name, help } => {
                 let mut r = self.registry();
-                r.describe(&name, &help, Type::Counter);
-                r.inc(&name, &labels(v), n);
+                r.describe(name, help, Type::Counter);
+                r.inc(name, &labels::of(report), report.pending.count);
             }
             // Gauges are rebuilt from the engine's state at every flush.
             Measure::Gauge { .. } | Measure::Other => {}
@@ -470,15 +439,12 @@ impl Sidecar {
     /// Process and container of a listener: the engine's resolver, else
     /// the last snapshot.
     fn owner_labels(&self, view: &View, inode: u32) -> (String, String) {
-        if let Some(o) = view.resolver.get(inode) {
-            let container = o
-                .placement
-                .as_ref()
-                .and_then(|p| p.container_id.clone())
-                .unwrap_or_default();
-            return (o.name.clone(), container);
-        }
-        self.owners.get(&inode).cloned().unwrap_or_default()
+        let Some(o) = view.resolver.get(inode).or(self.owners.get(&inode)) else {
+            return Default::default();
+        };
+        let placement = o.placement.as_ref();
+        let container = placement.and_then(|p| p.container_id.clone());
+        (o.name.clone(), container.unwrap_or_default())
     }
 
     fn gauges(&mut self, view: &View) {
@@ -528,8 +494,8 @@ impl Sidecar {
         let mut r = reg.lock().unwrap_or_else(|e| e.into_inner());
         r.replace_gauges("tcpq_listen_queue_length", len);
         r.replace_gauges("tcpq_listen_queue_limit", limit);
-        if let Measure::Gauge { name, .. } = model::measure("close_wait") {
-            r.replace_gauges(&name, close_wait);
+        if let Measure::Gauge { name, .. } = Event::CloseWait.measure() {
+            r.replace_gauges(name, close_wait);
         }
         r.replace_gauges("tcpq_local_port_range_size", range);
         r.replace_gauges("tcpq_time_wait_sockets", time_wait);
@@ -647,36 +613,23 @@ impl Sidecar {
     }
 
     fn health_line(&self, view: &View) -> Value {
-        let h = &view.health;
         let r = self.registry();
-        let mut v = json!({
-            "timestamp": export::timestamp(SystemTime::now()),
-            "schema.version": export::SCHEMA_VERSION,
-            "event": "agent_health",
-            "agent.events_received": h.received,
-            "agent.events_lost": h.lost,
-            "agent.undecodable": h.undecodable,
-            "agent.ringbuf_fill_ratio": h.ringbuf_fill,
-            "agent.tracked_listeners": h.tracked_listeners,
-            "agent.owners_cached": h.owners_cached,
-            "agent.metric_series": r.series(),
-            "agent.metric_series_overflowed": r.overflowed(),
-            "agent.kernel_map_losses": h.map_losses.rows().iter().map(|(map, loss, n)| (format!("{map}.{loss}"), json!(n))).collect::<serde_json::Map<_, _>>(),
-            "agent.probes": h.probes.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
-        });
         let (unreadable, owner_failures) = crate::privs::loss_metrics();
         let total = |s: &crate::privs::LossSeries| s.iter().map(|(_, _, n)| n).sum::<u64>();
-        v["agent.netns_unreadable"] = json!(total(&unreadable));
-        v["agent.owner_lookup_failures"] = json!(total(&owner_failures));
-        if let Some(s) = &self.syslog_stats {
+        let syslog = self.syslog_stats.as_ref().map(|s| {
             use std::sync::atomic::Ordering::Relaxed;
-            v["agent.syslog_dropped"] = json!(s.dropped.load(Relaxed));
-            v["agent.syslog_truncated"] = json!(s.truncated.load(Relaxed));
-        }
-        if self.lines_lost > 0 {
-            v["agent.output_lines_lost"] = json!(self.lines_lost);
-        }
-        v
+            (s.dropped.load(Relaxed), s.truncated.load(Relaxed))
+        });
+        crate::json::health(&HealthLine {
+            at: SystemTime::now(),
+            engine: &view.health,
+            metric_series: r.series(),
+            metric_series_overflowed: r.overflowed(),
+            netns_unreadable: total(&unreadable),
+            owner_lookup_failures: total(&owner_failures),
+            syslog,
+            output_lines_lost: self.lines_lost,
+        })
     }
 
     async fn close(&mut self) {
@@ -707,7 +660,7 @@ impl Sidecar {
         self.otlp_next = Instant::now() + o.config().metrics_interval;
         let m = {
             let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-            crate::otlp::metrics(&r, self.started, &otlp_attr)
+            crate::otlp::metrics(&r, self.started, &labels::otlp_attr)
         };
         o.metrics(m);
     }
@@ -715,14 +668,13 @@ impl Sidecar {
 
 impl Sink for Sidecar {
     fn report(&mut self, r: &Report) -> io::Result<()> {
-        let v = export::json(r);
-        self.count(&v);
-        self.emit(&v, true);
+        self.count(r);
+        self.emit(&crate::json::report(r), Some(Head::report(r)));
         Ok(())
     }
 
     fn lost(&mut self, at: SystemTime, n: u64) -> io::Result<()> {
-        self.emit(&export::lost_json(at, n), true);
+        self.emit(&crate::json::lost(at, n), Some(Head::lost(at)));
         Ok(())
     }
 
@@ -748,23 +700,15 @@ impl Sink for Sidecar {
         Ok(())
     }
 
-    fn snapshot(&mut self, lines: Vec<Value>, view: &View) -> io::Result<()> {
-        self.owners.clear();
-        for mut v in lines {
-            if v["event"] == "listener" {
-                v["event"] = json!("listener_snapshot");
-                if let (Some(ino), Some(p)) = (
-                    v["socket.inode"].as_u64(),
-                    v["process.executable.name"].as_str(),
-                ) {
-                    let c = v["container.id"].as_str().unwrap_or("").to_string();
-                    self.owners.insert(ino as u32, (p.to_string(), c));
-                }
-            }
-            self.emit(&v, false);
+    fn snapshot(&mut self, snap: crate::status::Snapshot, view: &View) -> io::Result<()> {
+        for v in crate::json::status(&snap, "listener_snapshot") {
+            self.emit(&v, None);
         }
+        self.owners = (snap.rows.into_iter())
+            .filter_map(|r| Some((r.sock.inode, r.owner?)))
+            .collect();
         let h = self.health_line(view);
-        self.emit(&h, false);
+        self.emit(&h, None);
         Ok(())
     }
 
@@ -859,30 +803,10 @@ impl Sink for Sidecar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Kind, Next, Stage};
 
     #[test]
-    fn labels_come_from_the_json_keys_without_pid() {
-        let v = json!({
-            "event": "listen_overflow", "count": 3, "stage": "syn",
-            "server.address": "127.0.0.1", "server.port": 8080,
-            "network.netns": 4026531840u32, "process.pid": 7,
-            "process.executable.name": "nginx",
-        });
-        let l = labels(&v);
-        let get = |k: &str| l.iter().find(|(n, _)| *n == k).unwrap().1.clone();
-        assert_eq!(get("server_address"), "127.0.0.1");
-        assert_eq!(get("server_port"), "8080");
-        assert_eq!(get("netns"), "4026531840");
-        assert_eq!(get("process"), "nginx");
-        assert_eq!(get("stage"), "syn");
-        assert_eq!(get("container_id"), "");
-        assert!(l.iter().all(|(n, _)| !n.contains("pid")));
-    }
-
-    #[test]
-    fn every_event_kind_has_a_metric_and_new_ones_get_one() {
-        // Every kind the model names is in the list exporters declare.
-        use crate::model::{Kind, Next, Stage};
+    fn every_event_kind_has_a_metric() {
         for k in [
             Kind::ListenOverflow(Stage::Syn, Next::Unknown),
             Kind::ListenDrop(Stage::Ack),
@@ -899,13 +823,13 @@ mod tests {
             Kind::CloseWait,
             Kind::AcceptLatency,
         ] {
-            assert!(model::EVENTS.contains(&k.event_name()), "{k:?}");
+            assert!(Event::ALL.contains(&k.event()), "{k:?}");
         }
         let mut r = Registry::new(10, Duration::from_secs(60));
         describe(&mut r);
         let text = r.render();
-        for e in model::EVENTS {
-            match model::measure(e) {
+        for e in Event::ALL {
+            match e.measure() {
                 Measure::Counter { name, .. } | Measure::Gauge { name, .. } => {
                     assert!(text.contains(&format!("# TYPE {name} ")), "{name}")
                 }
@@ -913,12 +837,12 @@ mod tests {
             }
         }
         // Every kind but the gauge and the histogram is a counter.
-        for e in model::EVENTS
+        for e in Event::ALL
             .iter()
-            .filter(|e| !matches!(**e, "close_wait" | "accept_latency"))
+            .filter(|e| !matches!(**e, Event::CloseWait | Event::AcceptLatency))
         {
-            let Measure::Counter { name, .. } = model::measure(e) else {
-                panic!("{e}")
+            let Measure::Counter { name, .. } = e.measure() else {
+                panic!("{e:?}")
             };
             assert!(
                 name.starts_with("tcpq_") && name.ends_with("_total"),
@@ -926,15 +850,11 @@ mod tests {
             );
         }
         assert_eq!(
-            model::measure("listen_overflow"),
+            Event::ListenOverflow.measure(),
             Measure::Counter {
-                name: "tcpq_listen_overflows_total".into(),
-                help: "Connections lost to a full accept queue (ListenOverflows).".into()
+                name: "tcpq_listen_overflows_total",
+                help: "Connections lost to a full accept queue (ListenOverflows)."
             }
         );
-        let Measure::Counter { name, .. } = model::measure("brand-new") else {
-            panic!()
-        };
-        assert_eq!(name, "tcpq_brand_new_total");
     }
 }

@@ -7,7 +7,6 @@ use std::{
     time::SystemTime,
 };
 
-use serde_json::Value;
 use tcpq_common::names::map;
 
 use crate::{
@@ -138,8 +137,8 @@ pub trait Sink {
     fn reload(&mut self) -> Option<AgentFilters> {
         None
     }
-    /// Periodic status lines (`status`'s JSON) with the agent's health.
-    fn snapshot(&mut self, _lines: Vec<Value>, _view: &View) -> io::Result<()> {
+    /// Periodic status rows (`status`'s) with the agent's health.
+    fn snapshot(&mut self, _snap: crate::status::Snapshot, _view: &View) -> io::Result<()> {
         Ok(())
     }
     /// Report lines that could not be written, so far (the exit summary).
@@ -329,7 +328,7 @@ mod tests {
         // Every line but the fragment parses; the fragment is alone.
         let bad: Vec<&str> = text
             .lines()
-            .filter(|l| serde_json::from_str::<Value>(l).is_err())
+            .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_err())
             .collect();
         assert_eq!(bad, [r#"{"n""#]);
         // A write that gets only the repair newline out needs no more.

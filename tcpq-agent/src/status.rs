@@ -10,7 +10,6 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use serde_json::{json, Map, Value};
 
 use crate::{
     export::{self, Format},
@@ -121,42 +120,6 @@ fn endpoint(s: &DiagSock) -> String {
     export::endpoint(s.local, s.lport)
 }
 
-pub fn json_row(r: &Row) -> Value {
-    let mut m = Map::new();
-    m.insert("event".into(), json!("listener"));
-    m.insert("server.address".into(), json!(r.sock.local.to_string()));
-    m.insert("server.port".into(), json!(r.sock.lport));
-    m.insert("network.netns".into(), json!(r.netns));
-    m.insert("socket.inode".into(), json!(r.sock.inode));
-    if let Some(o) = &r.owner {
-        export::owner_json(o, &mut m);
-    }
-    if let Some(n) = r.open_fds {
-        m.insert("process.open_fds".into(), json!(n));
-    }
-    if let Some(n) = r.fd_limit {
-        m.insert("process.fd_limit".into(), json!(n));
-    }
-    m.insert("queue.length".into(), json!(r.sock.rqueue));
-    m.insert("queue.limit".into(), json!(r.sock.wqueue));
-    if let Some(v) = r.settings.somaxconn {
-        m.insert("net.core.somaxconn".into(), json!(v));
-        // The limit is min(backlog, somaxconn): equal means it was capped
-        // (or asked for exactly that).
-        m.insert("queue.limit_is_somaxconn".into(), json!(v == r.sock.wqueue));
-    }
-    if let Some(d) = r.sock.drops {
-        m.insert("drops".into(), json!(d));
-    }
-    m.insert("syn_queue.length".into(), json!(r.syn_queue));
-    m.insert("close_wait.count".into(), json!(r.close_wait));
-    if let Some(v) = &r.verdict {
-        m.insert("verdict.cause".into(), json!(v.cause));
-        m.insert("verdict.remedy".into(), json!(v.remedy));
-    }
-    Value::Object(m)
-}
-
 pub fn text_table(rows: &[Row]) -> String {
     let mut out = format!(
         "{:<11} {:<28} {:<24} {:>6} {:>6} {:>9} {:>8} {:>6} {:>10}\n",
@@ -223,9 +186,17 @@ fn reuseport_groups(snaps: &[crate::aggregate::NetnsSnapshot]) -> Vec<Vec<u32>> 
     groups.into_values().filter(|g| g.len() > 1).collect()
 }
 
-/// Every listener's row (sorted by netns, port, inode), and the local-port
-/// verdict of each namespace that is short of ports.
-pub fn collect(port: Option<u16>) -> Result<(Vec<Row>, BTreeMap<u32, verdict::Verdict>)> {
+/// One look at the host: every listener's row (sorted by netns, port,
+/// inode), and the local-port verdict of each namespace short of ports.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// When the look ended.
+    pub at: std::time::SystemTime,
+    pub rows: Vec<Row>,
+    pub ports: BTreeMap<u32, verdict::Verdict>,
+}
+
+pub fn collect(port: Option<u16>) -> Result<Snapshot> {
     let home = File::open("/proc/thread-self/ns/net").context("opening our network namespace")?;
     let home_ino = netns::current()?;
     let snaps = poll::round(
@@ -264,50 +235,26 @@ pub fn collect(port: Option<u16>) -> Result<(Vec<Row>, BTreeMap<u32, verdict::Ve
         }
     }
     all.sort_by_key(|r| (r.netns, r.sock.lport, r.sock.inode));
-    Ok((all, ports))
-}
-
-/// The JSON form: one object per listener (`event` = `listener`), then one
-/// `local_ports` object per namespace short of ports.
-pub fn json_lines(
-    rows: &[Row],
-    ports: &BTreeMap<u32, verdict::Verdict>,
-    at: std::time::SystemTime,
-) -> Vec<Value> {
-    let mut out = Vec::new();
-    for r in rows {
-        let mut v = json_row(r);
-        v["timestamp"] = json!(export::timestamp(at));
-        v["schema.version"] = json!(export::SCHEMA_VERSION);
-        out.push(v);
-    }
-    for (ns, v) in ports {
-        out.push(json!({
-            "timestamp": export::timestamp(at),
-            "schema.version": export::SCHEMA_VERSION,
-            "event": "local_ports",
-            "network.netns": ns,
-            "verdict.cause": v.cause,
-            "verdict.remedy": v.remedy,
-        }));
-    }
-    out
+    Ok(Snapshot {
+        at: std::time::SystemTime::now(),
+        rows: all,
+        ports,
+    })
 }
 
 pub fn run(format: Format, port: Option<u16>) -> Result<()> {
-    let (all, ports) = collect(port)?;
-    let at = std::time::SystemTime::now();
+    let snap = collect(port)?;
     let mut out = std::io::stdout().lock();
     let written = (|| -> std::io::Result<()> {
         match format {
             Format::Json => {
-                for v in json_lines(&all, &ports, at) {
-                    writeln!(out, "{}", export::json_line(&v))?;
+                for v in crate::json::status(&snap, "listener") {
+                    writeln!(out, "{}", crate::json::line(&v))?;
                 }
             }
             Format::Text => {
-                write!(out, "{}", text_table(&all))?;
-                for (ns, v) in &ports {
+                write!(out, "{}", text_table(&snap.rows))?;
+                for (ns, v) in &snap.ports {
                     writeln!(
                         out,
                         "netns {ns} local ports:\n    cause:  {}\n    remedy: {}",
@@ -326,6 +273,7 @@ pub fn run(format: Format, port: Option<u16>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json::status_row as json_row;
     use crate::netstat::Sysctls;
 
     fn sock(state: u8, port: u16, rq: u32, wq: u32, drops: u32) -> DiagSock {

@@ -23,7 +23,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
@@ -31,6 +31,8 @@ use tokio::io::AsyncWrite;
 use tokio::net::{TcpStream, UdpSocket, UnixDatagram, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, timeout};
+
+pub use crate::head::{Head, Severity};
 
 const QUEUE: usize = 10_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -152,33 +154,25 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Severity (RFC 5424 §6.2.1) of a JSON line: periodic state is Info even
-/// when it carries a verdict; a verdict marks trouble (Warning); lost
-/// events are an Error; other events are Notice.
-pub fn severity(event: &Value) -> u8 {
-    match event.get("event").and_then(Value::as_str) {
-        Some("events_lost") => 3,
-        Some("listener_snapshot" | "agent_health") => 6,
-        _ if event.get("verdict.cause").is_some() => 4,
-        _ => 5,
-    }
-}
-
 /// One RFC 5424 message, without transport framing (see the module doc).
+/// The header's time, event and severity come from `head`; SD and MSG from
+/// the event's JSON line.
 pub fn format(
+    head: &Head,
     event: &Value,
     facility: Facility,
     hostname: &str,
     app_name: &str,
     pid: u32,
 ) -> String {
-    let name = event.get("event").and_then(Value::as_str);
-    let severity = severity(event);
-    let at = event.get("timestamp").and_then(Value::as_str);
-    let at = at.and_then(|t| humantime::parse_rfc3339(t).ok());
-    let timestamp = humantime::format_rfc3339_millis(at.unwrap_or_else(SystemTime::now));
-    let msgid = name.filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic()));
-    let msgid = msgid.map_or("-", |n| &n[..n.len().min(32)]);
+    let name = head.event;
+    let timestamp = humantime::format_rfc3339_millis(head.at);
+    let graphic = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic());
+    let msgid = if graphic {
+        &name[..name.len().min(32)]
+    } else {
+        "-"
+    };
     let mut sd = String::new();
     for (key, param) in SD_PARAMS {
         let value = match event.get(key) {
@@ -195,11 +189,11 @@ pub fn format(
     };
     format!(
         "<{}>1 {timestamp} {} {} {} {msgid} {sd} {}",
-        facility as u8 * 8 + severity,
+        facility as u8 * 8 + head.severity as u8,
         header_field(hostname, 255),
         header_field(app_name, 48),
         header_field(&pid.to_string(), 128),
-        crate::export::json_line(event),
+        crate::json::line(event),
     )
 }
 
@@ -670,9 +664,9 @@ impl Syslog {
     }
 
     /// Queues one event without blocking; counts it as dropped if the queue is full.
-    pub fn send(&self, event: &Value) {
+    pub fn send(&self, head: &Head, event: &Value) {
         let (c, pid) = (&self.cfg, std::process::id());
-        let fmt = |v: &Value| format(v, c.facility, &self.hostname, &c.app_name, pid);
+        let fmt = |v: &Value| format(head, v, c.facility, &self.hostname, &c.app_name, pid);
         let whole = fmt(event);
         let cut = (whole.len() > MAX_DATAGRAM).then(|| fit(event, MAX_DATAGRAM, fmt));
         self.stats.queued.fetch_add(1, Relaxed);
@@ -718,6 +712,7 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::pin::Pin;
+    use std::time::SystemTime;
     use tokio::io::{AsyncRead, ReadBuf};
     use tokio::net::TcpListener;
 
@@ -734,10 +729,38 @@ mod tests {
         })
     }
 
+    /// The head the line `v` has in the agent: its time, event and
+    /// severity (a verdict is a Warning, lost events an Error, state Info).
+    fn head_of(v: &Value) -> Head<'_> {
+        let event = v.get("event").and_then(Value::as_str).unwrap_or("");
+        let at = v.get("timestamp").and_then(Value::as_str);
+        Head {
+            at: at.map_or_else(SystemTime::now, |t| humantime::parse_rfc3339(t).unwrap()),
+            event,
+            severity: match event {
+                "events_lost" => Severity::Err,
+                "listener_snapshot" | "agent_health" => Severity::Info,
+                _ if v.get("verdict.cause").is_some() => Severity::Warning,
+                _ => Severity::Notice,
+            },
+        }
+    }
+
+    fn send(log: &Syslog, v: &Value) {
+        log.send(&head_of(v), v);
+    }
+
     /// What the sender in this process makes of `event()`.
     fn expected() -> String {
         let (host, pid) = (local_hostname(), std::process::id());
-        format(&event(), Facility::Daemon, &host, "tcpq", pid)
+        format(
+            &head_of(&event()),
+            &event(),
+            Facility::Daemon,
+            &host,
+            "tcpq",
+            pid,
+        )
     }
 
     fn cfg(target: &str) -> Config {
@@ -775,7 +798,14 @@ mod tests {
 
     /// `format` with placeholder header values.
     fn short(ev: Value) -> String {
-        format(&ev, Facility::Local7, &"h".repeat(300), "a", 1)
+        format(
+            &head_of(&ev),
+            &ev,
+            Facility::Local7,
+            &"h".repeat(300),
+            "a",
+            1,
+        )
     }
 
     #[test]
@@ -820,7 +850,14 @@ mod tests {
              netns=\"4026532000\" process=\"redis-server\" count=\"5\"] {json}"
         );
         assert_eq!(
-            format(&event(), Facility::Daemon, "host1", "tcpq", 42),
+            format(
+                &head_of(&event()),
+                &event(),
+                Facility::Daemon,
+                "host1",
+                "tcpq",
+                42
+            ),
             want
         );
         let health = json!({"event": "agent_health", "verdict.cause": "x"});
@@ -840,7 +877,10 @@ mod tests {
         let json = serde_json::to_string(&ev).unwrap();
         let sd = r#"[tcpq@32473 process="a\"b\\c\]d"]"#;
         let want = format!("<13>1 2025-11-21T01:20:00.000Z - myapp 7 - {sd} {json}");
-        assert_eq!(format(&ev, Facility::User, "", "my app", 7), want);
+        assert_eq!(
+            format(&head_of(&ev), &ev, Facility::User, "", "my app", 7),
+            want
+        );
         // No SD params and no event: "-" twice; no timestamp: now; long fields cut.
         let s = short(json!({"other": 1}));
         let f: Vec<&str> = s.splitn(8, ' ').collect();
@@ -858,7 +898,7 @@ mod tests {
         let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let udp = Syslog::start(cfg(&format!("udp://{}", rx.local_addr().unwrap()))).await;
         let udp = udp.unwrap(); // kept: dropping the handle ends the task
-        udp.send(&event());
+        send(&udp, &event());
         let mut buf = vec![0; 70_000];
         let n = rx.recv(&mut buf).await.unwrap();
         assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), expected());
@@ -867,8 +907,8 @@ mod tests {
         let tcp = Syslog::start(cfg(&format!("tcp://{}", l.local_addr().unwrap()))).await;
         let tcp = tcp.unwrap();
         let (mut s, _) = l.accept().await.unwrap();
-        tcp.send(&event());
-        tcp.send(&json!({"event": "second"}));
+        send(&tcp, &event());
+        send(&tcp, &json!({"event": "second"}));
         let mut buf = Vec::new();
         assert_eq!(read_frame(&mut s, &mut buf).await, expected());
         let second = read_frame(&mut s, &mut buf).await;
@@ -888,14 +928,14 @@ mod tests {
         let rx = UnixDatagram::bind(&dgram).unwrap();
         let log = Syslog::start(cfg(&format!("unix://{}", dgram.display()))).await;
         let log = log.unwrap();
-        log.send(&event());
+        send(&log, &event());
         let mut buf = vec![0; 70_000];
         let n = rx.recv(&mut buf).await.unwrap();
         assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), expected());
         // The receiver restarts (as rsyslog does): the message waits for it.
         drop(rx);
         std::fs::remove_file(&dgram).unwrap();
-        log.send(&json!({"event": "later"}));
+        send(&log, &json!({"event": "later"}));
         sleep(Duration::from_millis(300)).await;
         let rx = UnixDatagram::bind(&dgram).unwrap();
         let n = rx.recv(&mut buf).await.unwrap();
@@ -906,7 +946,7 @@ mod tests {
         let log = Syslog::start(cfg(&format!("unix:{}", stream.display()))).await;
         let log = log.unwrap();
         let (mut s, _) = l.accept().await.unwrap();
-        log.send(&event());
+        send(&log, &event());
         log.flush(Duration::from_secs(1)).await;
         drop(log);
         let mut got = Vec::new();
@@ -923,7 +963,7 @@ mod tests {
         let stats = log.stats();
         let (mut s, _) = l.accept().await.unwrap();
         let mut buf = Vec::new();
-        log.send(&json!({"event": "e0"}));
+        send(&log, &json!({"event": "e0"}));
         assert!(read_frame(&mut s, &mut buf).await.contains(" e0 "));
         drop((s, l));
         // The task notices the close while idle.
@@ -935,7 +975,7 @@ mod tests {
         }
         assert!(!stats.connected.load(Relaxed));
         for i in 1..=4 {
-            log.send(&json!({"event": format!("e{i}")}));
+            send(&log, &json!({"event": format!("e{i}")}));
         }
         sleep(Duration::from_millis(500)).await; // a retry or two get refused
         let l = TcpListener::bind(addr).await.unwrap();
@@ -1015,7 +1055,7 @@ mod tests {
         let mut ev = event();
         ev["process.executable.name"] = json!(FORGED);
         ev["process.command_line"] = json!(format!("{FORGED} --flag"));
-        let msg = format(&ev, Facility::Daemon, "host1", "tcpq", 42);
+        let msg = format(&head_of(&ev), &ev, Facility::Daemon, "host1", "tcpq", 42);
         assert!(!msg.chars().any(|c| c.is_control()), "{msg:?}");
         assert!(!msg.contains('\u{2028}'));
         assert!(msg.starts_with("<28>1 ") && msg.matches("<0>").count() == 3); // in SD, and twice in MSG
@@ -1033,7 +1073,7 @@ mod tests {
 
     #[test]
     fn fit_cuts_at_field_boundaries_into_valid_json() {
-        let fmt = |v: &Value| format(v, Facility::Daemon, "h", "tcpq", 1);
+        let fmt = |v: &Value| format(&head_of(v), v, Facility::Daemon, "h", "tcpq", 1);
         let small = event();
         assert_eq!(fit(&small, 1000, fmt), fmt(&small));
         let mut big = event();
@@ -1096,8 +1136,8 @@ mod tests {
             .unwrap();
         let mut big = event();
         big["process.command_line"] = json!("c".repeat(80_000));
-        log.send(&big);
-        log.send(&event());
+        send(&log, &big);
+        send(&log, &event());
         let mut buf = vec![0; 70_000];
         let n = rx.recv(&mut buf).await.unwrap();
         assert!(n <= MAX_DATAGRAM, "{n}");
@@ -1137,7 +1177,7 @@ mod tests {
             sleep(Duration::from_millis(10)).await;
         }
         for i in 0..14 {
-            log.send(&json!({"event": format!("q{i}")}));
+            send(&log, &json!({"event": format!("q{i}")}));
         }
         sleep(Duration::from_millis(500)).await; // retries refused meanwhile
         assert_eq!(stats.queued.load(Relaxed), 14);
@@ -1153,7 +1193,7 @@ mod tests {
             let frame = read_frame(&mut s2, &mut buf).await;
             assert!(frame.contains(&format!(" q{i} ")), "{frame}");
         }
-        log.send(&json!({"event": "after"}));
+        send(&log, &json!({"event": "after"}));
         assert!(read_frame(&mut s2, &mut buf).await.contains(" after "));
         log.flush(Duration::from_secs(1)).await;
         assert_eq!(
@@ -1172,8 +1212,8 @@ mod tests {
             }
             sleep(Duration::from_millis(10)).await;
         }
-        log.send(&json!({"event": "never"}));
-        log.send(&json!({"event": "never"}));
+        send(&log, &json!({"event": "never"}));
+        send(&log, &json!({"event": "never"}));
         sleep(Duration::from_millis(50)).await;
         drop(log);
         sleep(Duration::from_millis(50)).await; // the aborted task is dropped
@@ -1201,7 +1241,7 @@ mod tests {
         for i in 0..45 {
             let mut ev = event();
             ev["process.executable.name"] = json!(format!("{FORGED}{i}"));
-            log.send(&ev);
+            send(&log, &ev);
         }
         log.flush(Duration::from_secs(2)).await;
         drop(log);

@@ -50,8 +50,8 @@ pub fn run(args: TraceArgs) -> Result<()> {
 pub enum Control {
     /// SIGHUP: the sink reopens and reloads.
     Reload,
-    /// Periodic status lines, gathered off the engine's thread.
-    Snapshot(Vec<serde_json::Value>),
+    /// Periodic status rows, gathered off the engine's thread.
+    Snapshot(crate::status::Snapshot),
 }
 
 /// (tgid << 32 | errno) → failures, per CPU (`ACCEPT_ERRORS`).
@@ -400,9 +400,9 @@ pub async fn engine(
                     s.set_filters(f);
                 }
             }
-            Some(Control::Snapshot(lines)) => {
+            Some(Control::Snapshot(snap)) => {
                 let view = s.view();
-                if let Err(e) = sink.snapshot(lines, &view) {
+                if let Err(e) = sink.snapshot(snap, &view) {
                     output_failed = Some(e);
                     break;
                 }
@@ -749,10 +749,10 @@ impl Session {
             let listener = self.agg.busiest_listener(&resolve::sockets_of(pid));
             let mut attrs = Vec::new();
             if let Some(n) = resolve::open_fds(pid) {
-                attrs.push(("process.open_fds", serde_json::json!(n)));
+                attrs.push(crate::model::Fact::OpenFds(n as u64));
             }
             if let Some(n) = resolve::fd_limit(pid) {
-                attrs.push(("process.fd_limit", serde_json::json!(n)));
+                attrs.push(crate::model::Fact::FdLimit(n));
             }
             self.agg.on_accept_errors(pid, errno, n, listener, attrs);
         }

@@ -290,12 +290,7 @@ impl Tally {
             Kind::ResetSent { .. } => t.totals.resets += n,
             Kind::AcceptError { .. } => t.totals.accept_errors += n,
             Kind::AcceptLatency => {
-                if let Some(v) = p
-                    .attrs
-                    .iter()
-                    .find(|(k, _)| *k == "accept_latency.p99_ms")
-                    .and_then(|(_, v)| v.as_f64())
-                {
+                if let Some(v) = p.attrs.iter().find_map(|f| f.accept_latency_p99_ms()) {
                     t.p99 = Some((now, v));
                 }
             }

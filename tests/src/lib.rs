@@ -793,7 +793,13 @@ pub fn polled_by(pid: u32) -> Vec<u64> {
 /// `n` sequential `Connection: close` requests from inside `ns`: (200s,
 /// failures).
 pub fn http_close(ns: &Netns, port: u16, n: u64) -> (u64, u64) {
-    let (child, _) = ns.scenario(&["http-close", &port.to_string(), &n.to_string()]);
+    let (child, _) = ns.scenario(&[
+        "http-close",
+        "--port",
+        &port.to_string(),
+        "--requests",
+        &n.to_string(),
+    ]);
     let out = finish(child);
     (field(&out, "ok"), field(&out, "failed"))
 }

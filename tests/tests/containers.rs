@@ -128,11 +128,31 @@ fn a_podman_containers_overflows_name_the_container_and_its_filter_shows_it_alon
     let tag = std::process::id();
     let a = Container::create(
         &format!("tcpq-a-{tag}"),
-        &["syn-overflow", "9400", "6", "1", "6"],
+        &[
+            "syn-overflow",
+            "--port",
+            "9400",
+            "--clients",
+            "6",
+            "--syncnt",
+            "1",
+            "--hold",
+            "6",
+        ],
     );
     let b = Container::create(
         &format!("tcpq-b-{tag}"),
-        &["syn-overflow", "9400", "6", "1", "6"],
+        &[
+            "syn-overflow",
+            "--port",
+            "9400",
+            "--clients",
+            "6",
+            "--syncnt",
+            "1",
+            "--hold",
+            "6",
+        ],
     );
     let agent = Agent::trace(&["--container", &a.id[..12]]);
     a.start();

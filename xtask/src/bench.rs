@@ -493,9 +493,19 @@ fn flood(agent_bin: &PathBuf, scenario_bin: &PathBuf) -> Result<()> {
             .context("starting tcpq-scenario")
     };
     // listen(0) and one connection nobody accepts: every SYN is dropped.
-    let mut server = in_ns(&["listen", &port, "0", "60"])?;
+    let mut server = in_ns(&["listen", "--port", &port, "--backlog", "0", "--hold", "60"])?;
     sleep(Duration::from_millis(300));
-    let mut holder = in_ns(&["connect", &port, "1", "2", "60"])?;
+    let mut holder = in_ns(&[
+        "connect",
+        "--port",
+        &port,
+        "--clients",
+        "1",
+        "--syncnt",
+        "2",
+        "--hold",
+        "60",
+    ])?;
     sleep(Duration::from_millis(500));
     let counters = || -> Result<u64> {
         let text = run(Command::new("ip").args(["netns", "exec", NS, "cat", "/proc/net/netstat"]))?;
@@ -572,7 +582,15 @@ quiet namespaces (no load, {IDLE_SECS} s each):"
                 Command::new("ip")
                     .args(["netns", "exec", n])
                     .arg(scenario_bin)
-                    .args(["listen", "8000", "16", "60"])
+                    .args([
+                        "listen",
+                        "--port",
+                        "8000",
+                        "--backlog",
+                        "16",
+                        "--hold",
+                        "60",
+                    ])
                     .stdout(Stdio::null())
                     .spawn()
                     .context("starting tcpq-scenario")?,

@@ -249,7 +249,7 @@ fn owner_details_and_filters_by_netns_comm_and_cgroup() {
         l["process.command_line"]
             .as_str()
             .unwrap()
-            .contains("syn-overflow 9503"),
+            .contains("syn-overflow --port 9503"),
         "{l}"
     );
     // root's name where /etc/passwd has it (not in the VM's initramfs).

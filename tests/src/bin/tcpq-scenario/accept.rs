@@ -37,12 +37,7 @@ pub struct AcceptEmfileArgs {
 }
 
 pub fn accept_emfile(a: AcceptEmfileArgs) -> Result<()> {
-    let l = listener(a.port, 16)?;
-    ready();
-    let mut held = Vec::new();
-    for _ in 0..a.clients.min(17) {
-        held.push(connected(a.port)?);
-    }
+    let (l, mut held) = queued(a.port, 16, a.clients.min(17))?;
     limit_fds_to_lowest_free(&l)?;
     let (mut emfile, mut other, mut accepted) = (0, 0, 0);
     for i in 0..a.attempts.min(10_000) {
@@ -61,6 +56,19 @@ pub fn accept_emfile(a: AcceptEmfileArgs) -> Result<()> {
     println!("accept_errors EMFILE={emfile} other={other} accepted={accepted}");
     sleep(a.hold);
     Ok(())
+}
+
+/// A listener with `conns` connections waiting in its accept queue (each
+/// blocking connect done: `ready` is printed before the first), and the
+/// clients' sockets.
+fn queued(port: u16, backlog: i32, conns: usize) -> Result<(OwnedFd, Vec<OwnedFd>)> {
+    let l = listener(port, backlog)?;
+    ready();
+    let mut clients = Vec::new();
+    for _ in 0..conns {
+        clients.push(connected(port)?);
+    }
+    Ok((l, clients))
 }
 
 /// Lowers the soft RLIMIT_NOFILE to the lowest free descriptor (what the
@@ -113,12 +121,7 @@ pub struct AcceptDelayArgs {
 }
 
 pub fn accept_delay(a: AcceptDelayArgs) -> Result<()> {
-    let l = listener(a.port, 64)?;
-    ready();
-    let mut held = Vec::new();
-    for _ in 0..a.conns.min(65) {
-        held.push(connected(a.port)?);
-    }
+    let (l, mut held) = queued(a.port, 64, a.conns.min(65))?;
     sleep(Duration::from_millis(a.delay_ms.min(120_000)));
     let mut accepted = 0;
     for _ in 0..a.conns.min(65) {

@@ -67,7 +67,12 @@ enum Mode {
     CloseWait(teardown::CloseWaitArgs),
     ResetPeer(teardown::ResetPeerArgs),
     Churn(owners::ChurnArgs),
-    Reuseport(owners::ReuseportArgs),
+    /// Two processes sharing a port.
+    ///
+    /// Two processes (this one and a forked child), each with its own
+    /// SO_REUSEPORT listener on the port, never accepting; prints `ready
+    /// PID` then `member CHILD`.
+    Reuseport(owners::HeldListener),
     ForkListen(owners::ForkListenArgs),
 }
 

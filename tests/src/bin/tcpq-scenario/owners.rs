@@ -86,25 +86,24 @@ fn churn_child(port: u16, life_ms: u64) -> i32 {
     }
 }
 
-/// Two processes sharing a port.
-///
-/// Two processes (this one and a forked child), each with its own
-/// SO_REUSEPORT listener on the port, never accepting; prints `ready PID`
-/// then `member CHILD`.
+/// A listener that is never accepted from, and how long it is held.
 #[derive(Args)]
-pub struct ReuseportArgs {
+pub struct HeldListener {
     /// The port (on loopback).
     #[arg(long)]
     port: u16,
-    /// Each listener's listen() backlog.
+    /// listen()'s backlog.
     #[arg(long, allow_negative_numbers = true)]
     backlog: i32,
-    /// How long both keep listening.
+    /// How long the listener is held (reuseport: by both processes;
+    /// fork-listen: by the child).
     #[arg(long, value_name = "SECS", value_parser = seconds)]
     hold: Duration,
 }
 
-pub fn reuseport(a: ReuseportArgs) -> Result<()> {
+/// Two processes (this one and a forked child), each with its own
+/// SO_REUSEPORT listener.
+pub fn reuseport(a: HeldListener) -> Result<()> {
     let (tx, rx) = pipe()?;
     if fork()? == 0 {
         let _l = reuseport_listener(a.port, a.backlog)?;
@@ -132,25 +131,18 @@ pub fn reuseport(a: ReuseportArgs) -> Result<()> {
 /// prints `ready PARENT` then `child CHILD`.
 #[derive(Args)]
 pub struct ForkListenArgs {
-    /// The port (on loopback).
-    #[arg(long)]
-    port: u16,
-    /// listen()'s backlog.
-    #[arg(long, allow_negative_numbers = true)]
-    backlog: i32,
-    /// How long the child keeps the listener.
-    #[arg(long, value_name = "SECS", value_parser = seconds)]
-    hold: Duration,
+    #[command(flatten)]
+    listener: HeldListener,
     /// How long the parent keeps it.
     #[arg(long, value_name = "PARENT_SECS", value_parser = seconds)]
     parent_hold: Duration,
 }
 
 pub fn fork_listen(a: ForkListenArgs) -> Result<()> {
-    let _l = listener(a.port, a.backlog)?;
+    let _l = listener(a.listener.port, a.listener.backlog)?;
     let child = fork()?;
     if child == 0 {
-        sleep(a.hold);
+        sleep(a.listener.hold);
         std::process::exit(0);
     }
     ready();

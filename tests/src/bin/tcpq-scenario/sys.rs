@@ -179,43 +179,25 @@ pub fn readable(fd: RawFd, ms: i32) -> bool {
     unsafe { libc::poll(&raw mut p, 1, ms) > 0 }
 }
 
+/// A socket option read as a `T`, None if getsockopt() fails. Only for
+/// plain C types, valid when all-zero (`c_int`, `tcp_info`).
+fn getsockopt<T>(fd: RawFd, level: i32, opt: i32) -> Option<T> {
+    // SAFETY: T is a plain C type for which all-zero is valid (above).
+    let mut v: T = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `v` is writable for `len` bytes.
+    let rc = unsafe { libc::getsockopt(fd, level, opt, (&raw mut v).cast(), &raw mut len) };
+    (rc == 0).then_some(v)
+}
+
 /// A socket's pending error (`SO_ERROR`), 0 if none.
-pub fn so_error(fd: i32) -> i32 {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: err and len are valid for the call; fd is a socket we own.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            &mut err as *mut _ as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        err
-    } else {
-        0
-    }
+pub fn so_error(fd: RawFd) -> i32 {
+    getsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_ERROR).unwrap_or(0)
 }
 
 /// The socket's TCP state (`TCP_ESTABLISHED`, ...) from TCP_INFO.
 pub fn tcp_state(fd: RawFd) -> Option<u8> {
-    // SAFETY: all-zero is a valid tcp_info.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` is writable for `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &raw mut len,
-        )
-    };
-    (rc == 0).then_some(info.tcpi_state)
+    getsockopt::<libc::tcp_info>(fd, libc::IPPROTO_TCP, libc::TCP_INFO).map(|i| i.tcpi_state)
 }
 
 /// Polls the TCP state of `fd` every 10 ms until it is `want` (2 s at most).

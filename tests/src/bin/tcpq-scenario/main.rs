@@ -111,7 +111,7 @@ fn ready() {
 }
 
 /// A time in seconds (a decimal number), at most 120 s: larger values are
-/// cut to 120, negative ones to 0.
+/// cut to 120 (a negative one, `--hold=-1`, to 0).
 fn seconds(s: &str) -> Result<Duration, String> {
     let v: f64 = s
         .parse()

@@ -48,7 +48,7 @@ ticks() { awk '{print $14 + $15}' "/proc/$a/stat"; }
 t0=$(ticks)
 end=$((SECONDS + secs))
 while ((SECONDS < end)); do
-    ip netns exec "$ns" "$scenario" abort-client 9311 5 PING >/dev/null
+    ip netns exec "$ns" "$scenario" abort-client --port 9311 --conns 5 --request PING >/dev/null
     sleep 0.2
 done
 t1=$(ticks)

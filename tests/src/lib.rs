@@ -165,13 +165,15 @@ impl Netns {
     }
 
     /// Starts the scenario helper (IPv4) inside the namespace and waits for
-    /// its `ready` line. Returns the child and its pid.
-    pub fn scenario(&self, args: &[&str]) -> (Child, u32) {
+    /// its `ready` line. Returns the child and its pid. `args`: its command
+    /// line after its name, split at whitespace (`syn-overflow --port 9101
+    /// --clients 6 --syncnt 1 --hold 3`; `tcpq-scenario MODE --help`).
+    pub fn scenario(&self, args: &str) -> (Child, u32) {
         self.scenario_ip(Ip::V4, args)
     }
 
     /// Like `scenario`, over IPv4 or IPv6 loopback.
-    pub fn scenario_ip(&self, ip: Ip, args: &[&str]) -> (Child, u32) {
+    pub fn scenario_ip(&self, ip: Ip, args: &str) -> (Child, u32) {
         let bin = scenario_bin();
         let mut cmd = self.cmd(bin.to_str().unwrap());
         cmd.env("TCPQ_SCENARIO_V6", if ip == Ip::V6 { "1" } else { "0" });
@@ -185,7 +187,7 @@ impl Netns {
         &self,
         bin: &std::path::Path,
         comm: Option<&str>,
-        args: &[&str],
+        args: &str,
     ) -> (Child, u32) {
         use std::os::unix::ffi::OsStrExt;
         let mut cmd = Command::new("ip");
@@ -200,9 +202,9 @@ impl Netns {
         Netns::start_scenario(cmd, args)
     }
 
-    fn start_scenario(mut cmd: Command, args: &[&str]) -> (Child, u32) {
+    fn start_scenario(mut cmd: Command, args: &str) -> (Child, u32) {
         let mut child = cmd
-            .args(args)
+            .args(args.split_whitespace())
             .stdout(Stdio::piped())
             .spawn()
             .expect("start tcpq-scenario");
@@ -793,7 +795,7 @@ pub fn polled_by(pid: u32) -> Vec<u64> {
 /// `n` sequential `Connection: close` requests from inside `ns`: (200s,
 /// failures).
 pub fn http_close(ns: &Netns, port: u16, n: u64) -> (u64, u64) {
-    let (child, _) = ns.scenario(&["http-close", &port.to_string(), &n.to_string()]);
+    let (child, _) = ns.scenario(&format!("http-close --port {port} --requests {n}"));
     let out = finish(child);
     (field(&out, "ok"), field(&out, "failed"))
 }

@@ -53,7 +53,8 @@ struct Container {
 }
 
 impl Container {
-    fn create(name: &str, args: &[&str]) -> Container {
+    /// `args`: the helper's command line after its name, split at whitespace.
+    fn create(name: &str, args: &str) -> Container {
         let _ = podman().args(["rm", "-f", "-t", "0", name]).output();
         let id = run(podman()
             .args(["create", "--name", name, "--network", "none"])
@@ -65,7 +66,7 @@ impl Container {
             ])
             .arg(IMAGE)
             .arg("/bin/tcpq-scenario")
-            .args(args));
+            .args(args.split_whitespace()));
         Container {
             id: id.trim().to_string(),
         }
@@ -128,11 +129,11 @@ fn a_podman_containers_overflows_name_the_container_and_its_filter_shows_it_alon
     let tag = std::process::id();
     let a = Container::create(
         &format!("tcpq-a-{tag}"),
-        &["syn-overflow", "9400", "6", "1", "6"],
+        "syn-overflow --port 9400 --clients 6 --syncnt 1 --hold 6",
     );
     let b = Container::create(
         &format!("tcpq-b-{tag}"),
-        &["syn-overflow", "9400", "6", "1", "6"],
+        "syn-overflow --port 9400 --clients 6 --syncnt 1 --hold 6",
     );
     let agent = Agent::trace(&["--container", &a.id[..12]]);
     a.start();

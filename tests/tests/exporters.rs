@@ -24,7 +24,7 @@ fn overflow_as(ns: &Netns, bin: &Path, comm: Option<&str>, port: u16) -> u64 {
     let (child, _) = ns.scenario_as(
         bin,
         comm,
-        &["syn-overflow", &port.to_string(), "4", "1", "3"],
+        &format!("syn-overflow --port {port} --clients 4 --syncnt 1 --hold 3"),
     );
     finish(child);
     delta(&before, &ns.counters(), "TcpExt.ListenOverflows")

@@ -69,7 +69,9 @@ fn syn_queue(
     let before = ns.counters();
     // listen(2) with TCP_DEFER_ACCEPT: idle clients stay half-open; the
     // SYN queue holds 3, the rest overflow it.
-    let (child, _) = ns.scenario(&["syn-queue", &port.to_string(), "2", "5", "1.5"]);
+    let (child, _) = ns.scenario(&format!(
+        "syn-queue --port {port} --backlog 2 --clients 5 --hold 1.5"
+    ));
     finish(child);
     let after = ns.counters();
     (agent.stop(), ns, before, after)
@@ -139,7 +141,7 @@ fn three_quarters_of_max_syn_backlog_is_a_syn_queue_drop() {
     ns.sysctl("net.ipv4.tcp_max_syn_backlog", "8");
     let agent = Agent::trace(&["--port", "9303"]);
     let before = ns.counters();
-    let (child, _) = ns.scenario(&["syn-queue", "9303", "100", "10", "1.5"]);
+    let (child, _) = ns.scenario("syn-queue --port 9303 --backlog 100 --clients 10 --hold 1.5");
     finish(child);
     let after = ns.counters();
     let lines = agent.stop();
@@ -168,7 +170,7 @@ fn accept_emfile_is_counted_per_process_with_its_fds_and_queue() {
     // --port: the accept() syscall hooks are on from the start (host-wide
     // they are attached on demand: see the next test).
     let agent = Agent::trace(&["--port", "9304"]);
-    let (child, pid) = ns.scenario(&["accept-emfile", "9304", "3", "7", "1.5"]);
+    let (child, pid) = ns.scenario("accept-emfile --port 9304 --clients 3 --attempts 7 --hold 1.5");
     let out = finish(child);
     let lines = agent.stop();
     let failed = field(&out, "EMFILE");
@@ -212,9 +214,11 @@ fn accept_errors_beyond_the_kernel_map_are_counted_not_lost() {
         &["--syscall-hooks", "always"],
         &[("TCPQ_TEST_ACCEPT_ERRORS_ENTRIES", "1")],
     );
-    let (first, pid1) = ns.scenario(&["accept-emfile", "9314", "3", "150", "0.5"]);
+    let (first, pid1) =
+        ns.scenario("accept-emfile --port 9314 --clients 3 --attempts 150 --hold 0.5");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let (second, pid2) = ns.scenario(&["accept-emfile", "9315", "3", "7", "0.5"]);
+    let (second, pid2) =
+        ns.scenario("accept-emfile --port 9315 --clients 3 --attempts 7 --hold 0.5");
     let (out1, out2) = (finish(first), finish(second));
     let (lines, stderr) = agent.stop_with_stderr(libc::SIGINT);
     let failed = field(&out1, "EMFILE") + field(&out2, "EMFILE");
@@ -266,7 +270,8 @@ fn accept_hooks_attach_on_demand_when_a_queue_backs_up() {
         agent.ready_line
     );
     // 5 connections wait in a queue of 16+1: a quarter full.
-    let (child, pid) = ns.scenario(&["accept-emfile", "9313", "5", "300", "0.5"]);
+    let (child, pid) =
+        ns.scenario("accept-emfile --port 9313 --clients 5 --attempts 300 --hold 0.5");
     let out = finish(child);
     let lines = agent.stop();
     let failed = field(&out, "EMFILE");
@@ -291,7 +296,7 @@ fn close_wait_sockets_are_counted_per_listener_like_ss() {
     let ns = Netns::new("cw9305");
     let agent = Agent::trace(&[]);
     // Held 60 s (killed below).
-    let (mut child, pid) = ns.scenario(&["close-wait", "9305", "4", "60"]);
+    let (mut child, pid) = ns.scenario("close-wait --port 9305 --conns 4 --hold 60");
     // While the scenario holds them: CLOSE_WAIT is read every 4th poll;
     // a TCG guest beside another one runs several times slower.
     let wait = if std::env::var_os("TCPQ_IN_VM").is_some() {
@@ -330,7 +335,7 @@ fn port_exhaustion_is_a_connect_error_with_the_port_range() {
     let ns = Netns::new("ports9306");
     ns.sysctl("net.ipv4.ip_local_port_range", "40000 40003");
     let agent = Agent::trace(&[]);
-    let (child, pid) = ns.scenario(&["port-exhaust", "9306", "10", "1"]);
+    let (child, pid) = ns.scenario("port-exhaust --port 9306 --attempts 10 --hold 1");
     let out = finish(child);
     let lines = agent.stop();
     let failed = field(&out, "EADDRNOTAVAIL");
@@ -361,7 +366,7 @@ fn time_wait_exhaustion_reports_the_time_wait_count() {
     ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
     let agent = Agent::trace(&[]);
     let before = ns.counters();
-    let (child, _) = ns.scenario(&["tw-exhaust", "9307", "4", "3", "1"]);
+    let (child, _) = ns.scenario("tw-exhaust --port 9307 --cycles 4 --attempts 3 --hold 1");
     let out = finish(child);
     let after = ns.counters();
     let lines = agent.stop();
@@ -388,7 +393,7 @@ fn refused_connects_are_resets_received_and_connect_errors() {
     let ns = Netns::new("refused9308");
     let agent = Agent::trace(&[]);
     let before = ns.counters();
-    let (child, _) = ns.scenario(&["refused", "9308", "6"]);
+    let (child, _) = ns.scenario("refused --port 9308 --count 6");
     let out = finish(child);
     let after = ns.counters();
     let lines = agent.stop();
@@ -422,7 +427,7 @@ fn resets_from_a_server_are_resets_received_by_its_clients() {
     let ns = Netns::new("rst9309");
     let agent = Agent::trace(&[]);
     let before = ns.counters();
-    let (child, _) = ns.scenario(&["reset-peer", "9309", "5"]);
+    let (child, _) = ns.scenario("reset-peer --port 9309 --conns 5");
     let out = finish(child);
     let after = ns.counters();
     let lines = agent.stop();
@@ -445,7 +450,7 @@ fn connect_timeout_is_a_connect_error() {
     let ns = Netns::new("cto9310");
     ns.sysctl("net.ipv4.tcp_syncookies", "0");
     let agent = Agent::trace(&[]);
-    let (child, pid) = ns.scenario(&["connect-timeout", "9310", "0.5"]);
+    let (child, pid) = ns.scenario("connect-timeout --port 9310 --hold 0.5");
     let out = finish(child);
     let lines = agent.stop();
     // The last connect, and on a kernel without REQSK_QUEUE_IS_FULL_FIX
@@ -472,7 +477,7 @@ fn status_agrees_with_ss_and_the_kernel_counters() {
     // listen(0), never accept: one queued, the other clients dropped.
     // Held 60 s (killed below): the listener outlives the wait for the
     // drops to settle, however slow the machine.
-    let (mut child, pid) = ns.scenario(&["syn-overflow", "9311", "4", "1", "60"]);
+    let (mut child, pid) = ns.scenario("syn-overflow --port 9311 --clients 4 --syncnt 1 --hold 60");
     // Until the clients' one SYN retransmit each is over (later under a
     // slow TCG guest than on the host): ListenDrops unchanged for 1 s.
     let settled = || {
@@ -532,7 +537,7 @@ fn accept_latency_is_the_time_connections_waited_for_accept() {
     // listeners whose queue is seen a quarter full are measured).
     let agent = Agent::trace(&["--accept-latency-ms", "100", "--port", "9312"]);
     // 5 connections, accepted 500 ms after the last one connected.
-    let (child, pid) = ns.scenario(&["accept-delay", "9312", "5", "500", "1"]);
+    let (child, pid) = ns.scenario("accept-delay --port 9312 --conns 5 --delay-ms 500 --hold 1");
     let out = finish(child);
     let lines = agent.stop();
     assert_eq!(out.trim(), "accepted 5");
@@ -572,7 +577,7 @@ fn a_client_that_exits_at_once_is_named_by_the_kernel() {
     ns.sysctl("net.ipv4.ip_local_port_range", "40000 40001");
     let server = tcpq_tests::redis_server(&ns, 9309, &[]);
     // Two held connections take both local ports.
-    let (holder, _) = ns.scenario(&["connect", "9309", "2", "1", "30"]);
+    let (holder, _) = ns.scenario("connect --port 9309 --clients 2 --syncnt 1 --hold 30");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let agent = Agent::trace(&[]);
     let trace = std::env::temp_dir().join(format!("tcpq-strace-{}", std::process::id()));

@@ -182,8 +182,10 @@ fn a_syn_flood_is_counted_in_the_kernel_and_sent_as_a_few_records() {
     let port = 9390;
     // listen(0) and one connection that nobody accepts: the accept queue is
     // full (1 > 0), so every further SYN is dropped in tcp_conn_request.
-    let (mut server, _) = ns.scenario(&["listen", &port.to_string(), "0", "60"]);
-    let (mut holder, _) = ns.scenario(&["connect", &port.to_string(), "1", "2", "60"]);
+    let (mut server, _) = ns.scenario(&format!("listen --port {port} --backlog 0 --hold 60"));
+    let (mut holder, _) = ns.scenario(&format!(
+        "connect --port {port} --clients 1 --syncnt 2 --hold 60"
+    ));
     std::thread::sleep(Duration::from_millis(300));
     // The syscall hooks stay off: attaching them mid-flood patches the
     // syscall exit path while hping3 runs on the other vCPU, which QEMU's

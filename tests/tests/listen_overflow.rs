@@ -96,8 +96,10 @@ fn syn_time_overflow(ip: Ip, port: u16) {
     let t0 = Instant::now();
     // listen(0): the first client fills the queue; 5 more are dropped at SYN
     // time, once for the SYN and once for its single retransmit.
-    let (mut child, pid) =
-        ns.scenario_ip(ip, &["syn-overflow", &port.to_string(), "6", "1", "3.5"]);
+    let (mut child, pid) = ns.scenario_ip(
+        ip,
+        &format!("syn-overflow --port {port} --clients 6 --syncnt 1 --hold 3.5"),
+    );
     child.wait().unwrap();
     let after = ns.counters();
     let lines = agent.stop_timed();
@@ -144,9 +146,11 @@ fn a_listener_older_than_the_agent_is_tracked_without_its_history() {
     let ns = Netns::new("old");
     let port = 9102;
     let p = port.to_string();
-    let (mut listener, pid) = ns.scenario(&["listen", &p, "0", "30"]);
+    let (mut listener, pid) = ns.scenario(&format!("listen --port {p} --backlog 0 --hold 30"));
     // History the agent must not report: a queue filled and 2 SYNs dropped.
-    let (mut early, _) = ns.scenario(&["connect", &p, "2", "1", "0.5"]);
+    let (mut early, _) = ns.scenario(&format!(
+        "connect --port {p} --clients 2 --syncnt 1 --hold 0.5"
+    ));
     early.wait().unwrap();
     assert!(
         ns.counters()[OVERFLOWS] >= 1,
@@ -154,7 +158,9 @@ fn a_listener_older_than_the_agent_is_tracked_without_its_history() {
     );
     let agent = Agent::trace(&["--port", &p]);
     let before = ns.counters();
-    let (mut clients, clients_pid) = ns.scenario(&["connect", &p, "3", "1", "2.5"]);
+    let (mut clients, clients_pid) = ns.scenario(&format!(
+        "connect --port {p} --clients 3 --syncnt 1 --hold 2.5"
+    ));
     clients.wait().unwrap();
     sleep(Duration::from_millis(400));
     let after = ns.counters();
@@ -178,7 +184,7 @@ fn ack_time_overflow(ip: Ip, port: u16, abort_on_overflow: bool) {
     );
     let agent = Agent::trace(&["--port", &port.to_string()]);
     let before = ns.counters();
-    let (mut child, pid) = ns.scenario_ip(ip, &["ack-overflow", &port.to_string(), "2"]);
+    let (mut child, pid) = ns.scenario_ip(ip, &format!("ack-overflow --port {port} --hold 2"));
     child.wait().unwrap();
     let after = ns.counters();
     let lines = agent.stop();
@@ -291,7 +297,9 @@ fn redis_server_that_stops_accepting() {
     let agent = Agent::trace(&["--port", &p]);
     unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
     let before = ns.counters();
-    let (mut clients, _) = ns.scenario(&["connect", &p, "5", "1", "3"]);
+    let (mut clients, _) = ns.scenario(&format!(
+        "connect --port {p} --clients 5 --syncnt 1 --hold 3"
+    ));
     clients.wait().unwrap();
     let after = ns.counters();
     let lines = agent.stop();
@@ -324,7 +332,7 @@ fn ring_buffer_loss_is_counted_not_silent() {
     }
     let before = ns.counters();
     unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
-    let (mut child, _) = ns.scenario(&["refused", &p, "400"]);
+    let (mut child, _) = ns.scenario(&format!("refused --port {p} --count 400"));
     child.wait().unwrap();
     let after = ns.counters();
     unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
@@ -389,12 +397,12 @@ fn pid_filter_shows_only_that_process_listeners() {
         return;
     }
     let ns = Netns::new("pid");
-    let (mut a, pid_a) = ns.scenario(&["listen", "9106", "0", "20"]);
-    let (mut b, _pid_b) = ns.scenario(&["listen", "9107", "0", "20"]);
+    let (mut a, pid_a) = ns.scenario("listen --port 9106 --backlog 0 --hold 20");
+    let (mut b, _pid_b) = ns.scenario("listen --port 9107 --backlog 0 --hold 20");
     let agent = Agent::trace(&["--pid", &pid_a.to_string()]);
     let before = ns.counters();
-    let (mut ca, _) = ns.scenario(&["connect", "9106", "3", "1", "2.5"]);
-    let (mut cb, _) = ns.scenario(&["connect", "9107", "3", "1", "2.5"]);
+    let (mut ca, _) = ns.scenario("connect --port 9106 --clients 3 --syncnt 1 --hold 2.5");
+    let (mut cb, _) = ns.scenario("connect --port 9107 --clients 3 --syncnt 1 --hold 2.5");
     ca.wait().unwrap();
     cb.wait().unwrap();
     let after = ns.counters();
@@ -447,7 +455,10 @@ fn accepts_during_overflow_are_counted() {
     let agent = Agent::trace(&["--port", &port.to_string()]);
     let mut child = ns
         .cmd(tcpq_tests::scenario_bin().to_str().unwrap())
-        .args(["slow-accept", &port.to_string(), "10", "3", "2.5"])
+        .args(
+            format!("slow-accept --port {port} --clients 10 --accepts 3 --hold 2.5")
+                .split_whitespace(),
+        )
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -515,8 +526,10 @@ fn a_capped_backlog_is_named_with_what_listen_asked_for() {
     let kfunc = agent.ready_line.contains("fentry __sys_listen")
         || agent.ready_line.contains("kprobe __sys_listen");
     let before = ns.counters();
-    let (mut server, _) = ns.scenario(&["listen", &p, "64", "8"]);
-    let (mut clients, _) = ns.scenario(&["connect", &p, "10", "1", "3"]);
+    let (mut server, _) = ns.scenario(&format!("listen --port {p} --backlog 64 --hold 8"));
+    let (mut clients, _) = ns.scenario(&format!(
+        "connect --port {p} --clients 10 --syncnt 1 --hold 3"
+    ));
     clients.wait().unwrap();
     let after = ns.counters();
     let lines = agent.stop();

@@ -154,7 +154,9 @@ fn overflow_sum(records: &[(serde_json::Map<String, Value>, Value)], port: u16, 
 /// Overflows `port` in `ns` (listen(0), 6 clients): ΔListenOverflows.
 fn overflow(ns: &Netns, port: u16) -> u64 {
     let before = ns.counters();
-    let (mut c, _) = ns.scenario(&["syn-overflow", &port.to_string(), "6", "1", "3"]);
+    let (mut c, _) = ns.scenario(&format!(
+        "syn-overflow --port {port} --clients 6 --syncnt 1 --hold 3"
+    ));
     c.wait().unwrap();
     delta(&before, &ns.counters(), "TcpExt.ListenOverflows")
 }

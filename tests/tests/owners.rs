@@ -56,14 +56,14 @@ fn reuseport_members_are_reported_on_their_own_and_pid_shows_one_member() {
     }
     let ns = Netns::new("rp9501");
     // Two processes, one SO_REUSEPORT listener each, listen(0).
-    let (mut srv, a) = ns.scenario(&["reuseport", "9501", "0", "60"]);
+    let (mut srv, a) = ns.scenario("reuseport --port 9501 --backlog 0 --hold 60");
     let b = pid_after(&next_line(&mut srv), "member ");
     let all = Agent::trace(&["--port", "9501"]);
     let only_a = Agent::trace(&["--pid", &a.to_string()]);
     let only_b = Agent::trace(&["--pid", &b.to_string()]);
     let before = ns.counters();
     // 16 clients spread over the members by the kernel's hash.
-    let (mut cl, _) = ns.scenario(&["connect", "9501", "16", "1", "3.5"]);
+    let (mut cl, _) = ns.scenario("connect --port 9501 --clients 16 --syncnt 1 --hold 3.5");
     cl.wait().unwrap();
     let after = ns.counters();
     let (all, only_a, only_b) = (all.stop(), only_a.stop(), only_b.stop());
@@ -103,14 +103,15 @@ fn a_listener_inherited_by_a_child_lists_both_then_only_the_survivor() {
     let agent = Agent::trace(&["--port", "9502"]);
     let before = ns.counters();
     // Parent listens (listen(0)), forks; the parent exits after 3 s.
-    let (mut srv, parent) = ns.scenario(&["fork-listen", "9502", "0", "40", "3"]);
+    let (mut srv, parent) =
+        ns.scenario("fork-listen --port 9502 --backlog 0 --hold 40 --parent-hold 3");
     let child = pid_after(&next_line(&mut srv), "child ");
-    let (mut c1, _) = ns.scenario(&["connect", "9502", "4", "1", "1.5"]);
+    let (mut c1, _) = ns.scenario("connect --port 9502 --clients 4 --syncnt 1 --hold 1.5");
     c1.wait().unwrap();
     // Parent gone; the agent re-reads holders every 5 s.
     sleep(Duration::from_secs(8));
     let marker = Instant::now();
-    let (mut c2, _) = ns.scenario(&["connect", "9502", "4", "1", "1.5"]);
+    let (mut c2, _) = ns.scenario("connect --port 9502 --clients 4 --syncnt 1 --hold 1.5");
     c2.wait().unwrap();
     let after = ns.counters();
     let lines = agent.stop_timed();
@@ -148,7 +149,7 @@ fn owner_details_and_filters_by_netns_comm_and_cgroup() {
     let (ns1, ns2) = (Netns::new("own9503"), Netns::new("own9504"));
     let by_netns = Agent::trace(&["--netns", &format!("/run/netns/{}", ns1.name)]);
     let by_comm = Agent::trace(&["--comm", "no-such-process"]);
-    let (mut s1, p1) = ns1.scenario(&["syn-overflow", "9503", "4", "1", "3"]);
+    let (mut s1, p1) = ns1.scenario("syn-overflow --port 9503 --clients 4 --syncnt 1 --hold 3");
     // The cgroup v2 path (the VM's initramfs may have none).
     let cgroup = std::fs::read_to_string(format!("/proc/{p1}/cgroup"))
         .unwrap_or_default()
@@ -160,7 +161,7 @@ fn owner_details_and_filters_by_netns_comm_and_cgroup() {
         "--port",
         "9504",
     ]);
-    let (mut s2, _) = ns2.scenario(&["syn-overflow", "9504", "4", "1", "3"]);
+    let (mut s2, _) = ns2.scenario("syn-overflow --port 9504 --clients 4 --syncnt 1 --hold 3");
     s1.wait().unwrap();
     s2.wait().unwrap();
     let (by_netns, by_comm, by_cgroup) = (by_netns.stop(), by_comm.stop(), by_cgroup.stop());
@@ -181,7 +182,7 @@ fn owner_details_and_filters_by_netns_comm_and_cgroup() {
         l["process.command_line"]
             .as_str()
             .unwrap()
-            .contains("syn-overflow 9503"),
+            .contains("syn-overflow --port 9503"),
         "{l}"
     );
     // root's name where /etc/passwd has it (not in the VM's initramfs).
@@ -216,7 +217,7 @@ fn a_listener_born_and_gone_while_tracing_is_owned_then_forgotten() {
     let before = ns.counters();
     // Born after the agent (its owner comes from the kernel's listen()),
     // overflowing, then gone with its process.
-    let (mut s, pid) = ns.scenario(&["syn-overflow", "9505", "4", "1", "2.5"]);
+    let (mut s, pid) = ns.scenario("syn-overflow --port 9505 --clients 4 --syncnt 1 --hold 2.5");
     s.wait().unwrap();
     let after = ns.counters();
     sleep(Duration::from_secs(3));
@@ -245,7 +246,9 @@ fn a_listener_born_and_gone_while_tracing_is_owned_then_forgotten() {
 fn nginx_overflow(ns: &Netns, port: u16, nginx: &Nginx, agent_args: &[&str]) -> (u64, Vec<Value>) {
     let agent = Agent::trace(agent_args);
     let before = ns.counters();
-    let (mut c, _) = ns.scenario(&["connect", &port.to_string(), "24", "1", "2.5"]);
+    let (mut c, _) = ns.scenario(&format!(
+        "connect --port {port} --clients 24 --syncnt 1 --hold 2.5"
+    ));
     c.wait().unwrap();
     let after = ns.counters();
     let lines = agent.stop();
@@ -355,7 +358,7 @@ fn resets_of_accepted_connections_name_who_accepted_them() {
     let server = tcpq_tests::redis_server(&ns, 9311, &[]);
     let agent = Agent::trace(&["--syscall-hooks", "always"]);
     let before = ns.counters();
-    let (client, _) = ns.scenario(&["abort-client", "9311", "6", "PING"]);
+    let (client, _) = ns.scenario("abort-client --port 9311 --conns 6 --request PING");
     let out = tcpq_tests::finish(client);
     sleep(Duration::from_millis(1500));
     let after = ns.counters();

@@ -102,7 +102,9 @@ fn gunicorn_workers_sharing_one_socket_are_the_arbiters_service() {
     g.signal_workers(libc::SIGSTOP);
     let agent = Agent::trace(&["--port", &PORT.to_string()]);
     let before = ns.counters();
-    let (mut c, _) = ns.scenario(&["connect", &PORT.to_string(), "24", "1", "2.5"]);
+    let (mut c, _) = ns.scenario(&format!(
+        "connect --port {PORT} --clients 24 --syncnt 1 --hold 2.5"
+    ));
     c.wait().unwrap();
     let after = ns.counters();
     sleep(Duration::from_millis(200));

@@ -81,7 +81,9 @@ fn overflow(
     port: u16,
 ) -> (u64, u32, Vec<serde_json::Value>, Vec<String>) {
     let before = ns.counters();
-    let (mut child, pid) = ns.scenario(&["syn-overflow", &port.to_string(), "6", "1", "3.5"]);
+    let (mut child, pid) = ns.scenario(&format!(
+        "syn-overflow --port {port} --clients 6 --syncnt 1 --hold 3.5"
+    ));
     child.wait().unwrap();
     let after = ns.counters();
     let (lines, err) = agent.stop_with_stderr(libc::SIGINT);
@@ -276,7 +278,9 @@ fn capabilities_let_go_are_losses_reported_not_silent() {
         "no word about the namespaces it cannot identify: {:?}",
         agent.early
     );
-    let (mut child, _pid) = ns2.scenario(&["syn-overflow", &port.to_string(), "6", "1", "3.5"]);
+    let (mut child, _pid) = ns2.scenario(&format!(
+        "syn-overflow --port {port} --clients 6 --syncnt 1 --hold 3.5"
+    ));
     let said = match agent
         .early
         .iter()

@@ -228,10 +228,10 @@ fn dashboard_and_rules_use_only_metrics_run_serves() {
 
     let ns = Netns::new("promdash");
     ns.sysctl("net.ipv4.ip_local_port_range", "40000 40999");
-    let (mut l, _) = ns.scenario(&["listen", "9611", "0", "30"]);
+    let (mut l, _) = ns.scenario("listen --port 9611 --backlog 0 --hold 30");
     let metrics = format!("127.0.0.1:{}", free_port());
     let agent = Agent::run(&["--metrics-address", &metrics, "--output-file", "/dev/null"]);
-    let (mut c, _) = ns.scenario(&["connect", "9611", "3", "1", "1"]);
+    let (mut c, _) = ns.scenario("connect --port 9611 --clients 3 --syncnt 1 --hold 1");
     c.wait().unwrap();
     let netns = ns.inode().to_string();
     let tw_now = || {

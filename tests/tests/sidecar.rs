@@ -36,7 +36,9 @@ fn urlencode(s: &str) -> String {
 /// ΔListenOverflows of the namespace.
 fn overflow(ns: &Netns, port: u16, clients: &str) -> u64 {
     let before = ns.counters();
-    let (mut child, _) = ns.scenario(&["syn-overflow", &port.to_string(), clients, "1", "3"]);
+    let (mut child, _) = ns.scenario(&format!(
+        "syn-overflow --port {port} --clients {clients} --syncnt 1 --hold 3"
+    ));
     assert!(child.wait().unwrap().success());
     delta(&before, &ns.counters(), "TcpExt.ListenOverflows")
 }
@@ -194,8 +196,8 @@ fn gauges_match_ss() {
     ]);
     // listen(0) with 3 clients: 1 queued over a limit of 0; and 4
     // accepted connections the server never closes.
-    let (mut full, _) = ns.scenario(&["syn-overflow", "9661", "3", "1", "10"]);
-    let (mut cw, _) = ns.scenario(&["close-wait", "9662", "4", "10"]);
+    let (mut full, _) = ns.scenario("syn-overflow --port 9661 --clients 3 --syncnt 1 --hold 10");
+    let (mut cw, _) = ns.scenario("close-wait --port 9662 --conns 4 --hold 10");
     // CLOSE_WAIT is read every 4 s.
     std::thread::sleep(Duration::from_secs(5));
     let listen = run(ns.cmd("ss").args(["-Hltn", "sport", "=", ":9661"]));
@@ -254,7 +256,7 @@ fn accept_latency_reaches_prometheus_as_a_histogram() {
         "--snapshot-interval",
         "0",
     ]);
-    let (mut child, _) = ns.scenario(&["accept-delay", "9651", "5", "500", "1"]);
+    let (mut child, _) = ns.scenario("accept-delay --port 9651 --conns 5 --delay-ms 500 --hold 1");
     let mut out = String::new();
     use std::io::Read;
     child
@@ -727,7 +729,9 @@ fn churn_keeps_memory_flat() {
         "--output-file",
         "/dev/null",
     ]);
-    let (churn, _) = ns.scenario(&["churn", "20000", "2000", "4", "300", &secs.to_string()]);
+    let (churn, _) = ns.scenario(&format!(
+        "churn --port 20000 --ports 2000 --workers 4 --life-ms 300 --duration {secs}"
+    ));
     let start = Instant::now();
     let mut samples = Vec::new();
     let mut last_body = String::new();

@@ -178,8 +178,8 @@ fn top_shows_the_overflowing_listener_sorts_filters_and_restores_the_terminal() 
     }
     let ns = Netns::new("top");
     let (sick, healthy) = (9402u16, 9401u16);
-    let (mut l1, owner) = ns.scenario(&["listen", &sick.to_string(), "0", "90"]);
-    let (mut l2, _) = ns.scenario(&["listen", &healthy.to_string(), "128", "90"]);
+    let (mut l1, owner) = ns.scenario(&format!("listen --port {sick} --backlog 0 --hold 90"));
+    let (mut l2, _) = ns.scenario(&format!("listen --port {healthy} --backlog 128 --hold 90"));
     let (sick_ep, healthy_ep) = (format!("127.0.0.1:{sick}"), format!("127.0.0.1:{healthy}"));
 
     let t = Tmux::new("top");
@@ -216,7 +216,9 @@ fn top_shows_the_overflowing_listener_sorts_filters_and_restores_the_terminal() 
     // 6 clients on listen(0): the first fills the queue, the others are
     // dropped, once per SYN and once per retransmit.
     let before = ns.counters();
-    let (mut clients, _) = ns.scenario(&["connect", &sick.to_string(), "6", "1", "2.5"]);
+    let (mut clients, _) = ns.scenario(&format!(
+        "connect --port {sick} --clients 6 --syncnt 1 --hold 2.5"
+    ));
     clients.wait().unwrap();
     sleep(Duration::from_millis(1500));
     let after = ns.counters();
@@ -548,7 +550,7 @@ fn top_shows_a_client_out_of_local_ports() {
         s.contains("tcpq top") && s.contains("tcpq: tracing")
     });
     // 4 connections take the 4 ports and are held; 6 more connect()s fail.
-    let (mut child, pid) = ns.scenario(&["port-exhaust", "9306", "10", "8"]);
+    let (mut child, pid) = ns.scenario("port-exhaust --port 9306 --attempts 10 --hold 8");
     let mut out = String::new();
     let mut stdout = child.stdout.take().unwrap();
     let mut b = [0u8; 1];

@@ -483,19 +483,21 @@ fn stats_run(agent_bin: &PathBuf) -> Result<()> {
 /// second, tcpq's count against ListenOverflows, and what it cost tcpq.
 fn flood(agent_bin: &PathBuf, scenario_bin: &PathBuf) -> Result<()> {
     let port = FLOOD_PORT.to_string();
-    let in_ns = |args: &[&str]| -> Result<Child> {
+    let in_ns = |args: &str| -> Result<Child> {
         Command::new("ip")
             .args(["netns", "exec", NS])
             .arg(scenario_bin)
-            .args(args)
+            .args(args.split_whitespace())
             .stdout(Stdio::null())
             .spawn()
             .context("starting tcpq-scenario")
     };
     // listen(0) and one connection nobody accepts: every SYN is dropped.
-    let mut server = in_ns(&["listen", &port, "0", "60"])?;
+    let mut server = in_ns(&format!("listen --port {port} --backlog 0 --hold 60"))?;
     sleep(Duration::from_millis(300));
-    let mut holder = in_ns(&["connect", &port, "1", "2", "60"])?;
+    let mut holder = in_ns(&format!(
+        "connect --port {port} --clients 1 --syncnt 2 --hold 60"
+    ))?;
     sleep(Duration::from_millis(500));
     let counters = || -> Result<u64> {
         let text = run(Command::new("ip").args(["netns", "exec", NS, "cat", "/proc/net/netstat"]))?;
@@ -572,7 +574,7 @@ quiet namespaces (no load, {IDLE_SECS} s each):"
                 Command::new("ip")
                     .args(["netns", "exec", n])
                     .arg(scenario_bin)
-                    .args(["listen", "8000", "16", "60"])
+                    .args("listen --port 8000 --backlog 16 --hold 60".split_whitespace())
                     .stdout(Stdio::null())
                     .spawn()
                     .context("starting tcpq-scenario")?,

@@ -988,9 +988,9 @@ report() {{
     ag=$!
     i=0
     while ! grep -q "tcpq: tracing" /tmp/cost.err && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done
-    $ip netns exec cost "$scen" syn-overflow 9400 20 1 1.5 >/dev/null
-    $ip netns exec cost "$scen" slow-accept 9401 6 3 0.5 >/dev/null
-    $ip netns exec cost "$scen" ack-overflow 9402 1.5 >/dev/null
+    $ip netns exec cost "$scen" syn-overflow --port 9400 --clients 20 --syncnt 1 --hold 1.5 >/dev/null
+    $ip netns exec cost "$scen" slow-accept --port 9401 --clients 6 --accepts 3 --hold 0.5 >/dev/null
+    $ip netns exec cost "$scen" ack-overflow --port 9402 --hold 1.5 >/dev/null
     kill -INT $ag
     wait $ag
     grep "tcpq: cost" /tmp/cost.err | sed "s/^/{MARK}cost@$mode /"

@@ -358,8 +358,9 @@ impl Resolver {
         // held by a listener's process); all of /proc for what is left,
         // when the CPU budget allows.
         let left = self.scan_known(missing);
-        let gap = scan_gap(self.last_scan_cost, self.min_rescan);
-        let gap = if now { gap } else { gap.max(self.min_rescan) };
+        // Lines about to be written skip the minimum pause, not the budget.
+        let min = if now { Duration::ZERO } else { self.min_rescan };
+        let gap = scan_gap(self.last_scan_cost, min);
         if !full.is_empty() || self.last_scan.is_none_or(|t| t.elapsed() >= gap) {
             full.extend(left);
         }

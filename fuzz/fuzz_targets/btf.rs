@@ -2,7 +2,7 @@
 //! download): any blob is refused or answers the agent's look-ups.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tcpq_agent::btf::KernelBtf;
+use tcpq_agent::kernel::btf::KernelBtf;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(btf) = KernelBtf::from_bytes(data.to_vec()) else {
@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = btf.func_args("");
     let _ = btf.func_protos("");
     // doctor's prototypes section: every hooked function's FUNC_PROTO.
-    let _ = tcpq_agent::protos::render(&tcpq_agent::protos::check(&btf));
+    let _ = tcpq_agent::kernel::protos::render(&tcpq_agent::kernel::protos::check(&btf));
     let _ = btf.enum_values("");
     let _ = btf.enum_value("skb_drop_reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW");
 });

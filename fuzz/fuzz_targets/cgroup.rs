@@ -2,7 +2,7 @@
 //! paths): any text gives a placement, and the filters never panic on it.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tcpq_agent::cgroup::{cgroup_matches, container_matches, parse};
+use tcpq_agent::owner::cgroup::{cgroup_matches, container_matches, parse};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -2,7 +2,7 @@
 //! error, never a panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tcpq_agent::{cli::RunArgs, config};
+use tcpq_agent::{cmd::cli::RunArgs, cmd::config};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

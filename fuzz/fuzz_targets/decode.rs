@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use libfuzzer_sys::fuzz_target;
 use tcpq_agent::{
     aggregate::{Aggregator, Hooked},
-    decode::{decode, DecodeError},
+    source::decode::{decode, DecodeError},
 };
 use tcpq_common::Event;
 

@@ -2,7 +2,7 @@
 //! `ip_local_port_range` (kernel → agent).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tcpq_agent::netstat::{parse_range, parse_sockstat_tw, parse_wanted, WANTED};
+use tcpq_agent::source::netstat::{parse_range, parse_sockstat_tw, parse_wanted, WANTED};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -3,7 +3,7 @@
 //! and `/etc/passwd`.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tcpq_agent::resolve::{cmdline, parse_fd_limit, passwd_name, socket_inode};
+use tcpq_agent::owner::resolve::{cmdline, parse_fd_limit, passwd_name, socket_inode};
 
 fuzz_target!(|data: &[u8]| {
     let line = cmdline(data);

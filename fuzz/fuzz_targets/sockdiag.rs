@@ -2,7 +2,7 @@
 //! refused in one line.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tcpq_agent::sockdiag::parse;
+use tcpq_agent::source::sockdiag::parse;
 
 fuzz_target!(|data: &[u8]| {
     match parse(data) {

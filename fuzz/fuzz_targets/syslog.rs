@@ -3,7 +3,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
-use tcpq_agent::syslog::{format, Facility, Head, Severity};
+use tcpq_agent::export::syslog::{format, Facility, Head, Severity};
 
 fuzz_target!(|data: &[u8]| {
     // Either a JSON event as given, or an event whose fields are the

@@ -1,7 +1,7 @@
 //! tracefs `events/*/*/format` files (kernel → agent).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tcpq_agent::tracefs::Format;
+use tcpq_agent::kernel::tracefs::Format;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

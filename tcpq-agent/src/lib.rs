@@ -8,49 +8,22 @@
 //! The library holds every stage so the pure parts (decoders, parsers,
 //! formatters) can be unit-tested and fuzzed; `main.rs` is a thin binary.
 
-pub mod accepts;
 pub mod aggregate;
-pub mod btf;
-pub mod caps;
-pub mod cgroup;
-pub mod cli;
-pub mod config;
-pub mod decode;
-pub mod doctor;
-pub mod event;
-pub mod explain;
+pub mod cmd;
+pub mod engine;
 pub mod export;
-pub mod head;
-pub mod json;
-pub mod k8s;
 pub mod kernel;
-pub mod labels;
-pub mod latency;
-pub mod load;
-pub mod metrics;
 pub mod model;
-pub mod netns;
-pub mod netstat;
-pub mod otlp;
-pub mod poll;
-pub mod privs;
-pub mod protos;
-pub mod report;
-pub mod resolve;
-pub mod run;
-pub mod sink;
-pub mod sockdiag;
-pub mod status;
-pub mod storm;
-pub mod syslog;
-pub mod top;
-pub mod trace;
-pub mod tracefs;
+pub mod owner;
+pub mod source;
 pub mod verdict;
 
 use std::process::ExitCode;
 
 use clap::{error::ErrorKind, Parser};
+
+use cmd::{cli, doctor, run, status, top, trace};
+use kernel::{btf, privs};
 
 /// The whole command line program: parse, dispatch, print errors as one line.
 pub fn main() -> ExitCode {

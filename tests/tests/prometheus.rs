@@ -133,7 +133,7 @@ fn failure_mode_runbooks_are_the_verdicts_remedies() {
         return;
     }
     let verdict = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tcpq-agent/src/verdict.rs"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tcpq-agent/src/verdict/mod.rs"),
     )
     .unwrap();
     // The string literals of verdict.rs (one per line is enough there).

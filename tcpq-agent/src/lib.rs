@@ -22,7 +22,7 @@ use std::process::ExitCode;
 
 use clap::{error::ErrorKind, Parser};
 
-use cmd::{cli, doctor, run, status, top, trace};
+use cmd::{cli, doctor, replay, run, status, top, trace};
 use kernel::{btf, privs};
 
 /// The whole command line program: parse, dispatch, print errors as one line.
@@ -53,6 +53,7 @@ pub fn main() -> ExitCode {
         cli::Command::Run(args) => run::main(args),
         cli::Command::Top(args) => top::run(args),
         cli::Command::Doctor { attach } => doctor::run(attach),
+        cli::Command::Replay { file, output } => replay::run(&file, output),
         cli::Command::Status { port, output } => {
             privs::require("status", privs::Mode::Status).and_then(|()| status::run(output, port))
         }

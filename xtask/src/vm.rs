@@ -998,6 +998,10 @@ report() {{
 }}
 "#
     );
+    // Golden recordings for tests/recordings (tests/tests/replay.rs).
+    if std::env::var_os("TCPQ_KEEP_RECORDING").is_some() {
+        s += "export TCPQ_KEEP_RECORDING=1\n";
+    }
     let mut mode = None;
     for r in runs {
         if mode != Some(&r.mode) {

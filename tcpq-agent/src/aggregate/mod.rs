@@ -90,7 +90,7 @@ pub struct Hooked {
 }
 
 /// One netns' listeners as one dump saw them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NetnsSnapshot {
     pub netns: u32,
     pub listeners: Vec<DiagSock>,

@@ -52,6 +52,16 @@ pub enum Command {
     /// fill, drop rates, verdict of the selected row, client-side errors.
     /// Keys: ↑/↓ select, s sort, / filter, p pause, q quit.
     Top(TopArgs),
+    /// Feed a recording (`trace --record FILE`) through the pipeline:
+    /// the lines `trace` printed, on any machine, without root.
+    Replay {
+        /// The recording.
+        #[arg(value_name = "FILE")]
+        file: std::path::PathBuf,
+        /// Readable lines, or one JSON object per line.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
     /// Show what this kernel offers, the attach plan and why.
     Doctor {
         /// Force a hook kind for the kernel-function hooks.
@@ -126,6 +136,12 @@ pub struct TraceArgs {
     /// an interval whose p99 reaches this many milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 10.0, value_parser = millis, allow_negative_numbers = true)]
     pub accept_latency_ms: f64,
+
+    /// Record every input (ring-buffer records, sock_diag rounds, the
+    /// kernel maps' readings, what /proc answered) to FILE, for
+    /// `tcpq-agent replay FILE` on any machine.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<std::path::PathBuf>,
 }
 
 /// `top`: `trace`'s filters and hook choices; the screen instead of lines.
@@ -188,6 +204,7 @@ impl TopArgs {
             bpf_stats: false,
             syscall_hooks: self.syscall_hooks,
             accept_latency_ms: self.accept_latency_ms,
+            record: None,
         }
     }
 }
@@ -235,6 +252,11 @@ pub struct RunArgs {
     /// Seconds between listener_snapshot/agent_health lines (0 = off).
     #[arg(long, value_name = "SECS", value_parser = millis, allow_negative_numbers = true)]
     pub snapshot_interval: Option<f64>,
+
+    /// Record the engine's inputs to FILE (see `trace --record`).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<std::path::PathBuf>,
+
     /// Prometheus /metrics on HOST:PORT ("" or "off" = none).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_address: Option<String>,

@@ -297,6 +297,7 @@ fn resolve(f: File, a: &RunArgs, at: &dyn Fn(&str) -> String) -> Result<Run> {
         bpf_stats: false,
         syscall_hooks,
         accept_latency_ms,
+        record: a.record.clone(),
     };
     let output_file = match a.output_file.clone().or(f.output.file.map(PathBuf::from)) {
         Some(p) if p.as_os_str() == "-" => None,

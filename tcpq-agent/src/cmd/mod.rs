@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod replay;
 pub mod run;
 pub mod status;
 pub mod top;

@@ -32,7 +32,7 @@
 //! its own (`/../…`), and they are reported as they are.
 
 /// What a process's cgroup says about where it runs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Placement {
     /// The cgroup v2 path (the `0::` line), or for cgroup v1 the path of the
     /// `name=systemd` / `pids` / `memory` / `cpu` controller line (first found), e.g. "/system.slice/nginx.service".
@@ -46,7 +46,8 @@ pub struct Placement {
     /// container it monitors; [`Placement::cgroup`] tells the two apart.
     pub container_id: Option<String>,
     /// "docker", "containerd", "cri-o", "podman" when recognisable from the path.
-    pub container_runtime: Option<&'static str>,
+    #[serde(deserialize_with = "runtime")]
+    pub container_runtime: Option<Name>,
     /// The systemd unit: the last `*.service` / `*.scope` / `*.socket` component that is not a container scope (e.g. "nginx.service", "session-3.scope"); None when the process is in a container scope managed by a runtime.
     pub systemd_unit: Option<String>,
     /// Kubernetes pod UID (8-4-4-4-12 with dashes; systemd driver paths encode dashes as underscores: convert back).
@@ -58,6 +59,26 @@ pub struct Placement {
     /// (see [`crate::owner::k8s`]); not part of the cgroup path, so [`parse`]
     /// leaves it empty and [`of_pid`] looks it up.
     pub k8s_names: Option<crate::owner::k8s::PodNames>,
+}
+
+/// A name from this agent's own table (an alias, so serde does not take
+/// it for a string borrowed from its input).
+pub type Name = &'static str;
+
+/// Every runtime [`Placement::container_runtime`] names.
+pub const RUNTIMES: [&str; 4] = ["docker", "containerd", "cri-o", "podman"];
+
+/// A recorded runtime name, as the static name this agent uses.
+fn runtime<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'static str>, D::Error> {
+    use serde::{de::Error, Deserialize};
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(r) => RUNTIMES
+            .iter()
+            .find(|k| **k == r)
+            .map(|k| Some(*k))
+            .ok_or_else(|| D::Error::custom(format!("unknown container runtime {r:?}"))),
+    }
 }
 
 /// Parses the text of /proc/PID/cgroup.

@@ -18,7 +18,7 @@ use std::{
 pub const PODS_DIR: &str = "/var/log/pods";
 
 /// A pod's Kubernetes names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodNames {
     pub namespace: String,
     pub pod: String,

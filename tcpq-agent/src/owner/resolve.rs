@@ -8,7 +8,7 @@ use std::{
 };
 
 /// The process that owns a socket, and every process holding it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Owner {
     /// The process that owns the socket ([`choose_owner`]): for an
     /// SO_REUSEPORT member beside a master, the worker that holds it;

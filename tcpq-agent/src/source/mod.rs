@@ -4,11 +4,13 @@
 //! sysctls (`netstat`, `netns`), and the counts kept in kernel maps
 //! (`storm`, `accepts`, `latency`).
 
+pub mod accept_errors;
 pub mod accepts;
 pub mod decode;
 pub mod latency;
 pub mod netns;
 pub mod netstat;
 pub mod poll;
+pub mod record;
 pub mod sockdiag;
 pub mod storm;

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 /// The per-netns settings that decide what happens to a connection.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sysctls {
     pub somaxconn: Option<u32>,
     pub max_syn_backlog: Option<u32>,
@@ -20,7 +20,7 @@ pub struct Sysctls {
 }
 
 /// One reading of a namespace.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetnsState {
     /// `TcpExt.ListenOverflows`, `Tcp.OutRsts`, ...
     pub counters: HashMap<String, u64>,

@@ -93,7 +93,7 @@ pub const QUIET_EVERY: u32 = 4;
 
 /// One round's snapshots (of the namespaces read), and every namespace
 /// that is still there.
-#[derive(Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Round {
     pub snaps: Vec<NetnsSnapshot>,
     pub alive: Vec<u32>,

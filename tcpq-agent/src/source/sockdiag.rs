@@ -27,7 +27,7 @@ pub const STATE_SYN_RECV: u8 = 3;
 pub const STATE_CLOSE_WAIT: u8 = 8;
 
 /// One socket from a dump.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiagSock {
     pub family: u8,
     pub state: u8,

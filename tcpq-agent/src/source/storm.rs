@@ -14,9 +14,10 @@ use tcpq_common::{
 };
 
 /// What one key moved by between two readings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Delta {
     /// The latest event of the key (over all CPUs that moved).
+    #[serde(with = "crate::source::record::event_bytes")]
     pub ev: Event,
     /// Occurrences since the previous reading.
     pub n: u64,

@@ -230,18 +230,53 @@ fn parse(text: &str) -> Result<File> {
     })
 }
 
-fn resolve(f: File, a: &RunArgs, at: &dyn Fn(&str) -> String) -> Result<Run> {
-    let secs = |key: &str, flag: Option<Duration>, file: Option<Number>, default: f64| {
-        if let Some(d) = flag {
-            return Ok(d);
-        }
-        let v = file.map(Number::get).unwrap_or(default);
-        if !(v.is_finite() && v > 0.0 && v <= 366.0 * 86400.0) {
-            bail!("{}: {v} is out of range (0 < seconds <= 31622400)", at(key));
-        }
-        Ok(Duration::from_secs_f64(v))
-    };
-    let d = &f.detect;
+/// A key's name as error messages show it (with the file's path, if any).
+type At<'a> = &'a dyn Fn(&str) -> String;
+
+/// The file's sections, each resolved with its flags over it, in the order
+/// of the file (the first error found is the one reported).
+fn resolve(f: File, a: &RunArgs, at: At) -> Result<Run> {
+    let detect = detect(&f.detect, a, at)?;
+    let (output_file, snapshot_interval) = output(f.output, a, at)?;
+    let (metrics_address, max_series, series_ttl) = metrics(f.metrics, a, at)?;
+    let syslog = syslog(f.syslog, a, at)?;
+    let otlp = otlp(f.otlp, a, at, &|k: &str| {
+        std::env::var(k).ok().filter(|v| !v.is_empty())
+    })?;
+    crate::cmd::cli::check_filters(&detect)?;
+    Ok(Run {
+        otlp,
+        detect,
+        output_file,
+        snapshot_interval,
+        metrics_address,
+        max_series,
+        series_ttl,
+        syslog,
+    })
+}
+
+/// A duration in seconds: the flag, else the file, else `default`; the
+/// file's value must be in (0, 366 days].
+fn secs(
+    at: At,
+    key: &str,
+    flag: Option<Duration>,
+    file: Option<Number>,
+    default: f64,
+) -> Result<Duration> {
+    if let Some(d) = flag {
+        return Ok(d);
+    }
+    let v = file.map(Number::get).unwrap_or(default);
+    if !(v.is_finite() && v > 0.0 && v <= 366.0 * 86400.0) {
+        bail!("{}: {v} is out of range (0 < seconds <= 31622400)", at(key));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// `[detect]`: what to watch and how, as `trace` takes it.
+fn detect(d: &Detect, a: &RunArgs, at: At) -> Result<TraceArgs> {
     let attach = match (a.attach, &d.attach) {
         (Some(m), _) => m,
         (None, Some(s)) => value_enum::<AttachMode>(s).ok_or_else(|| {
@@ -276,7 +311,7 @@ fn resolve(f: File, a: &RunArgs, at: &dyn Fn(&str) -> String) -> Result<Run> {
         ),
         (None, None) => 10.0,
     };
-    let detect = TraceArgs {
+    Ok(TraceArgs {
         pid: None,
         port,
         netns: a.netns.clone().or(d.netns.clone()),
@@ -286,8 +321,9 @@ fn resolve(f: File, a: &RunArgs, at: &dyn Fn(&str) -> String) -> Result<Run> {
         attach,
         output: Format::Json,
         duration: a.duration,
-        interval: secs("detect.interval", a.interval, d.interval, 1.0)?,
+        interval: secs(at, "detect.interval", a.interval, d.interval, 1.0)?,
         poll_interval: secs(
+            at,
             "detect.poll_interval",
             a.poll_interval,
             d.poll_interval,
@@ -298,15 +334,20 @@ fn resolve(f: File, a: &RunArgs, at: &dyn Fn(&str) -> String) -> Result<Run> {
         syscall_hooks,
         accept_latency_ms,
         record: a.record.clone(),
-    };
-    let output_file = match a.output_file.clone().or(f.output.file.map(PathBuf::from)) {
+    })
+}
+
+/// `[output]`: where JSON lines go (None = stdout) and how often
+/// snapshots are written (None = never).
+fn output(o: Output, a: &RunArgs, at: At) -> Result<(Option<PathBuf>, Option<Duration>)> {
+    let output_file = match a.output_file.clone().or(o.file.map(PathBuf::from)) {
         Some(p) if p.as_os_str() == "-" => None,
         Some(p) if p.as_os_str().is_empty() => {
             bail!("{}: empty path (use \"-\" for stdout)", at("output.file"))
         }
         p => p,
     };
-    let snapshot_interval = match (a.snapshot_interval, f.output.snapshot_interval) {
+    let snapshot_interval = match (a.snapshot_interval, o.snapshot_interval) {
         (Some(v), _) => v,
         (None, Some(n)) => n.get(),
         (None, None) => 60.0,
@@ -319,86 +360,95 @@ fn resolve(f: File, a: &RunArgs, at: &dyn Fn(&str) -> String) -> Result<Run> {
             at("output.snapshot_interval")
         ),
     };
+    Ok((output_file, snapshot_interval))
+}
+
+/// `[metrics]`: the Prometheus endpoint (None = off), the series cap and
+/// how long an idle series is kept.
+fn metrics(m: Metrics, a: &RunArgs, at: At) -> Result<(Option<String>, usize, Duration)> {
     let metrics_address = match a
         .metrics_address
         .clone()
-        .or(f.metrics.address)
+        .or(m.address)
         .unwrap_or_else(|| METRICS_ADDRESS.to_string())
     {
         s if s.is_empty() || s == "off" => None,
         s => Some(s),
     };
-    let max_series = a.max_series.or(f.metrics.max_series).unwrap_or(10_000);
+    let max_series = a.max_series.or(m.max_series).unwrap_or(10_000);
     if max_series == 0 {
         bail!("{}: must be at least 1", at("metrics.max_series"));
     }
-    let series_ttl = secs("metrics.series_ttl", None, f.metrics.series_ttl, 3600.0)?;
-    let syslog = match a.syslog.clone().or(f.syslog.target) {
-        None => None,
-        Some(t) if t.is_empty() || t == "off" => None,
-        Some(t) => Some(syslog::Config {
-            target: syslog::Target::parse(&t)
-                .map_err(|e| anyhow!("{}: {e}", at("syslog.target")))?,
-            facility: match a.syslog_facility.clone().or(f.syslog.facility) {
-                Some(s) => s
-                    .parse()
-                    .map_err(|e| anyhow!("{}: {e}", at("syslog.facility")))?,
-                None => syslog::Facility::Daemon,
-            },
-            app_name: f.syslog.app_name.unwrap_or_else(|| "tcpq".into()),
-        }),
+    let series_ttl = secs(at, "metrics.series_ttl", None, m.series_ttl, 3600.0)?;
+    Ok((metrics_address, max_series as usize, series_ttl))
+}
+
+/// `[syslog]`: None = off.
+fn syslog(file: Syslog, a: &RunArgs, at: At) -> Result<Option<syslog::Config>> {
+    let target = match a.syslog.clone().or(file.target) {
+        None => return Ok(None),
+        Some(t) if t.is_empty() || t == "off" => return Ok(None),
+        Some(t) => t,
     };
-    // Flag, then file, then the standard environment variables.
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let otlp = match a
+    Ok(Some(syslog::Config {
+        target: syslog::Target::parse(&target)
+            .map_err(|e| anyhow!("{}: {e}", at("syslog.target")))?,
+        facility: match a.syslog_facility.clone().or(file.facility) {
+            Some(s) => s
+                .parse()
+                .map_err(|e| anyhow!("{}: {e}", at("syslog.facility")))?,
+            None => syslog::Facility::Daemon,
+        },
+        app_name: file.app_name.unwrap_or_else(|| "tcpq".into()),
+    }))
+}
+
+/// `[otlp]`: None = off. The flag, then the file, then the standard
+/// environment variables (`env`: a variable's value, if set and not empty).
+fn otlp(
+    o: Otlp,
+    a: &RunArgs,
+    at: At,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<crate::export::otlp::Config>> {
+    let endpoint = match a
         .otlp_endpoint
         .clone()
-        .or(f.otlp.endpoint.clone())
+        .or(o.endpoint.clone())
         .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
     {
-        None => None,
-        Some(e) if e.is_empty() || e == "off" => None,
-        Some(e) => {
-            let endpoint = crate::export::otlp::Endpoint::parse(&e)
-                .map_err(|m| anyhow!("{}: {m}", at("otlp.endpoint")))?;
-            let headers = match f.otlp.headers.clone() {
-                Some(h) => crate::export::otlp::parse_headers(&h)
-                    .map_err(|m| anyhow!("{}: {m}", at("otlp.headers")))?,
-                None => match env("OTEL_EXPORTER_OTLP_HEADERS") {
-                    Some(h) => crate::export::otlp::parse_headers(&h)
-                        .map_err(|m| anyhow!("OTEL_EXPORTER_OTLP_HEADERS: {m}"))?,
-                    None => Vec::new(),
-                },
-            };
-            let queue_size = f.otlp.queue_size.unwrap_or(10_000);
-            if queue_size == 0 {
-                bail!("{}: must be at least 1", at("otlp.queue_size"));
-            }
-            Some(crate::export::otlp::Config {
-                endpoint,
-                headers,
-                queue_size: queue_size as usize,
-                metrics_interval: secs(
-                    "otlp.metrics_interval",
-                    a.otlp_metrics_interval,
-                    f.otlp.metrics_interval,
-                    10.0,
-                )?,
-                timeout: secs("otlp.timeout", None, f.otlp.timeout, 10.0)?,
-            })
-        }
+        None => return Ok(None),
+        Some(e) if e.is_empty() || e == "off" => return Ok(None),
+        Some(e) => e,
     };
-    crate::cmd::cli::check_filters(&detect)?;
-    Ok(Run {
-        otlp,
-        detect,
-        output_file,
-        snapshot_interval,
-        metrics_address,
-        max_series: max_series as usize,
-        series_ttl,
-        syslog,
-    })
+    let endpoint = crate::export::otlp::Endpoint::parse(&endpoint)
+        .map_err(|m| anyhow!("{}: {m}", at("otlp.endpoint")))?;
+    let headers = match o.headers.clone() {
+        Some(h) => crate::export::otlp::parse_headers(&h)
+            .map_err(|m| anyhow!("{}: {m}", at("otlp.headers")))?,
+        None => match env("OTEL_EXPORTER_OTLP_HEADERS") {
+            Some(h) => crate::export::otlp::parse_headers(&h)
+                .map_err(|m| anyhow!("OTEL_EXPORTER_OTLP_HEADERS: {m}"))?,
+            None => Vec::new(),
+        },
+    };
+    let queue_size = o.queue_size.unwrap_or(10_000);
+    if queue_size == 0 {
+        bail!("{}: must be at least 1", at("otlp.queue_size"));
+    }
+    Ok(Some(crate::export::otlp::Config {
+        endpoint,
+        headers,
+        queue_size: queue_size as usize,
+        metrics_interval: secs(
+            at,
+            "otlp.metrics_interval",
+            a.otlp_metrics_interval,
+            o.metrics_interval,
+            10.0,
+        )?,
+        timeout: secs(at, "otlp.timeout", None, o.timeout, 10.0)?,
+    }))
 }
 
 /// "No such file or directory (os error 2)" → "no such file or directory".
@@ -526,6 +576,49 @@ mod tests {
             assert!(e.starts_with(msg), "{e}");
         }
         assert!(parse("[otlp]\nendpont = \"x\"\n").is_err());
+    }
+
+    #[test]
+    fn otlp_falls_back_on_the_standard_environment_variables() {
+        let at = |k: &str| format!("tcpq.toml {k}");
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(name, _)| *name == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let set = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "k=v"),
+        ]);
+        let o = otlp(Otlp::default(), &args(&[]), &at, &set)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (o.endpoint.host.as_str(), o.endpoint.port),
+            ("collector", 4318)
+        );
+        assert_eq!(o.headers, [("k".to_string(), "v".to_string())]);
+        // The file's headers win over the environment's.
+        let file = Otlp {
+            headers: Some("a=b".into()),
+            ..Otlp::default()
+        };
+        let o = otlp(file, &args(&[]), &at, &set).unwrap().unwrap();
+        assert_eq!(o.headers, [("a".to_string(), "b".to_string())]);
+        let bad = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "nope"),
+        ]);
+        let e = otlp(Otlp::default(), &args(&[]), &at, &bad).unwrap_err();
+        assert!(
+            e.to_string().starts_with("OTEL_EXPORTER_OTLP_HEADERS: "),
+            "{e}"
+        );
+        assert!(otlp(Otlp::default(), &args(&[]), &at, &env(&[]))
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! Loading the embedded eBPF object with the planned configuration and
 //! attaching its programs: kernel-function hooks per `caps::plan` (trying
 //! each kind in order, falling back on failure), then the tracepoints that
-//! are still needed. Thin: decisions live in `caps` and `kernel`.
+//! are still needed. Thin: decisions live in `caps` and `plan`; the result
+//! is the record in `attached`.
+
+use std::collections::HashSet;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     programs::{
-        fentry::FEntryLinkId, fexit::FExitLinkId, kprobe::KProbeLinkId,
-        trace_point::TracePointLinkId, FEntry, FExit, KProbe, Program, RawTracePoint, TracePoint,
+        fentry::FEntryLinkId, fexit::FExitLinkId, kprobe::KProbeLinkId, FEntry, FExit, KProbe,
+        Program, RawTracePoint, TracePoint,
     },
     Btf, Ebpf, EbpfLoader,
 };
@@ -16,131 +19,13 @@ use tcpq_common::names::{self, map, prog};
 
 use crate::{
     kernel::caps::{Choice, HookKind, Kfunc},
-    kernel::{self, Plan, Tp},
+    kernel::hooks::{Hook, KFREE_SKB},
+    kernel::Plan,
 };
 
+pub use super::attached::{KfuncResult, Loaded};
+
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpq"));
-
-/// What happened to one kernel function.
-#[derive(Debug, Clone)]
-pub struct KfuncResult {
-    pub kfunc: Kfunc,
-    /// The hook kind in use, if any.
-    pub kind: Option<HookKind>,
-    /// Why earlier kinds failed.
-    pub notes: Vec<String>,
-}
-
-impl KfuncResult {
-    /// The kernel's name of the function.
-    pub fn function(&self) -> &'static str {
-        self.kfunc.name()
-    }
-}
-
-pub struct Loaded {
-    pub ebpf: Ebpf,
-    pub kfuncs: Vec<KfuncResult>,
-    /// The attached tracepoints (shown as `category:name`).
-    pub attached: Vec<kernel::Hook>,
-    /// Tracepoints not attached, and why.
-    pub skipped: Vec<(String, String)>,
-    /// Syscall tracepoints loaded but left detached, for `attach_deferred`.
-    pub deferred: Vec<kernel::Hook>,
-    /// How many of `attached` are raw tracepoints.
-    pub raw_attached: usize,
-}
-
-impl Loaded {
-    /// The hook kind serving `kfunc`, if any.
-    pub fn kind_of(&self, kfunc: Kfunc) -> Option<HookKind> {
-        self.kfuncs
-            .iter()
-            .find(|k| k.kfunc == kfunc)
-            .and_then(|k| k.kind)
-    }
-
-    /// Whether tracepoint `tp` is attached.
-    pub fn has_tracepoint(&self, tp: Tp) -> bool {
-        self.attached.iter().any(|h| h.tp == tp)
-    }
-
-    /// Attaches the deferred syscall tracepoints; returns their links.
-    pub fn attach_deferred(&mut self) -> Result<Vec<TracePointLinkId>> {
-        let mut links = Vec::new();
-        for hook in &self.deferred {
-            let prog: &mut TracePoint = self
-                .ebpf
-                .program_mut(hook.program)
-                .with_context(|| format!("program {} missing", hook.program))?
-                .try_into()?;
-            links.push(prog.attach(hook.category, hook.name)?);
-        }
-        Ok(links)
-    }
-
-    /// Detaches what `attach_deferred` attached.
-    pub fn detach_deferred(&mut self, links: Vec<TracePointLinkId>) {
-        if let Some(hook) = self.deferred.first() {
-            if let Some(Ok(prog)) = self
-                .ebpf
-                .program_mut(hook.program)
-                .map(<&mut TracePoint>::try_from)
-            {
-                for l in links {
-                    let _ = prog.detach(l);
-                }
-            }
-        }
-    }
-
-    /// Whether the accept() syscall hooks are attached or can be.
-    pub fn has_syscall_hooks(&self) -> bool {
-        !self.deferred.is_empty() || self.attached.iter().any(kernel::Hook::is_syscall)
-    }
-
-    /// Attached programs per hook kind (fentry, kprobe, tracepoint,
-    /// raw_tracepoint, syscall), for the agent's health metrics.
-    pub fn probes(&self, deferred_attached: bool) -> Vec<(String, u64)> {
-        let mut out: std::collections::BTreeMap<String, u64> =
-            ["tracepoint", "raw_tracepoint", "syscall"]
-                .iter()
-                .map(|k| (k.to_string(), 0))
-                .collect();
-        for k in self.kfuncs.iter().filter_map(|k| k.kind) {
-            *out.entry(k.as_str().to_string()).or_default() += 1;
-        }
-        let syscalls = self.attached.iter().filter(|h| h.is_syscall()).count();
-        let deferred = if deferred_attached {
-            self.deferred.len()
-        } else {
-            0
-        };
-        out.insert("syscall".into(), (syscalls + deferred) as u64);
-        out.insert("raw_tracepoint".into(), self.raw_attached as u64);
-        out.insert(
-            "tracepoint".into(),
-            (self.attached.len() - syscalls - self.raw_attached) as u64,
-        );
-        out.into_iter().collect()
-    }
-
-    /// One line per attached hook, for the start-up message.
-    pub fn summary(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .kfuncs
-            .iter()
-            .filter_map(|k| Some(format!("{} {}", k.kind?.as_str(), k.function())))
-            .collect();
-        out.extend(self.attached.iter().map(|t| format!("tracepoint {t}")));
-        out.extend(
-            self.deferred
-                .iter()
-                .map(|h| format!("{}:{} when a queue backs up", h.category, h.name)),
-        );
-        out
-    }
-}
 
 /// `EbpfLoader::new()` parses the kernel's whole BTF (aya 0.14: ~19 MB of
 /// peak memory, most of what a DaemonSet's memory limit would have to allow
@@ -245,8 +130,31 @@ pub fn load(
         bail!("this tcpq-agent was built with AYA_BUILD_SKIP=1 and carries no kernel programs; rebuild without it");
     }
     raise_memlock();
+    let mut ebpf = open_object(plan, ring_buffer_bytes)?;
+    let kfuncs = attach_kfuncs(&mut ebpf, choices);
+    let ack_hooked = kfuncs
+        .iter()
+        .any(|k| k.kfunc == Kfunc::SynRecv4 && k.kind.is_some());
+    let t = attach_tracepoints(&mut ebpf, plan, ack_hooked, defer_syscalls);
+    if t.attached.is_empty() && kfuncs.iter().all(|k| k.kind.is_none()) && !plan.hooks.is_empty() {
+        let why: Vec<_> = t.skipped.iter().map(|(w, e)| format!("{w}: {e}")).collect();
+        bail!("no kernel hook could be attached ({})", why.join("; "));
+    }
+    Ok(Loaded {
+        ebpf,
+        kfuncs,
+        attached: t.attached,
+        skipped: t.skipped,
+        deferred: t.deferred,
+        raw_attached: t.raw_attached,
+    })
+}
+
+/// The embedded object, loaded with the plan's configuration and a ring
+/// buffer of `ring_buffer_bytes`; no program loaded yet.
+fn open_object(plan: &Plan, ring_buffer_bytes: u32) -> Result<Ebpf> {
     // No target BTF: tcpq has no CO-RE relocations (offsets come from
-    // btf.rs). It is parsed below only if fentry will be tried.
+    // btf.rs). It is parsed in `attach_kfuncs` only if fentry will be tried.
     let mut loader = loader_without_kernel_btf();
     loader
         .btf(None)
@@ -261,8 +169,12 @@ pub fn load(
     {
         loader.map_max_entries(map::ACCEPT_ERRORS, n);
     }
-    let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+    loader.load(OBJECT).context("loading the eBPF object")
+}
 
+/// Each kernel function hooked by the first kind in its `try_order` that
+/// attaches.
+fn attach_kfuncs(ebpf: &mut Ebpf, choices: &[Choice]) -> Vec<KfuncResult> {
     let btf = if choices
         .iter()
         .any(|c| c.try_order.contains(&HookKind::Fentry))
@@ -282,7 +194,7 @@ pub fn load(
             notes: Vec::new(),
         };
         for &kind in &c.try_order {
-            match attach_kfunc(&mut ebpf, c.kfunc, kind, btf.as_ref()) {
+            match attach_kfunc(ebpf, c.kfunc, kind, btf.as_ref()) {
                 Ok(()) => {
                     r.kind = Some(kind);
                     break;
@@ -292,73 +204,89 @@ pub fn load(
         }
         kfuncs.push(r);
     }
+    kfuncs
+}
 
-    let ack_hooked = kfuncs
-        .iter()
-        .any(|k| k.kfunc == Kfunc::SynRecv4 && k.kind.is_some());
-    let mut attached = Vec::new();
-    let mut skipped: Vec<(String, String)> = plan
-        .skipped
-        .iter()
-        .map(|(h, why)| (h.to_string(), why.clone()))
-        .collect();
-    let mut loaded_programs = std::collections::HashSet::new();
-    let mut deferred = Vec::new();
-    let mut raw_attached = 0;
+/// The tracepoint side of [`Loaded`].
+struct Tracepoints {
+    attached: Vec<Hook>,
+    skipped: Vec<(String, String)>,
+    deferred: Vec<Hook>,
+    raw_attached: usize,
+}
+
+/// Attaches the plan's tracepoint hooks (syscall ones only loaded when
+/// `defer_syscalls`); skb:kfree_skb is left out when `ack_hooked`.
+fn attach_tracepoints(
+    ebpf: &mut Ebpf,
+    plan: &Plan,
+    ack_hooked: bool,
+    defer_syscalls: bool,
+) -> Tracepoints {
+    let mut t = Tracepoints {
+        attached: Vec::new(),
+        skipped: plan
+            .skipped
+            .iter()
+            .map(|(h, why)| (h.to_string(), why.clone()))
+            .collect(),
+        deferred: Vec::new(),
+        raw_attached: 0,
+    };
+    let mut loaded_programs = HashSet::new();
     for hook in &plan.hooks {
-        if *hook == kernel::KFREE_SKB && ack_hooked {
-            skipped.push((
+        if *hook == KFREE_SKB && ack_hooked {
+            t.skipped.push((
                 hook.to_string(),
                 "ACK-time overflows come from the tcp_v4/v6_syn_recv_sock hooks".into(),
             ));
             continue;
         }
-        let r = (|| -> Result<()> {
-            let prog = ebpf
-                .program_mut(hook.program)
-                .with_context(|| format!("program {} missing from the object", hook.program))?;
-            let first = loaded_programs.insert(hook.program);
-            if hook.raw {
-                let prog: &mut RawTracePoint = prog.try_into()?;
-                if first {
-                    prog.load()?;
-                }
-                prog.attach(hook.name)?;
-            } else {
-                let prog: &mut TracePoint = prog.try_into()?;
-                // One program may serve several tracepoints.
-                if first {
-                    prog.load()?;
-                }
-                if defer_syscalls && hook.is_syscall() {
-                    deferred.push(hook.clone());
-                    return Ok(());
-                }
-                prog.attach(hook.category, hook.name)?;
+        let defer = defer_syscalls && hook.is_syscall();
+        match attach_tracepoint(ebpf, hook, &mut loaded_programs, defer) {
+            Ok(true) => t.deferred.push(hook.clone()),
+            Ok(false) => {
+                t.raw_attached += hook.raw as usize;
+                t.attached.push(hook.clone())
             }
-            Ok(())
-        })();
-        match r {
-            Ok(()) if deferred.last() == Some(hook) => {}
-            Ok(()) => {
-                raw_attached += hook.raw as usize;
-                attached.push(hook.clone())
-            }
-            Err(e) => skipped.push((hook.to_string(), one_line(&format!("{e:#}")))),
+            Err(e) => t
+                .skipped
+                .push((hook.to_string(), one_line(&format!("{e:#}")))),
         }
     }
-    if attached.is_empty() && kfuncs.iter().all(|k| k.kind.is_none()) && !plan.hooks.is_empty() {
-        let why: Vec<_> = skipped.iter().map(|(w, e)| format!("{w}: {e}")).collect();
-        bail!("no kernel hook could be attached ({})", why.join("; "));
+    t
+}
+
+/// Loads `hook`'s program (once: one program may serve several
+/// tracepoints, `loaded` says which are) and attaches it, unless `defer`
+/// (a classic tracepoint loaded only). Returns whether it was deferred.
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+    loaded: &mut HashSet<&'static str>,
+    defer: bool,
+) -> Result<bool> {
+    let prog = ebpf
+        .program_mut(hook.program)
+        .with_context(|| format!("program {} missing from the object", hook.program))?;
+    let first = loaded.insert(hook.program);
+    if hook.raw {
+        let prog: &mut RawTracePoint = prog.try_into()?;
+        if first {
+            prog.load()?;
+        }
+        prog.attach(hook.name)?;
+    } else {
+        let prog: &mut TracePoint = prog.try_into()?;
+        if first {
+            prog.load()?;
+        }
+        if defer {
+            return Ok(true);
+        }
+        prog.attach(hook.category, hook.name)?;
     }
-    Ok(Loaded {
-        ebpf,
-        kfuncs,
-        attached,
-        skipped,
-        deferred,
-        raw_attached,
-    })
+    Ok(false)
 }
 
 /// The programs serving `kfunc` as `kind`, exit side first (an exit
@@ -488,6 +416,7 @@ mod tests {
     use aya_obj::{Object, ProgramSection};
 
     use super::*;
+    use crate::kernel;
 
     /// The maps and programs of the embedded object are exactly those
     /// tcpq-common names (a rename on either side fails here), each

@@ -3,8 +3,9 @@
 //! runs on its own OS thread because it changes that thread's namespace.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fs::File,
+    path::Path,
     sync::mpsc as std_mpsc,
     time::{Duration, Instant},
 };
@@ -12,7 +13,11 @@ use std::{
 use tokio::sync::mpsc;
 
 use crate::{
-    aggregate::NetnsSnapshot, source::netns, source::netstat, source::sockdiag,
+    aggregate::NetnsSnapshot,
+    kernel::privs::{self, Unreadable},
+    source::netns,
+    source::netstat,
+    source::sockdiag,
     source::storm::Storms,
 };
 
@@ -143,6 +148,59 @@ impl Memory {
         let q = self.quiet.entry(ino).or_default();
         *q = if busy { 0 } else { q.saturating_add(1) };
     }
+
+    /// A new round over the namespaces `listed`: what is kept of the
+    /// others is forgotten.
+    fn start_round<T>(&mut self, listed: &BTreeMap<u32, T>) {
+        self.rounds = self.rounds.wrapping_add(1);
+        self.last.retain(|ino, _| listed.contains_key(ino));
+        self.settings.retain(|ino, _| listed.contains_key(ino));
+        self.quiet.retain(|ino, _| listed.contains_key(ino));
+    }
+
+    /// Keeps what the next rounds need of a reading of `ino` (`hot`: the
+    /// kernel counted something about it): whether it was busy, its drop
+    /// counters, its settings. A reading without settings (not re-read
+    /// this round) gets the last ones.
+    fn keep(&mut self, ino: u32, mut r: Reading, hot: bool) -> Reading {
+        let busy = r.moved || hot || r.listeners.iter().any(|l| l.rqueue > 0);
+        self.note(ino, busy);
+        self.last.insert(ino, drop_counters(&r.state.counters));
+        match self.settings.get(&ino) {
+            Some(s) if r.state.sysctls == netstat::Sysctls::default() => {
+                r.state.sysctls = s.clone()
+            }
+            _ => {
+                self.settings.insert(ino, r.state.sysctls.clone());
+            }
+        }
+        r
+    }
+}
+
+/// Processes whose namespace could not be looked up, if any.
+fn proc_denied(denied: u64) -> Option<Unreadable> {
+    (denied > 0).then(|| Unreadable {
+        reason: "proc_ns_denied",
+        detail: format!("{denied} processes' /proc/PID/ns/net: permission denied"),
+        capability: privs::missing_for_proc(),
+        count: denied,
+    })
+}
+
+/// Namespace `ino`, which could not be entered or opened.
+fn ns_unreadable(ino: u32, reason: &'static str, detail: &str) -> Unreadable {
+    let capability = match reason {
+        "setns_denied" => privs::missing_for_setns(),
+        "open_denied" => privs::missing_for_proc(),
+        _ => "none".to_string(),
+    };
+    Unreadable {
+        reason,
+        detail: format!("namespace {ino}: {detail}"),
+        capability,
+        count: 1,
+    }
 }
 
 /// One round over the namespaces due (every one when `full`; see
@@ -167,96 +225,76 @@ pub fn round(
     let mut before = take();
     let mut hot: HashSet<u32> = before.iter().map(|d| d.ev.netns).collect();
     let listed = memory.netns.list(slow);
-    memory.rounds = memory.rounds.wrapping_add(1);
-    memory.last.retain(|ino, _| listed.contains_key(ino));
-    memory.settings.retain(|ino, _| listed.contains_key(ino));
-    memory.quiet.retain(|ino, _| listed.contains_key(ino));
+    memory.start_round(&listed);
     out.alive = listed.keys().copied().collect();
     let full = full || slow || baseline;
     // What could not be read, for stderr and the health metrics. A
     // namespace that could not be read is never quiet: tried every round.
-    let mut unreadable: Vec<crate::kernel::privs::Unreadable> = Vec::new();
-    let denied = memory.netns.denied;
-    if denied > 0 {
-        unreadable.push(crate::kernel::privs::Unreadable {
-            reason: "proc_ns_denied",
-            detail: format!("{denied} processes' /proc/PID/ns/net: permission denied"),
-            capability: crate::kernel::privs::missing_for_proc(),
-            count: denied,
-        });
-    }
+    let mut unreadable: Vec<Unreadable> = proc_denied(memory.netns.denied).into_iter().collect();
     for (ino, path) in listed {
         if !memory.due(ino, full, &hot) {
             continue;
         }
         let start_ns = monotonic_ns();
-        let prev = memory.last.get(&ino).copied();
-        // Settings change rarely: read on slow rounds, else reused.
-        let sysctls = slow || !memory.settings.contains_key(&ino);
-        let read = || read_ns(slow, sysctls, prev);
-        let dumped = if ino == home_ino {
-            read().map_err(netns::NsError::Inside)
-        } else {
-            netns::try_run_in(&path, home, read)
-        };
+        let dumped = read_one(home, home_ino, ino, &path, slow, memory);
         if let Err(netns::NsError::Unreadable { reason, detail }) = &dumped {
-            let cap = match *reason {
-                "setns_denied" => crate::kernel::privs::missing_for_setns(),
-                "open_denied" => crate::kernel::privs::missing_for_proc(),
-                _ => "none".to_string(),
-            };
-            unreadable.push(crate::kernel::privs::Unreadable {
-                reason,
-                detail: format!("namespace {ino}: {detail}"),
-                capability: cap,
-                count: 1,
-            });
+            unreadable.push(ns_unreadable(ino, reason, detail));
         }
         let end_ns = monotonic_ns();
         let after = take();
         hot.extend(after.iter().map(|d| d.ev.netns));
         // A namespace can vanish between listing and entering it.
-        if let Ok(Reading {
-            listeners,
-            others,
-            mut state,
-            moved,
-        }) = dumped
-        {
-            let busy = moved || hot.contains(&ino) || listeners.iter().any(|l| l.rqueue > 0);
-            memory.note(ino, busy);
-            memory.last.insert(ino, drop_counters(&state.counters));
-            match memory.settings.get(&ino) {
-                Some(s) if state.sysctls == netstat::Sysctls::default() => {
-                    state.sysctls = s.clone()
-                }
-                _ => {
-                    memory.settings.insert(ino, state.sysctls.clone());
-                }
-            }
-            out.snaps.push(NetnsSnapshot {
-                netns: ino,
-                listeners,
-                others,
-                state: Some(state),
-                start_ns,
-                end_ns,
-                baseline,
-                storm_before: std::mem::take(&mut before),
-                storm_after: after,
-            });
-        } else {
+        let Ok(reading) = dumped else {
             // Nobody else carries these: the next namespace does.
             before.extend(after);
-        }
+            continue;
+        };
+        let Reading {
+            listeners,
+            others,
+            state,
+            ..
+        } = memory.keep(ino, reading, hot.contains(&ino));
+        out.snaps.push(NetnsSnapshot {
+            netns: ino,
+            listeners,
+            others,
+            state: Some(state),
+            start_ns,
+            end_ns,
+            baseline,
+            storm_before: std::mem::take(&mut before),
+            storm_after: after,
+        });
     }
-    crate::kernel::privs::netns_round(&unreadable);
+    privs::netns_round(&unreadable);
     if !before.is_empty() {
         if let Some(first) = out.snaps.first_mut() {
             first.storm_before.extend(before);
         }
     }
     out
+}
+
+/// Reads namespace `ino` (at `path`) from inside it: the calling thread
+/// enters it and returns `home`, unless it is `home_ino` already.
+fn read_one(
+    home: &File,
+    home_ino: u32,
+    ino: u32,
+    path: &Path,
+    slow: bool,
+    memory: &Memory,
+) -> Result<Reading, netns::NsError> {
+    let prev = memory.last.get(&ino).copied();
+    // Settings change rarely: read on slow rounds, else reused.
+    let sysctls = slow || !memory.settings.contains_key(&ino);
+    let read = || read_ns(slow, sysctls, prev);
+    if ino == home_ino {
+        read().map_err(netns::NsError::Inside)
+    } else {
+        netns::try_run_in(path, home, read)
+    }
 }
 
 /// Starts the poller. A message on `wake` asks for a round now: `false`
@@ -367,5 +405,81 @@ mod tests {
         assert!(!m.due(ino, false, &none));
         assert!(m.due(ino, false, &hot));
         assert!(m.due(ino, true, &none));
+    }
+
+    fn reading(sysctls: netstat::Sysctls, drops: u64, moved: bool) -> Reading {
+        Reading {
+            listeners: Vec::new(),
+            others: None,
+            state: netstat::NetnsState {
+                counters: HashMap::from([("TcpExt.ListenDrops".to_string(), drops)]),
+                time_wait: None,
+                sysctls,
+            },
+            moved,
+        }
+    }
+
+    #[test]
+    fn a_reading_without_settings_gets_the_last_ones() {
+        let mut m = Memory::default();
+        let ino = 4026531840;
+        let set = netstat::Sysctls {
+            somaxconn: Some(4096),
+            ..Default::default()
+        };
+        let r = m.keep(ino, reading(set.clone(), 3, false), false);
+        assert_eq!(r.state.sysctls, set);
+        assert_eq!(m.last[&ino], 3);
+        // Not re-read this round: the last ones.
+        let r = m.keep(ino, reading(netstat::Sysctls::default(), 5, false), false);
+        assert_eq!(r.state.sysctls, set);
+        assert_eq!(m.last[&ino], 5);
+        // Re-read: the new ones.
+        let new = netstat::Sysctls {
+            somaxconn: Some(128),
+            ..Default::default()
+        };
+        let r = m.keep(ino, reading(new.clone(), 5, false), false);
+        assert_eq!((r.state.sysctls, &m.settings[&ino]), (new.clone(), &new));
+    }
+
+    #[test]
+    fn busy_readings_keep_a_namespace_from_going_quiet() {
+        let mut m = Memory::default();
+        let (ino, none) = (7, HashSet::new());
+        for _ in 0..QUIET_AFTER {
+            m.keep(ino, reading(Default::default(), 0, false), false);
+        }
+        assert_eq!(m.quiet[&ino], QUIET_AFTER);
+        m.keep(ino, reading(Default::default(), 0, true), false);
+        assert_eq!(m.quiet[&ino], 0);
+        m.keep(ino, reading(Default::default(), 0, false), true);
+        assert_eq!(m.quiet[&ino], 0);
+        assert!(m.due(ino, false, &none));
+    }
+
+    #[test]
+    fn a_round_forgets_namespaces_gone() {
+        let mut m = Memory::default();
+        m.keep(1, reading(Default::default(), 2, false), false);
+        m.keep(2, reading(Default::default(), 4, false), false);
+        m.start_round(&BTreeMap::from([(2, ())]));
+        assert_eq!(m.rounds, 1);
+        assert_eq!(m.last, HashMap::from([(2, 4)]));
+        assert_eq!((m.settings.len(), m.quiet.len()), (1, 1));
+    }
+
+    #[test]
+    fn unreadable_namespaces_are_named() {
+        assert!(proc_denied(0).is_none());
+        let u = proc_denied(3).unwrap();
+        assert_eq!((u.reason, u.count), ("proc_ns_denied", 3));
+        assert_eq!(u.detail, "3 processes' /proc/PID/ns/net: permission denied");
+        let u = ns_unreadable(9, "setns_failed", "invalid argument");
+        assert_eq!(
+            (u.reason, u.detail.as_str(), u.capability.as_str(), u.count),
+            ("setns_failed", "namespace 9: invalid argument", "none", 1)
+        );
     }
 }

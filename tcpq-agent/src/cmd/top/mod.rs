@@ -1,5 +1,5 @@
 //! `tcpq-agent top`: the engine of `trace` with a sink that keeps a live
-//! picture (`state::Tally`) instead of printing lines, and a screen thread
+//! picture (`tally::Tally`) instead of printing lines, and a screen thread
 //! that draws it and reads the keys.
 //!
 //! Threads: the engine (its own current-thread runtime, as in `trace`);
@@ -14,7 +14,11 @@
 //! drops before `main` prints the error) and panics (the hook restores
 //! first).
 
-mod state;
+mod arrange;
+mod clients;
+mod filter;
+mod frame;
+mod tally;
 mod ui;
 
 use std::{
@@ -30,7 +34,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use crossterm::{
-    event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
+    event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers},
     execute,
     terminal::{self, EnterAlternateScreen, LeaveAlternateScreen},
 };
@@ -38,7 +42,10 @@ use ratatui::{backend::CrosstermBackend, Terminal};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{cmd::cli::TopArgs, owner::resolve::Resolver};
-use state::{arrange, Frame, OwnerFilter, SortBy, Tally};
+use arrange::{arrange, SortBy};
+use filter::OwnerFilter;
+use frame::Frame;
+use tally::Tally;
 
 /// Whether the terminal is in raw mode on the alternate screen.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -201,7 +208,7 @@ fn restore_stderr() {
 /// for sockets it reports): `/proc` walked at most every 5 s for new
 /// listeners, every 5 s for holders that forked or exited.
 fn owner_lookups(
-    wanted: Arc<Mutex<state::Wanted>>,
+    wanted: Arc<Mutex<tally::Wanted>>,
     owners: Arc<Mutex<HashMap<u32, crate::owner::resolve::Owner>>>,
     stop: Arc<AtomicBool>,
 ) {
@@ -290,44 +297,48 @@ fn draw_loop(
             continue;
         }
         dirty = true;
-        if s.editing {
-            match k.code {
-                KeyCode::Enter => s.editing = false,
-                KeyCode::Esc => {
-                    s.editing = false;
-                    s.filter.clear();
-                }
-                KeyCode::Backspace => {
-                    s.filter.pop();
-                }
-                KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => {
-                    raise(libc::SIGINT);
-                }
-                KeyCode::Char(c) => s.filter.push(c),
-                _ => {}
-            }
-            continue;
-        }
-        let rows = arrange(&shown.rows, s.sort.unwrap_or(SortBy::Trouble), &s.filter);
-        let at = s.table.selected().filter(|&i| i < rows.len());
-        match k.code {
-            KeyCode::Char('q') => raise(libc::SIGINT),
-            KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => {
-                raise(libc::SIGINT)
-            }
-            KeyCode::Char('s') => s.sort = Some(s.sort.unwrap_or(SortBy::Trouble).next()),
-            KeyCode::Char('/') => s.editing = true,
-            KeyCode::Char('p') | KeyCode::Char(' ') => s.paused = !s.paused,
-            KeyCode::Down | KeyCode::Char('j') => {
-                let i = at.map_or(0, |i| (i + 1).min(rows.len().saturating_sub(1)));
-                s.selected = rows.get(i).map(|r| r.key);
-            }
-            KeyCode::Up | KeyCode::Char('k') => {
-                let i = at.map_or(0, |i| i.saturating_sub(1));
-                s.selected = rows.get(i).map(|r| r.key);
-            }
-            _ => {}
-        }
+        on_key(&mut s, k, &shown);
     }
     Ok(())
+}
+
+/// What a key does: while typing a filter, edits it; else sorts, pauses,
+/// moves the selection in `shown`'s rows as arranged, or quits.
+fn on_key(s: &mut ui::Screen, k: KeyEvent, shown: &Frame) {
+    if s.editing {
+        match k.code {
+            KeyCode::Enter => s.editing = false,
+            KeyCode::Esc => {
+                s.editing = false;
+                s.filter.clear();
+            }
+            KeyCode::Backspace => {
+                s.filter.pop();
+            }
+            KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => {
+                raise(libc::SIGINT);
+            }
+            KeyCode::Char(c) => s.filter.push(c),
+            _ => {}
+        }
+        return;
+    }
+    let rows = arrange(&shown.rows, s.sort.unwrap_or(SortBy::Trouble), &s.filter);
+    let at = s.table.selected().filter(|&i| i < rows.len());
+    match k.code {
+        KeyCode::Char('q') => raise(libc::SIGINT),
+        KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => raise(libc::SIGINT),
+        KeyCode::Char('s') => s.sort = Some(s.sort.unwrap_or(SortBy::Trouble).next()),
+        KeyCode::Char('/') => s.editing = true,
+        KeyCode::Char('p') | KeyCode::Char(' ') => s.paused = !s.paused,
+        KeyCode::Down | KeyCode::Char('j') => {
+            let i = at.map_or(0, |i| (i + 1).min(rows.len().saturating_sub(1)));
+            s.selected = rows.get(i).map(|r| r.key);
+        }
+        KeyCode::Up | KeyCode::Char('k') => {
+            let i = at.map_or(0, |i| i.saturating_sub(1));
+            s.selected = rows.get(i).map(|r| r.key);
+        }
+        _ => {}
+    }
 }

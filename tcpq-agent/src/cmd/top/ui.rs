@@ -9,7 +9,10 @@ use ratatui::{
     Frame as TFrame,
 };
 
-use super::state::{Frame, Row, SortBy};
+use super::{
+    arrange::SortBy,
+    frame::{Frame, Row},
+};
 
 /// What the keys changed.
 #[derive(Debug, Clone, Default)]
@@ -208,7 +211,7 @@ fn listeners(f: &mut TFrame, area: Rect, rows: &[Row], s: &mut Screen) {
         .header(header)
         .block(Block::default().borders(Borders::TOP).title(format!(
             " listeners · rates per second over the last {} s · OVF = overflows since start ",
-            super::state::RATE_WINDOW.as_secs()
+            super::frame::RATE_WINDOW.as_secs()
         )))
         .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED))
         .highlight_symbol("▶");

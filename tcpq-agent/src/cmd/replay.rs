@@ -5,6 +5,7 @@
 
 use std::{
     collections::VecDeque,
+    io::BufRead,
     path::Path,
     sync::{Arc, Mutex},
     time::{Duration, UNIX_EPOCH},
@@ -21,20 +22,38 @@ use crate::{
         sink::{Console, Health, Sink},
         Format,
     },
-    source::record::{Pod, Reader, Step},
+    source::record::{Pod, Reader, Start, Step},
 };
 
 type Answers = Arc<Mutex<VecDeque<Option<u32>>>>;
 
 pub fn run(file: &Path, output: Format) -> Result<()> {
     let (start, mut reader) = Reader::open(file)?;
+    let mut console = Console::stdout(output);
+    let p = replay(&start, &mut reader, &mut console)
+        .with_context(|| format!("{}", file.display()))?;
+    eprintln!(
+        "tcpq: replayed {} steps recorded by tcpq-agent {} on Linux {}: {} kernel events, {} undecodable; {} report lines not written",
+        reader.line.saturating_sub(2),
+        start.agent,
+        start.kernel,
+        p.received,
+        p.undecodable,
+        console.lines_lost()
+    );
+    Ok(())
+}
+
+/// Feeds every step after `start` through a new pipeline into `sink`.
+pub fn replay<R: BufRead>(
+    start: &Start,
+    reader: &mut Reader<R>,
+    sink: &mut dyn Sink,
+) -> Result<Pipeline> {
     let mut host = Replayed::default();
     match reader.next_step()? {
         Some(Step::Begin { answers }) => host.give(answers)?,
-        _ => bail!(
-            "{}: line 2 is not the recording's begin step",
-            file.display()
-        ),
+        _ => bail!("line 2 is not the recording's begin step"),
     }
     let mut pipeline = Pipeline::new(start.settings.clone(), &mut host);
     host.finish().context("begin step")?;
@@ -42,29 +61,15 @@ pub fn run(file: &Path, output: Format) -> Result<()> {
     if start.settings.accepter {
         let a = accepted.clone();
         pipeline.agg.set_accepter(Box::new(move |_| {
-            a.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop_front()
-                .flatten()
+            a.lock().unwrap_or_else(|e| e.into_inner()).pop_front().flatten()
         }));
     }
-    let mut console = Console::stdout(output);
-    let mut steps = 0u64;
     while let Some(step) = reader.next_step()? {
         let line = reader.line;
-        feed(&mut pipeline, &mut host, &accepted, step, &mut console)
-            .with_context(|| format!("{} line {line}", file.display()))?;
-        steps += 1;
+        feed(&mut pipeline, &mut host, &accepted, step, sink)
+            .with_context(|| format!("line {line}"))?;
     }
-    eprintln!(
-        "tcpq: replayed {steps} steps recorded by tcpq-agent {} on Linux {}: {} kernel events, {} undecodable; {} report lines not written",
-        start.agent,
-        start.kernel,
-        pipeline.received,
-        pipeline.undecodable,
-        console.lines_lost()
-    );
-    Ok(())
+    Ok(pipeline)
 }
 
 fn feed(

@@ -217,36 +217,38 @@ impl Recorder {
 }
 
 /// Reads a recording: its start, then its steps.
-pub struct Reader {
-    lines: io::Lines<BufReader<File>>,
+pub struct Reader<R: BufRead = BufReader<File>> {
+    lines: io::Lines<R>,
     pub line: u64,
 }
 
 impl Reader {
     pub fn open(path: &Path) -> Result<(Start, Reader)> {
         let f = File::open(path).with_context(|| format!("{}", path.display()))?;
+        Reader::start(BufReader::new(f)).with_context(|| format!("{}", path.display()))
+    }
+}
+
+impl<R: BufRead> Reader<R> {
+    /// Reads the first line, the recording's start.
+    pub fn start(input: R) -> Result<(Start, Reader<R>)> {
         let mut r = Reader {
-            lines: BufReader::new(f).lines(),
+            lines: input.lines(),
             line: 0,
         };
         let first = r
             .next_line()?
-            .with_context(|| format!("{}: empty, not a tcpq recording", path.display()))?;
+            .context("empty, not a tcpq recording")?;
         #[derive(Deserialize)]
         struct Format {
             recording: u32,
         }
-        let not_start = |e: serde_json::Error| {
-            anyhow::anyhow!(
-                "{}: line 1 is not a tcpq recording's start: {e}",
-                path.display()
-            )
-        };
+        let not_start =
+            |e: serde_json::Error| anyhow::anyhow!("line 1 is not a tcpq recording's start: {e}");
         let format: Format = serde_json::from_str(&first).map_err(not_start)?;
         if format.recording != VERSION {
             bail!(
-                "{}: recording format {} (this agent reads {VERSION})",
-                path.display(),
+                "recording format {} (this agent reads {VERSION})",
                 format.recording
             );
         }

@@ -2,14 +2,14 @@
 //!
 //! Two sources feed it:
 //! - kernel events (ACK-time overflows, SYN-ACK retransmits, resets), exact
-//!   and timestamped ([`events`]);
+//!   and timestamped (`events`);
 //! - sock_diag snapshots of every listener, whose `sk_drops` also moves for
-//!   SYN-time drops, which fire no tracepoint ([`settle`]).
+//!   SYN-time drops, which fire no tracepoint (`settle`).
 //!
-//! Each concern has its file: the pending counts ([`pending`]), sk_drops
-//! settlement against snapshots ([`settle`]), SYN queues and syncookies
-//! ([`syn_queue`]), CLOSE_WAIT ([`close_wait`]), accept() errors and
-//! latency ([`accept`]) and SO_REUSEPORT groups ([`reuseport`]). This file
+//! Each concern has its file: the pending counts (`pending`), sk_drops
+//! settlement against snapshots (`settle`), SYN queues and syncookies
+//! (`syn_queue`), CLOSE_WAIT (`close_wait`), accept() errors and
+//! latency (`accept`) and SO_REUSEPORT groups (`reuseport`). This file
 //! holds the `Aggregator`, what it keeps per listener and per namespace,
 //! and its thin dispatch: a snapshot in, the interval's lines out.
 

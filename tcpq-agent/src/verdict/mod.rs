@@ -27,9 +27,9 @@
 //!   be shared by connections to different destinations, so "left" is exact
 //!   only when most connections go to one destination.
 //!
-//! Each failure mode has its file ([`fds`], [`overflow`], [`syn`],
-//! [`close_wait`], [`slow`], [`ports`]); the remedy sentences are in
-//! [`remedy`] (the alerting rules quote them), counted words in [`words`].
+//! Each failure mode has its file (`fds`, `overflow`, `syn`,
+//! `close_wait`, `slow`, `ports`); the remedy sentences are in
+//! [`remedy`] (the alerting rules quote them), counted words in `words`.
 //! The evidence a rule reads is built in one place, [`evidence`], from a
 //! report line's facts (`trace`, through [`explain`]) or a status row's.
 

@@ -176,11 +176,7 @@ impl Aggregator {
             .as_ref()
             .map(|s| s.sysctls.clone())
             .unwrap_or_default();
-        self.ns
-            .entry(snap.netns)
-            .or_default()
-            .budgets
-            .add(moved.reqq, moved.deferred);
+        self.ns.entry(snap.netns).or_default().budgets.add(&moved);
         for s in &snap.listeners {
             if self.port.is_some_and(|p| p != s.lport) {
                 continue;
@@ -190,11 +186,7 @@ impl Aggregator {
         // Counters are read after the dump: what they moved for a drop the
         // dump did not see yet waits one round; older budget belongs to no
         // listener we track.
-        self.ns
-            .entry(snap.netns)
-            .or_default()
-            .budgets
-            .cap(moved.reqq, moved.deferred);
+        self.ns.entry(snap.netns).or_default().budgets.cap(&moved);
         if moved.cookies > 0 && !self.hooked.syn {
             self.attribute_cookies(snap, moved.cookies);
         }

@@ -144,15 +144,18 @@ pub(super) struct Budgets {
 }
 
 impl Budgets {
-    pub fn add(&mut self, reqq: u64, deferred: u64) {
-        self.reqq += reqq;
-        self.defer += deferred;
+    /// What the namespace's latest reading moved, before its dump is
+    /// settled.
+    pub fn add(&mut self, moved: &Moved) {
+        self.reqq += moved.reqq;
+        self.defer += moved.deferred;
     }
 
-    /// Keeps no more than the latest reading moved.
-    pub fn cap(&mut self, reqq: u64, deferred: u64) {
-        self.reqq = self.reqq.min(reqq);
-        self.defer = self.defer.min(deferred);
+    /// Keeps no more than the latest reading moved: older budget belongs to
+    /// no listener we track.
+    pub fn cap(&mut self, moved: &Moved) {
+        self.reqq = self.reqq.min(moved.reqq);
+        self.defer = self.defer.min(moved.deferred);
     }
 
     /// How many of `left` drops were deferred-accept ACKs.
@@ -519,10 +522,15 @@ mod tests {
     #[test]
     fn budgets_hand_out_what_the_counters_moved() {
         let mut b = Budgets::default();
-        b.add(3, 2);
+        let moved = |reqq, deferred| Moved {
+            reqq,
+            cookies: 0,
+            deferred,
+        };
+        b.add(&moved(3, 2));
         assert_eq!(b.take_deferred(5), 2);
         assert_eq!(b.take_reqq(1), 1);
-        b.cap(1, 0);
+        b.cap(&moved(1, 0));
         assert_eq!((b.take_reqq(9), b.take_deferred(9)), (1, 0));
     }
 }

@@ -133,10 +133,11 @@ fn failure_mode_runbooks_are_the_verdicts_remedies() {
         return;
     }
     let verdict = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tcpq-agent/src/verdict/mod.rs"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tcpq-agent/src/verdict/remedy.rs"),
     )
     .unwrap();
-    // The string literals of verdict.rs (one per line is enough there).
+    // The string literals of the remedy sentences (one per line is enough
+    // there).
     let literals: Vec<&str> = verdict
         .lines()
         .filter_map(|l| {
@@ -173,7 +174,7 @@ fn failure_mode_runbooks_are_the_verdicts_remedies() {
         });
         assert!(
             ok,
-            "{alert}: runbook is not a verdict remedy of verdict.rs: {runbook}"
+            "{alert}: runbook is not a verdict remedy of verdict/remedy.rs: {runbook}"
         );
         checked += 1;
     }

@@ -13,12 +13,17 @@ use anyhow::{Context, Result};
 
 use crate::{
     export::{self, Format},
+    model::{Fact, Kind, ListenerInfo, Next, Stage},
     owner::resolve::{self, Resolver},
     source::netns,
     source::netstat::NetnsState,
     source::poll,
     source::sockdiag::{self, DiagSock},
-    verdict::{self, ListenerEvidence, PortEvidence, Settings},
+    verdict::{
+        self,
+        evidence::{self, ListenerFacts},
+        Settings,
+    },
 };
 
 /// One listener's row.
@@ -81,39 +86,56 @@ pub fn rows(
                 reqq_cookies: st.counter("TcpExt.TCPReqQFullDoCookies"),
                 verdict: None,
             };
-            row.verdict = verdict::listener(&evidence(&row));
+            row.verdict = listener_verdict(&row);
             row
         })
         .collect()
 }
 
-/// What a one-shot look can say: the queues now, and the drops the
-/// listener has counted since it was created (`sk_drops`).
-fn evidence(r: &Row) -> ListenerEvidence {
-    let full = r.sock.rqueue > r.sock.wqueue;
-    let drops = r.sock.drops.unwrap_or(0) as u64;
-    let syn_full = r.syn_queue > r.sock.wqueue;
-    ListenerEvidence {
-        endpoint: endpoint(&r.sock),
-        process: r
-            .owner
-            .as_ref()
-            .map(|o| format!("{} (pid {})", o.name, o.pid)),
+/// The verdict of a row: what a one-shot look can say, in the words of the
+/// report lines (the same facts give `trace` the same verdict): the queues
+/// now, and the drops the listener has counted since it was created
+/// (`sk_drops`, at the SYN stage as sock_diag counts them without hooks).
+fn listener_verdict(r: &Row) -> Option<verdict::Verdict> {
+    let info = ListenerInfo {
+        addr: r.sock.local,
+        port: r.sock.lport,
         queue_len: r.sock.rqueue,
         queue_limit: r.sock.wqueue,
-        backlog_requested: None,
-        overflows: if full { drops.max(1) } else { 0 },
-        // Per-namespace counters since the namespace was created: only
-        // said of a listener whose SYN queue is over its limit now.
-        syn_queue_drops: if syn_full && !full { r.reqq_drops } else { 0 },
-        syncookies_sent: if syn_full { r.reqq_cookies } else { 0 },
-        syn_queue_len: r.syn_queue,
-        close_wait: r.close_wait,
-        open_fds: r.open_fds,
-        fd_limit: r.fd_limit,
-        settings: r.settings.clone(),
-        ..Default::default()
+    };
+    let full = info.queue_full();
+    let drops = r.sock.drops.unwrap_or(0) as u64;
+    let syn_full = r.syn_queue > r.sock.wqueue;
+    let mut counts = Vec::new();
+    if full {
+        counts.push((
+            Kind::ListenOverflow(Stage::Syn, Next::Unknown),
+            drops.max(1),
+        ));
     }
+    // Per-namespace counters since the namespace was created: only said of
+    // a listener whose SYN queue is over its limit now.
+    if syn_full && !full {
+        let kind = Kind::SynQueueDrop {
+            reason: "syn_queue_full",
+        };
+        counts.push((kind, r.reqq_drops));
+    }
+    if syn_full {
+        counts.push((Kind::SyncookiesSent, r.reqq_cookies));
+    }
+    counts.push((Kind::CloseWait, u64::from(r.close_wait)));
+    let mut facts = Vec::new();
+    facts.extend(r.open_fds.map(|n| Fact::OpenFds(n.into())));
+    facts.extend(r.fd_limit.map(Fact::FdLimit));
+    evidence::listener_verdict(&ListenerFacts {
+        info: &info,
+        owner: r.owner.as_ref(),
+        settings: &r.settings,
+        counts: &counts,
+        facts: &facts,
+        syn_queue_len: r.syn_queue,
+    })
 }
 
 fn endpoint(s: &DiagSock) -> String {
@@ -163,13 +185,9 @@ pub fn text_table(rows: &[Row]) -> String {
 
 /// The outgoing-port verdict of a namespace, if it has trouble.
 pub fn ports_verdict(st: &NetnsState) -> Option<verdict::Verdict> {
-    verdict::ports(&PortEvidence {
-        addr_not_avail: 0,
-        time_wait: st.time_wait?,
-        connected: 0,
-        tw_reuse: st.sysctls.tw_reuse,
-        settings: st.sysctls.clone(),
-    })
+    // Without the TIME_WAIT count a one-shot look has nothing to say.
+    st.time_wait?;
+    verdict::ports(&evidence::ports(0, Some(st)))
 }
 
 /// SO_REUSEPORT groups among the listeners: members' inodes.
@@ -303,6 +321,64 @@ mod tests {
                 ..Default::default()
             },
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_same_listener_facts_give_status_and_trace_the_same_verdict() {
+        use crate::model::{ListenerKey, Pending, Source};
+        let owner = resolve::Owner {
+            pid: 9,
+            name: "nginx".into(),
+            ..Default::default()
+        };
+        let st = state(128, 1);
+        let row = |sock: DiagSock, close_wait| Row {
+            netns: 5,
+            sock,
+            owner: Some(owner.clone()),
+            syn_queue: 0,
+            close_wait,
+            settings: st.sysctls.clone(),
+            open_fds: None,
+            fd_limit: None,
+            reqq_drops: 0,
+            reqq_cookies: 0,
+            verdict: None,
+        };
+        let line = |s: &DiagSock, kind, count| Pending {
+            kind,
+            source: Source::SockDiag,
+            key: Some(ListenerKey {
+                netns: 5,
+                inode: s.inode,
+            }),
+            netns: Some(5),
+            info: ListenerInfo {
+                addr: s.local,
+                port: s.lport,
+                queue_len: s.rqueue,
+                queue_limit: s.wqueue,
+            },
+            count,
+            peer: None,
+            pid: None,
+            inode: None,
+            attrs: Vec::new(),
+        };
+        // A full queue that has dropped 40 SYNs; 7 accepted connections
+        // left in CLOSE_WAIT.
+        let overflow = Kind::ListenOverflow(Stage::Syn, Next::Unknown);
+        let cases = [
+            (sock(10, 8080, 129, 128, 40), 0, overflow, 40),
+            (sock(10, 8080, 0, 128, 0), 7, Kind::CloseWait, 7),
+        ];
+        for (s, close_wait, kind, n) in cases {
+            let by_status = listener_verdict(&row(s.clone(), close_wait));
+            let by_trace =
+                crate::verdict::explain::line(&line(&s, kind, n), Some(&owner), Some(&st));
+            assert!(by_status.is_some(), "{s:?}");
+            assert_eq!(by_status, by_trace);
         }
     }
 

@@ -1,285 +1,30 @@
 //! Socket → owning process. The owner of a listening socket is a process
 //! holding a file descriptor for it (`/proc/PID/fd/N` → `socket:[INODE]`),
 //! never the task a softirq happened to interrupt.
+//!
+//! The [`Resolver`] caches owners by socket inode and decides which fd
+//! tables to read: its known holders first, all of `/proc` when the
+//! [`schedule`](crate::owner::schedule) allows. What /proc says of a process
+//! is in [`process`](crate::owner::process), fd tables in
+//! [`fds`](crate::owner::fds), the owner of an SO_REUSEPORT member in
+//! [`reuseport`](crate::owner::reuseport); their items are re-exported here,
+//! where the rest of the agent finds them.
 
 use std::{
     collections::{HashMap, HashSet},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-/// The process that owns a socket, and every process holding it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Owner {
-    /// The process that owns the socket ([`choose_owner`]): for an
-    /// SO_REUSEPORT member beside a master, the worker that holds it;
-    /// else the lowest pid holding it (the parent of forked workers).
-    pub pid: u32,
-    /// `comm`: see [`process_name`].
-    pub name: String,
-    /// `/proc/PID/exe`.
-    pub exe: Option<String>,
-    /// `/proc/PID/cmdline`, arguments joined by spaces.
-    pub cmdline: Option<String>,
-    /// The real user's name (uid when /etc/passwd has none).
-    pub user: Option<String>,
-    /// cgroup, container, systemd unit, pod.
-    pub placement: Option<crate::owner::cgroup::Placement>,
-    /// Every process holding the socket, ascending.
-    pub holders: Vec<u32>,
-}
-
-impl Owner {
-    /// Everything /proc says about `pid`.
-    pub fn of(pid: u32) -> Owner {
-        Owner {
-            pid,
-            name: process_name(pid).unwrap_or_else(|| "?".into()),
-            exe: std::fs::read_link(format!("/proc/{pid}/exe"))
-                .ok()
-                .map(|p| p.to_string_lossy().into_owned()),
-            cmdline: std::fs::read(format!("/proc/{pid}/cmdline"))
-                .ok()
-                .map(|b| cmdline(&b))
-                .filter(|c| !c.is_empty()),
-            user: uid_of(pid).map(user_name),
-            placement: crate::owner::cgroup::of_pid(pid),
-            holders: vec![pid],
-        }
-    }
-
-    /// Whether any holder has this `comm`.
-    pub fn has_comm(&self, comm: &str) -> bool {
-        self.name == comm
-            || self
-                .holders
-                .iter()
-                .any(|&p| p != self.pid && process_name(p).as_deref() == Some(comm))
-    }
-}
-
-/// `/proc/PID/cmdline` (NUL-separated) as one line.
-pub fn cmdline(raw: &[u8]) -> String {
-    raw.split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The real uid (`Uid:` of /proc/PID/status).
-fn uid_of(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// The user name of `uid` from /etc/passwd, else the number.
-pub fn user_name(uid: u32) -> String {
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|p| passwd_name(&p, uid))
-        .unwrap_or_else(|| uid.to_string())
-}
-
-pub fn passwd_name(passwd: &str, uid: u32) -> Option<String> {
-    passwd.lines().find_map(|l| {
-        let mut f = l.split(':');
-        let name = f.next()?;
-        (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
-    })
-}
-
-/// Process ids on the host (thread-group leaders).
-pub fn pids() -> impl Iterator<Item = u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-}
-
-/// Who owns socket `ino`, which `holders` (ascending) hold. For an
-/// SO_REUSEPORT member, `siblings` are the other members with their
-/// holders, and `polled` each holder's epoll interest list (socket inodes):
-/// the owner is the one holder that polls this member and no other (an
-/// nginx worker, whose master and fellow workers hold every member's fd),
-/// else the one holder that holds no other member (a worker that closed the
-/// rest). Otherwise the lowest pid: the parent of forked workers sharing
-/// one socket, i.e. the service. None when nobody holds it.
-pub fn choose_owner(
-    ino: u32,
-    holders: &[u32],
-    siblings: &[(u32, &[u32])],
-    polled: &HashMap<u32, HashSet<u32>>,
-) -> Option<u32> {
-    if !siblings.is_empty() && holders.len() > 1 {
-        let only = |v: Vec<u32>| match v.as_slice() {
-            [one] => Some(*one),
-            _ => None,
-        };
-        let pollers = holders
-            .iter()
-            .copied()
-            .filter(|p| {
-                polled.get(p).is_some_and(|set| {
-                    set.contains(&ino) && !siblings.iter().any(|(s, _)| set.contains(s))
-                })
-            })
-            .collect();
-        let alone = holders
-            .iter()
-            .copied()
-            .filter(|p| !siblings.iter().any(|(_, h)| h.contains(p)))
-            .collect();
-        if let Some(p) = only(pollers).or_else(|| only(alone)) {
-            return Some(p);
-        }
-    }
-    holders.first().copied()
-}
-
-/// The socket inodes in an epoll file's `/proc/PID/fdinfo/N`: its
-/// interest list, one `tfd: … ino:<hex> …` line per target.
-pub fn parse_epoll_targets(fdinfo: &str) -> Vec<u32> {
-    fdinfo
-        .lines()
-        .filter(|l| l.starts_with("tfd:"))
-        .filter_map(|l| {
-            let hex = l.split_whitespace().find_map(|w| w.strip_prefix("ino:"))?;
-            u32::from_str_radix(hex, 16).ok()
-        })
-        .collect()
-}
-
-/// Every inode `pid`'s epoll files watch.
-pub fn polled_by(pid: u32) -> HashSet<u32> {
-    let mut out = HashSet::new();
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let is_epoll =
-            std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:[eventpoll]");
-        if is_epoll {
-            let info = format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy());
-            if let Ok(t) = std::fs::read_to_string(info) {
-                out.extend(parse_epoll_targets(&t));
-            }
-        }
-    }
-    out
-}
-
-/// The epoll interest lists of the holders of SO_REUSEPORT members among
-/// `inodes` (the only sockets whose owner they decide).
-fn polls_of<'a>(
-    inodes: impl Iterator<Item = (&'a u32, &'a Vec<u32>)>,
-    groups: &HashMap<u32, Vec<u32>>,
-) -> HashMap<u32, HashSet<u32>> {
-    let mut polled = HashMap::new();
-    for (ino, holders) in inodes {
-        if groups.contains_key(ino) && holders.len() > 1 {
-            for &p in holders {
-                polled.entry(p).or_insert_with(|| polled_by(p));
-            }
-        }
-    }
-    polled
-}
-
-/// A kernel `comm` buffer (NUL-padded, at most 16 bytes) as a name; None
-/// when empty.
-pub fn comm_name(comm: &[u8]) -> Option<String> {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    (end > 0).then(|| String::from_utf8_lossy(&comm[..end]).into_owned())
-}
-
-/// The child processes of `pid` (every thread's `children`).
-pub fn children_of(pid: u32) -> Vec<u32> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|c| {
-            c.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
-}
-
-/// Parses a `/proc/PID/fd/N` link target `socket:[12345]`.
-pub fn socket_inode(link: &str) -> Option<u32> {
-    link.strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
-/// Socket inodes `pid` holds.
-pub fn sockets_of(pid: u32) -> HashSet<u32> {
-    sockets_of_checked(pid).unwrap_or_default()
-}
-
-/// [`sockets_of`], or the error that kept `/proc/PID/fd` (or one of its
-/// links) from being read: permission denied means the agent lacks
-/// CAP_SYS_PTRACE / CAP_DAC_READ_SEARCH for another user's process.
-pub fn sockets_of_checked(pid: u32) -> std::io::Result<HashSet<u32>> {
-    let mut out = HashSet::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
-        match std::fs::read_link(e.path()) {
-            Ok(t) => {
-                if let Some(ino) = t.to_str().and_then(socket_inode) {
-                    out.insert(ino);
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(e),
-            Err(_) => {}
-        }
-    }
-    Ok(out)
-}
-
-/// How many file descriptors `pid` has open.
-pub fn open_fds(pid: u32) -> Option<usize> {
-    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
-}
-
-/// The soft RLIMIT_NOFILE of `pid` ("Max open files" in /proc/PID/limits);
-/// None when unlimited or unreadable.
-pub fn fd_limit(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
-    parse_fd_limit(&text)
-}
-
-pub fn parse_fd_limit(limits: &str) -> Option<u64> {
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line["Max open files".len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// The process name as OpenTelemetry defines `process.executable.name` on
-/// Linux: `Name` of /proc/PID/status, i.e. `comm` (what `ps` and `top`
-/// show; for a symlinked binary such as Debian's redis-server, the name it
-/// was started as, not the link target).
-///
-/// Exactly what the process named itself (prctl(PR_SET_NAME) takes any
-/// bytes): only the kernel's newline is taken off, and bytes that are not
-/// UTF-8 become U+FFFD instead of hiding the name. The exporters escape it.
-pub fn process_name(pid: u32) -> Option<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/comm")).ok()?;
-    let raw = raw.strip_suffix(b"\n").unwrap_or(&raw);
-    Some(String::from_utf8_lossy(raw).into_owned())
-}
+pub use crate::owner::{
+    fds::{fd_limit, open_fds, parse_fd_limit, socket_inode, sockets_of, sockets_of_checked},
+    process::{children_of, cmdline, comm_name, passwd_name, pids, process_name, user_name, Owner},
+    reuseport::{choose_owner, parse_epoll_targets, polled_by},
+    schedule::{scan_gap, SCAN_BUDGET, SCAN_MAX_GAP},
+};
+use crate::owner::{
+    reuseport::polls_of,
+    schedule::{Reconcile, Schedule},
+};
 
 /// Caches inode → owner. An owner is looked up as soon as its socket is
 /// first seen (the process may be gone by the time the report is printed);
@@ -296,14 +41,8 @@ pub struct Resolver {
     /// Seeded from listen() but not yet checked against /proc (a fork
     /// right after listen() adds holders).
     provisional: HashSet<u32>,
-    last_scan: Option<Instant>,
-    min_rescan: Duration,
-    /// CPU time the last full scan took: the next waits [`scan_gap`] of it.
-    last_scan_cost: Duration,
-    last_reconcile: Instant,
-    reconcile: Duration,
-    last_full: Instant,
-    full_reconcile: Duration,
+    /// When to read which fd tables.
+    schedule: Schedule,
     /// SO_REUSEPORT groups: each member's inode → the other members'.
     groups: HashMap<u32, Vec<u32>>,
 }
@@ -313,13 +52,7 @@ impl Resolver {
         Self {
             owners: HashMap::new(),
             provisional: HashSet::new(),
-            last_scan: None,
-            min_rescan,
-            last_scan_cost: Duration::ZERO,
-            last_reconcile: Instant::now(),
-            reconcile: Duration::from_secs(5),
-            last_full: Instant::now(),
-            full_reconcile: Duration::from_secs(600),
+            schedule: Schedule::new(min_rescan),
             groups: HashMap::new(),
         }
     }
@@ -343,25 +76,18 @@ impl Resolver {
             .filter(|i| !self.owners.contains_key(i) || self.provisional.contains(i))
             .collect();
         let mut full = HashSet::new();
-        if !self.owners.is_empty() && self.last_reconcile.elapsed() >= self.reconcile {
-            self.last_reconcile = Instant::now();
-            if self.last_full.elapsed() >= self.full_reconcile {
-                // All of /proc: also finds holders that got a socket by fd
-                // passing.
-                self.last_full = Instant::now();
-                full.extend(self.owners.keys().copied());
-            } else {
-                full.extend(self.check_holders());
+        if !self.owners.is_empty() {
+            match self.schedule.reconcile() {
+                Some(Reconcile::Full) => full.extend(self.owners.keys().copied()),
+                Some(Reconcile::Holders) => full.extend(self.check_holders()),
+                None => {}
             }
         }
         // The holders it knows first (a connection's socket is most often
         // held by a listener's process); all of /proc for what is left,
         // when the CPU budget allows.
         let left = self.scan_known(missing);
-        // Lines about to be written skip the minimum pause, not the budget.
-        let min = if now { Duration::ZERO } else { self.min_rescan };
-        let gap = scan_gap(self.last_scan_cost, min);
-        if !full.is_empty() || self.last_scan.is_none_or(|t| t.elapsed() >= gap) {
+        if !full.is_empty() || self.schedule.scan_due(now) {
             full.extend(left);
         }
         if !full.is_empty() {
@@ -370,8 +96,8 @@ impl Resolver {
             for i in &full {
                 self.provisional.remove(i);
             }
-            self.last_scan = Some(Instant::now());
-            self.last_scan_cost = crate::source::poll::thread_cpu().saturating_sub(cpu);
+            self.schedule
+                .scanned(crate::source::poll::thread_cpu().saturating_sub(cpu));
         }
     }
 
@@ -598,56 +324,10 @@ impl Resolver {
     }
 }
 
-/// A full `/proc` scan may take at most 1/[`SCAN_BUDGET`] of a core: after
-/// one that took `cost` of CPU (~2 s with 2,000 processes × 200 fds), the
-/// next waits `cost × SCAN_BUDGET`, at least `min` and at most
-/// [`SCAN_MAX_GAP`]. Lines meanwhile name the owners the kernel or the known
-/// holders tell, else none.
-pub fn scan_gap(cost: Duration, min: Duration) -> Duration {
-    (cost * SCAN_BUDGET).clamp(min, SCAN_MAX_GAP.max(min))
-}
-
-pub const SCAN_BUDGET: u32 = 50;
-pub const SCAN_MAX_GAP: Duration = Duration::from_secs(60);
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
-
-    #[test]
-    fn parses_the_soft_fd_limit() {
-        let l = "Limit                     Soft Limit           Hard Limit           Units     \nMax processes             63704                63704                processes \nMax open files            1024                 524288               files     \n";
-        assert_eq!(parse_fd_limit(l), Some(1024));
-        assert_eq!(
-            parse_fd_limit(
-                "Max open files            unlimited            unlimited            files"
-            ),
-            None
-        );
-        assert!(fd_limit(std::process::id()).is_some());
-        assert!(open_fds(std::process::id()).unwrap() >= 3);
-    }
-
-    #[test]
-    fn parses_cmdline_and_passwd() {
-        assert_eq!(
-            cmdline(b"nginx: master process\0-g\0daemon off;\0"),
-            "nginx: master process -g daemon off;"
-        );
-        let pw = "root:x:0:0:root:/root:/bin/bash\nwww-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\n";
-        assert_eq!(passwd_name(pw, 33).as_deref(), Some("www-data"));
-        assert_eq!(passwd_name(pw, 7), None);
-        assert_eq!(user_name(0), "root");
-    }
-
-    #[test]
-    fn parses_socket_links_only() {
-        assert_eq!(socket_inode("socket:[4026]"), Some(4026));
-        assert_eq!(socket_inode("pipe:[4026]"), None);
-        assert_eq!(socket_inode("/dev/null"), None);
-        assert_eq!(socket_inode("socket:[x]"), None);
-    }
 
     #[test]
     fn finds_the_owner_of_our_own_listener() {
@@ -669,7 +349,7 @@ mod tests {
         // first wanted.
         r.seed(ino, 1);
         assert_eq!(r.get(ino).unwrap().pid, 1);
-        r.last_scan_cost = Duration::ZERO; // the scan budget allows one now
+        r.schedule.last_scan_cost = Duration::ZERO; // the scan budget allows one now
         r.learn([ino]);
         assert_eq!(r.get(ino).unwrap().holders, vec![me]);
     }
@@ -715,17 +395,20 @@ mod tests {
         // Budget: after a full scan that cost 10 ms, the next waits 500 ms.
         let mut r = Resolver::new(Duration::from_secs(3600));
         r.learn([ino_of(&l)]);
-        let full_scan = r.last_scan;
+        let full_scan = r.schedule.last_scan;
         assert!(full_scan.is_some());
-        r.last_scan_cost = Duration::from_millis(10);
+        r.schedule.last_scan_cost = Duration::from_millis(10);
         // The accepted socket: ours, a known holder's, found at once.
         r.learn_now([ino_of(&accepted)]);
         assert_eq!(r.get(ino_of(&accepted)).map(|o| o.pid), Some(me));
-        assert_eq!(r.last_scan, full_scan, "no scan of all of /proc");
+        assert_eq!(r.schedule.last_scan, full_scan, "no scan of all of /proc");
         // A socket nobody known holds waits for the budget.
         drop(c);
         r.learn_now([u32::MAX]);
-        assert_eq!(r.last_scan, full_scan, "within 500 ms of the last scan");
+        assert_eq!(
+            r.schedule.last_scan, full_scan,
+            "within 500 ms of the last scan"
+        );
         assert_eq!(
             scan_gap(Duration::from_secs(2), Duration::from_millis(100)),
             SCAN_MAX_GAP
@@ -734,31 +417,6 @@ mod tests {
             scan_gap(Duration::from_millis(1), Duration::from_millis(100)),
             Duration::from_millis(100)
         );
-    }
-
-    #[test]
-    fn a_reuseport_member_belongs_to_the_worker_that_polls_or_holds_it_alone() {
-        let none = HashMap::new();
-        // nginx 1.22 `listen … reuseport`, 2 workers: every process holds
-        // both members (1, 2); each worker polls its own.
-        let polled = HashMap::from([(11, HashSet::from([1, 77])), (12, HashSet::from([2, 78]))]);
-        let all: &[u32] = &[10, 11, 12];
-        assert_eq!(choose_owner(1, all, &[(2, all)], &polled), Some(11));
-        assert_eq!(choose_owner(2, all, &[(1, all)], &polled), Some(12));
-        // Without the interest lists: the master (lowest).
-        assert_eq!(choose_owner(1, all, &[(2, all)], &none), Some(10));
-        // Workers that closed the other members: the one holding it alone.
-        assert_eq!(
-            choose_owner(1, &[10, 11], &[(2, &[10, 12])], &none),
-            Some(11)
-        );
-        // Two unrelated processes, a member each.
-        assert_eq!(choose_owner(1, &[20], &[(2, &[21])], &none), Some(20));
-        // One socket shared by a master and its workers (all poll it): the
-        // master.
-        let shared = HashMap::from([(11, HashSet::from([1])), (12, HashSet::from([1]))]);
-        assert_eq!(choose_owner(1, all, &[], &shared), Some(10));
-        assert_eq!(choose_owner(1, &[], &[], &none), None);
     }
 
     #[test]
@@ -786,42 +444,5 @@ mod tests {
         }
         assert_eq!(holders, vec![me, child as u32]);
         assert_eq!(r.get(ino).unwrap().pid, me);
-    }
-
-    #[test]
-    fn reads_a_kernel_comm() {
-        assert_eq!(
-            comm_name(b"redis-cli\0\0\0\0\0\0\0").as_deref(),
-            Some("redis-cli")
-        );
-        assert_eq!(
-            comm_name(b"exactly15chars!\0").as_deref(),
-            Some("exactly15chars!")
-        );
-        assert_eq!(comm_name(&[0; 16]), None);
-    }
-
-    #[test]
-    fn reads_an_epoll_interest_list() {
-        let t = "pos:\t0\nflags:\t02\nmnt_id:\t17\nino:\t1030\n\
-                 tfd:        9 events: 80000019 data:     56447d63f340  pos:0 ino:406 sdev:10\n\
-                 tfd:        4 events:     2019 data:     7f7d46914010  pos:0 ino:aec064 sdev:9\n";
-        assert_eq!(parse_epoll_targets(t), vec![0x406, 0xaec064]);
-        // Our own epoll file, through /proc.
-        let me = std::process::id();
-        let ep = unsafe { libc::epoll_create1(0) };
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: 0,
-        };
-        assert_eq!(
-            unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, l.as_raw_fd(), &mut ev) },
-            0
-        );
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", l.as_raw_fd())).unwrap();
-        let ino = socket_inode(link.to_str().unwrap()).unwrap();
-        assert!(polled_by(me).contains(&ino));
-        unsafe { libc::close(ep) };
     }
 }

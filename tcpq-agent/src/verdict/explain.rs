@@ -1,79 +1,41 @@
 //! A report line → its verdict: the line's own numbers plus the
-//! namespace's settings, handed to `verdict`. Pure.
+//! namespace's settings, handed to the evidence builder. Pure.
 
 use crate::{
-    model::{Fact, Kind, Next, Pending},
+    model::{Kind, Pending},
     owner::resolve::Owner,
     source::netstat::NetnsState,
-    verdict::{self, ListenerEvidence, PortEvidence, Verdict},
+    verdict::{
+        self,
+        evidence::{self, ListenerFacts},
+        Verdict,
+    },
 };
 
 pub fn line(p: &Pending, owner: Option<&Owner>, st: Option<&NetnsState>) -> Option<Verdict> {
-    let settings = st.map(|s| s.sysctls.clone()).unwrap_or_default();
     if let Kind::ConnectError { error } = &p.kind {
         if error != "EADDRNOTAVAIL" {
             return None;
         }
-        return verdict::ports(&PortEvidence {
-            addr_not_avail: p.count,
-            time_wait: st.and_then(|s| s.time_wait).unwrap_or(0),
-            connected: 0,
-            tw_reuse: st.and_then(|s| s.sysctls.tw_reuse),
-            settings,
-        });
+        return verdict::ports(&evidence::ports(p.count, st));
     }
-    let mut e = ListenerEvidence {
-        endpoint: crate::export::endpoint(p.info.addr, p.info.port),
-        // A negative listen() backlog means the largest (the kernel caps it).
-        backlog_requested: p.attrs.iter().find_map(|f| match *f {
-            Fact::BacklogRequested(b) => Some(u32::try_from(b).unwrap_or(u32::MAX)),
-            _ => None,
-        }),
-        process: owner.map(|o| format!("{} (pid {})", o.name, o.pid)),
-        queue_len: p.info.queue_len,
-        queue_limit: p.info.queue_limit,
-        settings,
-        ..Default::default()
-    };
-    match &p.kind {
-        Kind::ListenOverflow(stage, next) => {
-            e.overflows = p.count;
-            // At the ACK stage the kernel answers with a RST exactly when
-            // tcp_abort_on_overflow=1 (seen by the hook, or the setting).
-            let reset = *next == Next::Reset
-                || (*stage == crate::model::Stage::Ack
-                    && *next == Next::Unknown
-                    && e.settings.abort_on_overflow == Some(1));
-            if reset {
-                e.overflow_resets = p.count;
-            }
-        }
-        Kind::SynQueueDrop { .. } => e.syn_queue_drops = p.count,
-        Kind::SyncookiesSent => e.syncookies_sent = p.count,
-        Kind::CloseWait => e.close_wait = p.count as u32,
-        Kind::AcceptLatency => {
-            e.accept_latency_p99_ms = p.attrs.iter().find_map(Fact::accept_latency_p99_ms);
-        }
-        Kind::AcceptError { error } => {
-            e.accept_errors = vec![(error.clone(), p.count)];
-            for f in &p.attrs {
-                match *f {
-                    Fact::OpenFds(n) => e.open_fds = Some(n as u32),
-                    Fact::FdLimit(n) => e.fd_limit = Some(n),
-                    _ => {}
-                }
-            }
-        }
-        _ => return None,
-    }
-    verdict::listener(&e)
+    let settings = st.map(|s| s.sysctls.clone()).unwrap_or_default();
+    evidence::listener_verdict(&ListenerFacts {
+        info: &p.info,
+        owner,
+        settings: &settings,
+        counts: &[(p.kind.clone(), p.count)],
+        facts: &p.attrs,
+        // A line does not carry the SYN queue's length.
+        syn_queue_len: 0,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
-        model::{ListenerInfo, ListenerKey, Source, Stage},
+        model::{Fact, ListenerInfo, ListenerKey, Next, Source, Stage},
         source::netstat::Sysctls,
     };
 

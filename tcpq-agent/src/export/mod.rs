@@ -9,6 +9,9 @@ pub mod otlp;
 pub mod sink;
 pub mod syslog;
 
+#[cfg(test)]
+mod golden;
+
 use std::time::SystemTime;
 
 use crate::{model::Pending, owner::resolve::Owner};

@@ -2,7 +2,8 @@
 //! lines (every event kind, owners with a systemd unit and with a
 //! container in a pod, a forged process name, lost events, status rows, a
 //! health line), and syslog cuts. `testdata/golden.txt` was captured from
-//! the exporters before they were rewritten on typed lines; set
+//! the exporters before they were rewritten on typed lines (when JSON
+//! values were handed from one to the next); set
 //! `TCPQ_GOLDEN_WRITE=1` to rewrite it (only when a change is meant).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,9 +11,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prost::Message;
 
 use crate::{
-    cmd::run::HealthLine,
     cmd::status::{Row, Snapshot},
-    export::{self, head::Head, json, otlp, sink, syslog, Format, Report},
+    export::{
+        self, json,
+        line::{self, HealthLine, Line},
+        otlp, sink, syslog, Format, Report,
+    },
     model::{Fact, Kind, ListenerInfo, ListenerKey, Next, Pending, Source, Stage},
     owner::{cgroup::Placement, k8s::PodNames, resolve::Owner},
     source::{accepts::Accepts, sockdiag::DiagSock},
@@ -102,14 +106,17 @@ fn verdict() -> Verdict {
     }
 }
 
-/// (name, pending, owner, accepts, verdict): every kind at least once.
-fn cases() -> Vec<(
+/// A report's parts: name, pending, owner, accepts, verdict.
+type Case = (
     &'static str,
     Pending,
     Option<Owner>,
     Option<Accepts>,
     Option<Verdict>,
-)> {
+);
+
+/// Every kind at least once.
+fn cases() -> Vec<Case> {
     let mut out = Vec::new();
     let mut p = pending(Kind::ListenOverflow(Stage::Syn, Next::Unknown));
     p.attrs = vec![
@@ -353,14 +360,12 @@ fn big() -> (Pending, Owner) {
     (p, o)
 }
 
-/// Every section, rendered by today's exporters.
+/// Every section, rendered by the exporters from typed lines.
 fn render_all() -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
-    let fmt = |head: &Head, v: &serde_json::Value| {
-        syslog::format(head, v, syslog::Facility::Local3, "host1", "tcpq", 42)
-    };
-    let otlp_hex = |head: &Head, v: &serde_json::Value| {
-        let mut r = otlp::log_record(head, v);
+    let fmt = |l: &Line| syslog::format(l, syslog::Facility::Local3, "host1", "tcpq", 42);
+    let otlp_hex = |l: &Line| {
+        let mut r = otlp::log_record(l);
         r.observed_time_unix_nano = 0;
         hex(&r.encode_to_vec())
     };
@@ -372,28 +377,20 @@ fn render_all() -> Vec<(String, String)> {
             accepts,
             verdict,
         };
-        let head = Head::report(&r);
-        let v = json::report(&r);
+        let l = line::report(&r);
         out.push((format!("{name} text"), export::render(Format::Text, &r)));
         out.push((format!("{name} json"), export::render(Format::Json, &r)));
-        out.push((format!("{name} syslog"), fmt(&head, &v)));
-        out.push((format!("{name} otlp"), otlp_hex(&head, &v)));
+        out.push((format!("{name} syslog"), fmt(&l)));
+        out.push((format!("{name} otlp"), otlp_hex(&l)));
     }
-    let lost = json::lost(at(), 7);
-    let head = Head::lost(at());
+    let lost = line::lost(at(), 7);
     out.push(("lost text".into(), export::lost(Format::Text, at(), 7)));
     out.push(("lost json".into(), export::lost(Format::Json, at(), 7)));
-    out.push(("lost syslog".into(), fmt(&head, &lost)));
-    out.push(("lost otlp".into(), otlp_hex(&head, &lost)));
-    for (event, vs) in [
-        ("listener", json::status(&snapshot(), "listener")),
-        (
-            "listener_snapshot",
-            json::status(&snapshot(), "listener_snapshot"),
-        ),
-    ] {
-        for (i, v) in vs.iter().enumerate() {
-            out.push((format!("status {event} {i}"), json::line(v)));
+    out.push(("lost syslog".into(), fmt(&lost)));
+    out.push(("lost otlp".into(), otlp_hex(&lost)));
+    for event in ["listener", "listener_snapshot"] {
+        for (i, l) in line::status(&snapshot(), event).iter().enumerate() {
+            out.push((format!("status {event} {i}"), json::render(l)));
         }
     }
     let h = engine_health();
@@ -401,7 +398,7 @@ fn render_all() -> Vec<(String, String)> {
         .iter()
         .enumerate()
     {
-        out.push((format!("health {i}"), json::line(&json::health(l))));
+        out.push((format!("health {i}"), json::render(&line::health(l))));
     }
     let (p, o) = big();
     let r = Report {
@@ -411,11 +408,9 @@ fn render_all() -> Vec<(String, String)> {
         accepts: None,
         verdict: Some(verdict()),
     };
-    let head = Head::report(&r);
-    let v = json::report(&r);
+    let l = line::report(&r);
     for limit in [100_000, 4_000, 2_000, 1_500, 1_000, 800, 600, 300, 10] {
-        let msg = syslog::fit(&v, limit, |v| fmt(&head, v));
-        out.push((format!("fit {limit}"), msg));
+        out.push((format!("fit {limit}"), syslog::fit(&l, limit, fmt)));
     }
     out
 }

@@ -4,6 +4,7 @@
 pub mod head;
 pub mod json;
 pub mod labels;
+pub mod line;
 pub mod metrics;
 pub mod otlp;
 pub mod sink;
@@ -156,7 +157,7 @@ pub fn text(r: &Report) -> String {
         s += &format!(" accepted={}", a.count);
     }
     for (k, v) in p.attrs.iter().flat_map(|f| f.fields()) {
-        s += &format!(" {k}={}", json::field(&v));
+        s += &format!(" {k}={}", json::attr_text(&(&v).into()));
     }
     s += &format!(" source={}", p.source.as_str());
     let mut s = text_safe(&s).into_owned();
@@ -178,7 +179,7 @@ pub fn endpoint(addr: std::net::IpAddr, port: u16) -> String {
 pub fn render(format: Format, r: &Report) -> String {
     match format {
         Format::Text => text(r),
-        Format::Json => json::line(&json::report(r)),
+        Format::Json => json::render(&line::report(r)),
     }
 }
 
@@ -186,7 +187,7 @@ pub fn render(format: Format, r: &Report) -> String {
 /// user space.
 pub fn lost(format: Format, at: SystemTime, count: u64) -> String {
     match format {
-        Format::Json => json::line(&json::lost(at, count)),
+        Format::Json => json::render(&line::lost(at, count)),
         Format::Text => format!(
             "{} events_lost count={count} (ring buffer full: kernel events not delivered; counts above are low by this much)",
             timestamp(at)
@@ -197,10 +198,15 @@ pub fn lost(format: Format, at: SystemTime, count: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::json::{line as json_line, report as json};
+    use crate::export::json::line as json_line;
     use crate::model::{Kind, ListenerInfo, ListenerKey, Source, Stage};
     use serde_json::{json, Value};
     use std::time::{Duration, UNIX_EPOCH};
+
+    /// A report's line as its JSON object.
+    fn json(r: &Report) -> Value {
+        crate::export::json::value(&line::report(r))
+    }
 
     fn pending() -> Pending {
         Pending {

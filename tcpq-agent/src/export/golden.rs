@@ -117,6 +117,13 @@ type Case = (
 
 /// Every kind at least once.
 fn cases() -> Vec<Case> {
+    let mut out = listener_cases();
+    out.extend(other_cases());
+    out
+}
+
+/// The kinds about a listener.
+fn listener_cases() -> Vec<Case> {
     let mut out = Vec::new();
     let mut p = pending(Kind::ListenOverflow(Stage::Syn, Next::Unknown));
     p.attrs = vec![
@@ -178,6 +185,12 @@ fn cases() -> Vec<Case> {
         None,
         None,
     ));
+    out
+}
+
+/// Resets, errors, CLOSE_WAIT and accept latency.
+fn other_cases() -> Vec<Case> {
+    let mut out = Vec::new();
     let mut p = pending(Kind::ResetSent {
         reason: "no_listener",
         kernel_reason: "NO_SOCKET".into(),

@@ -459,3 +459,57 @@ fn every_exporter_writes_the_golden_bytes() {
     assert_eq!(got.lines().count(), GOLDEN.lines().count());
     assert_eq!(got, GOLDEN);
 }
+
+/// An OTLP value's JSON counterpart, as the JSON line has it.
+fn otlp_as_json(v: &opentelemetry_proto::tonic::common::v1::AnyValue) -> serde_json::Value {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+    match v.value.as_ref().expect("a value") {
+        V::StringValue(s) => s.as_str().into(),
+        V::IntValue(n) => (*n).into(),
+        V::DoubleValue(x) => (*x).into(),
+        V::BoolValue(b) => (*b).into(),
+        V::ArrayValue(a) => a.values.iter().map(otlp_as_json).collect(),
+        V::KvlistValue(l) => {
+            let kv = l.values.iter();
+            let kv = kv.map(|kv| (kv.key.clone(), otlp_as_json(kv.value.as_ref().unwrap())));
+            serde_json::Value::Object(kv.collect())
+        }
+        other => panic!("not in a line: {other:?}"),
+    }
+}
+
+#[test]
+fn otlp_records_have_the_json_lines_keys_values_and_types() {
+    let mut lines: Vec<Line> = cases()
+        .iter()
+        .map(|(_, p, owner, accepts, verdict)| {
+            line::report(&Report {
+                at: at(),
+                pending: p,
+                owner: owner.as_ref(),
+                accepts: *accepts,
+                verdict: verdict.clone(),
+            })
+        })
+        .collect();
+    lines.push(line::lost(at(), 7));
+    let h = engine_health();
+    lines.push(line::health(&health(&h, Some((5, 6)), 9)));
+    for l in &lines {
+        let mut json = json::value(l);
+        json.as_object_mut().unwrap().remove("timestamp");
+        let r = otlp::log_record(l);
+        let back: serde_json::Map<_, _> = r
+            .attributes
+            .iter()
+            .map(|kv| (kv.key.clone(), otlp_as_json(kv.value.as_ref().unwrap())))
+            .collect();
+        assert_eq!(serde_json::Value::Object(back), json, "{}", l.head.event);
+        // Ints stay ints and floats floats (a JSON 30.0 is a double).
+        for kv in &r.attributes {
+            let v = &json[&kv.key];
+            let otlp = otlp_as_json(kv.value.as_ref().unwrap());
+            assert_eq!(v.is_f64(), otlp.is_f64(), "{}", kv.key);
+        }
+    }
+}

@@ -8,6 +8,12 @@
 //! (a syslog server restarting, a full disk) are retried or counted, never
 //! fatal. SIGHUP reopens the output file (logrotate) and reloads the config;
 //! SIGTERM/SIGINT flush and exit 0.
+//!
+//! Here the wiring (runtimes, exporters, the snapshot task) and the
+//! [`Sidecar`] sink; `emit` is the sink's side the engine calls, `output`
+//! the JSON-lines file, `gauges` the metrics rebuilt from the engine's
+//! view, `health` the `agent_health` line, `reload` SIGHUP, `syslog` the
+//! switch to a reload's syslog target.
 
 mod emit;
 mod gauges;

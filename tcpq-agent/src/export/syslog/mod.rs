@@ -18,6 +18,9 @@
 //! that closed a stream is noticed (EOF) before writing to it. Plain TCP has no
 //! acknowledgements, so what the kernel accepted just before a peer vanished
 //! can still be lost (that would take RELP).
+//!
+//! `format` makes a message from a typed [`Line`], `fit` cuts one to a
+//! size, `transport` connects and runs the sender task; here the handle.
 
 mod fit;
 mod format;

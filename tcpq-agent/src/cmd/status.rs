@@ -266,8 +266,8 @@ pub fn run(format: Format, port: Option<u16>) -> Result<()> {
     let written = (|| -> std::io::Result<()> {
         match format {
             Format::Json => {
-                for v in crate::export::json::status(&snap, "listener") {
-                    writeln!(out, "{}", crate::export::json::line(&v))?;
+                for l in export::line::status(&snap, "listener") {
+                    writeln!(out, "{}", export::json::render(&l))?;
                 }
             }
             Format::Text => {

@@ -36,6 +36,15 @@ impl Head<'_> {
         }
     }
 
+    /// A line of periodic state's (`listener_snapshot`, `agent_health`).
+    pub fn state(at: SystemTime, event: &'static str) -> Head<'static> {
+        Head {
+            at,
+            event,
+            severity: Severity::Info,
+        }
+    }
+
     /// The `events_lost` line's.
     pub fn lost(at: SystemTime) -> Head<'static> {
         Head {

@@ -133,7 +133,7 @@ mod tests {
         for (kind, owner) in kinds.iter().flat_map(|k| [(k, None), (k, Some(&owner))]) {
             report_of(kind.clone(), owner, |r| {
                 let l = of(&r);
-                let v = crate::export::json::report(&r);
+                let v = crate::export::json::value(&crate::export::line::report(&r));
                 assert!(l.iter().all(|(n, _)| !n.contains("pid")));
                 // The same values the JSON line has under the labels' keys.
                 for ((label, value), (name, key)) in l.iter().zip(LABELS) {

@@ -30,8 +30,8 @@ type Answers = Arc<Mutex<VecDeque<Option<u32>>>>;
 pub fn run(file: &Path, output: Format) -> Result<()> {
     let (start, mut reader) = Reader::open(file)?;
     let mut console = Console::stdout(output);
-    let p = replay(&start, &mut reader, &mut console)
-        .with_context(|| format!("{}", file.display()))?;
+    let p =
+        replay(&start, &mut reader, &mut console).with_context(|| format!("{}", file.display()))?;
     eprintln!(
         "tcpq: replayed {} steps recorded by tcpq-agent {} on Linux {}: {} kernel events, {} undecodable; {} report lines not written",
         reader.line.saturating_sub(2),
@@ -61,7 +61,10 @@ pub fn replay<R: BufRead>(
     if start.settings.accepter {
         let a = accepted.clone();
         pipeline.agg.set_accepter(Box::new(move |_| {
-            a.lock().unwrap_or_else(|e| e.into_inner()).pop_front().flatten()
+            a.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front()
+                .flatten()
         }));
     }
     while let Some(step) = reader.next_step()? {

@@ -236,9 +236,7 @@ impl<R: BufRead> Reader<R> {
             lines: input.lines(),
             line: 0,
         };
-        let first = r
-            .next_line()?
-            .context("empty, not a tcpq recording")?;
+        let first = r.next_line()?.context("empty, not a tcpq recording")?;
         #[derive(Deserialize)]
         struct Format {
             recording: u32,

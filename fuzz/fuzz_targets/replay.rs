@@ -12,7 +12,7 @@ use tcpq_agent::{
         sink::{Sink, View},
         Report,
     },
-    source::record::Reader,
+    engine::record::Reader,
 };
 
 /// Renders each line as text and JSON, as `replay` would print them.

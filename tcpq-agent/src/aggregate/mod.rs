@@ -23,7 +23,7 @@ mod syn_queue;
 
 use std::collections::HashMap;
 
-use tcpq_common::accepted::PeerKey;
+pub use crate::source::{accepts::Accepter, poll::NetnsSnapshot};
 
 use crate::{
     model::{Fact, ListenerInfo, ListenerKey, Pending},
@@ -56,26 +56,6 @@ pub struct Hooked {
     pub syn: bool,
     /// `tcp_v4/v6_syn_recv_sock` (fentry/kprobe) or `skb:kfree_skb`.
     pub ack: bool,
-}
-
-/// One netns' listeners as one dump saw them.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct NetnsSnapshot {
-    pub netns: u32,
-    pub listeners: Vec<DiagSock>,
-    /// CLOSE_WAIT and SYN_RECV sockets, on the rounds that dump them.
-    pub others: Option<Vec<DiagSock>>,
-    /// The namespace's counters and settings, read right after the dump.
-    pub state: Option<NetnsState>,
-    /// CLOCK_MONOTONIC (the clock of `bpf_ktime_get_ns`) around the dump.
-    pub start_ns: u64,
-    pub end_ns: u64,
-    /// Taken when the agent started: what it holds is history, not news.
-    pub baseline: bool,
-    /// What the kernel's counts moved by, read just before this dump (only
-    /// the round's first namespace) and just after it.
-    pub storm_before: Vec<crate::source::storm::Delta>,
-    pub storm_after: Vec<crate::source::storm::Delta>,
 }
 
 impl NetnsSnapshot {
@@ -133,9 +113,6 @@ pub struct Aggregator {
     /// names the owner of CLOSE_WAIT sockets no listener explains any more.
     accepter: Option<Accepter>,
 }
-
-/// Looks up the process that accepted a connection (tgid).
-pub type Accepter = Box<dyn Fn(&PeerKey) -> Option<u32> + Send>;
 
 impl Aggregator {
     /// Where to ask who accepted a connection.

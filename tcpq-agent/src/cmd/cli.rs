@@ -70,13 +70,7 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SyscallHooks {
-    Auto,
-    Always,
-    OnDemand,
-    Never,
-}
+pub use crate::engine::options::SyscallHooks;
 
 #[derive(Args, Debug, Clone)]
 pub struct TraceArgs {
@@ -397,38 +391,9 @@ pub fn netns_inode(spec: &str) -> Result<u32> {
     netns_inode_named("--netns", spec)
 }
 
-/// [`netns_inode`], the error naming `key` (a flag or a config key). A
-/// number must be the inode of a network namespace that exists now (one
-/// that a process or an `ip netns` name holds); a path must open one.
+/// [`netns_inode`], the error naming `key` (a flag or a config key).
 pub fn netns_inode_named(key: &str, spec: &str) -> Result<u32> {
-    let spec_t = spec.trim();
-    if spec_t.is_empty() {
-        bail!("{key}: empty (give an inode number, /run/netns/NAME or /proc/PID/ns/net)");
-    }
-    if let Some(digits) = spec_t.strip_prefix('-') {
-        if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) {
-            bail!("{key} {spec}: negative values are not allowed (a namespace inode is a positive number)");
-        }
-    }
-    if spec_t.chars().all(|c| c.is_ascii_digit()) {
-        let n: u32 = match spec_t.parse() {
-            Ok(n) if n > 0 => n,
-            _ => bail!("{key} {spec}: not a namespace inode (1 to 4294967295)"),
-        };
-        let mut known = crate::source::netns::list();
-        if let Ok(own) = crate::source::netns::current() {
-            known.entry(own).or_default();
-        }
-        if !known.contains_key(&n) {
-            bail!("{key} {spec}: no network namespace has inode {n} (none of /run/netns/* and /proc/PID/ns/net is it)");
-        }
-        return Ok(n);
-    }
-    crate::source::netns::check(std::path::Path::new(spec)).map_err(|why| {
-        anyhow::anyhow!(
-            "{key} {spec}: {why} (give an inode number, /run/netns/NAME or /proc/PID/ns/net)"
-        )
-    })
+    crate::source::netns::inode_named(key, spec)
 }
 
 /// Whether the process exists (its /proc entry); refuses 0.
@@ -437,6 +402,30 @@ fn check_pid(pid: u32) -> Result<()> {
         bail!("--pid {pid}: no such process");
     }
     Ok(())
+}
+
+impl TraceArgs {
+    /// What the engine is asked to do (all but the output format, which
+    /// is the sink's).
+    pub fn engine(&self) -> crate::engine::options::Options {
+        crate::engine::options::Options {
+            pid: self.pid,
+            port: self.port,
+            netns: self.netns.clone(),
+            comm: self.comm.clone(),
+            cgroup: self.cgroup.clone(),
+            container: self.container.clone(),
+            attach: self.attach,
+            duration: self.duration,
+            interval: self.interval,
+            poll_interval: self.poll_interval,
+            ring_buffer_bytes: self.ring_buffer_bytes,
+            bpf_stats: self.bpf_stats,
+            syscall_hooks: self.syscall_hooks,
+            accept_latency_ms: self.accept_latency_ms,
+            record: self.record.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

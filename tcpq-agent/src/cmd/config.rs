@@ -451,16 +451,7 @@ fn otlp(
     }))
 }
 
-/// "No such file or directory (os error 2)" → "no such file or directory".
-pub fn io_reason(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    let s = s.split(" (os error").next().unwrap_or(&s).to_string();
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_lowercase().chain(c).collect(),
-        None => s,
-    }
-}
+pub use crate::source::netns::io_reason;
 
 fn value_enum<T: clap::ValueEnum>(s: &str) -> Option<T> {
     T::from_str(s, false).ok()

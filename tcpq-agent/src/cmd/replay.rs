@@ -14,6 +14,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
+    engine::record::{Reader, Start, Step},
     engine::{
         host::Replayed,
         pipeline::{FlushInput, Pipeline},
@@ -22,7 +23,7 @@ use crate::{
         sink::{Console, Health, Sink},
         Format,
     },
-    source::record::{Pod, Reader, Start, Step},
+    source::wire::Pod,
 };
 
 type Answers = Arc<Mutex<VecDeque<Option<u32>>>>;

@@ -19,29 +19,12 @@ use crate::{
     source::netstat::NetnsState,
     source::poll,
     source::sockdiag::{self, DiagSock},
+    verdict::status::{Row, Snapshot},
     verdict::{
         self,
         evidence::{self, ListenerFacts},
-        Settings,
     },
 };
-
-/// One listener's row.
-#[derive(Debug, Clone)]
-pub struct Row {
-    pub netns: u32,
-    pub sock: DiagSock,
-    pub owner: Option<resolve::Owner>,
-    pub syn_queue: u32,
-    pub close_wait: u32,
-    pub settings: Settings,
-    pub open_fds: Option<u32>,
-    pub fd_limit: Option<u64>,
-    /// The namespace's TCPReqQFullDrop / TCPReqQFullDoCookies so far.
-    pub reqq_drops: u64,
-    pub reqq_cookies: u64,
-    pub verdict: Option<verdict::Verdict>,
-}
 
 /// Builds the rows of one namespace from one dump. Pure, apart from the
 /// owner lookups passed in.
@@ -202,16 +185,6 @@ fn reuseport_groups(snaps: &[crate::aggregate::NetnsSnapshot]) -> Vec<Vec<u32>> 
         }
     }
     groups.into_values().filter(|g| g.len() > 1).collect()
-}
-
-/// One look at the host: every listener's row (sorted by netns, port,
-/// inode), and the local-port verdict of each namespace short of ports.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    /// When the look ended.
-    pub at: std::time::SystemTime,
-    pub rows: Vec<Row>,
-    pub ports: BTreeMap<u32, verdict::Verdict>,
 }
 
 pub fn collect(port: Option<u16>) -> Result<Snapshot> {

@@ -11,5 +11,5 @@ pub fn run(args: TraceArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?
-        .block_on(engine(args, &mut console, None))
+        .block_on(engine(args.engine(), &mut console, None))
 }

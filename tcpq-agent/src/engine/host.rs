@@ -8,8 +8,8 @@ use std::collections::{HashSet, VecDeque};
 use anyhow::{bail, Result};
 
 use crate::{
+    engine::record::Answer,
     owner::resolve::{self, Owner, Resolver},
-    source::record::Answer,
 };
 
 /// What the pipeline asks. Every method that answers is recorded.

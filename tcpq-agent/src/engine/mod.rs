@@ -8,12 +8,14 @@ pub mod demand;
 pub mod host;
 pub mod latency_ports;
 pub mod maps;
+pub mod options;
 pub mod pipeline;
+pub mod record;
 pub mod session;
 pub mod start;
 pub mod summary;
 
-use std::{io, sync::mpsc as std_mpsc, time::Duration};
+use std::{io, time::Duration};
 
 use anyhow::{anyhow, Result};
 use tokio::{
@@ -21,20 +23,20 @@ use tokio::{
     sync::mpsc,
 };
 
-use crate::{cmd::cli::TraceArgs, export::sink::Sink, source::poll};
+use crate::{export::sink::Sink, source::poll, verdict::status::Snapshot};
 
 /// What the sidecar asks of a running engine.
 pub enum Control {
     /// SIGHUP: the sink reopens and reloads.
     Reload,
     /// Periodic status rows, gathered off the engine's thread.
-    Snapshot(crate::cmd::status::Snapshot),
+    Snapshot(Snapshot),
 }
 
 /// Runs until SIGINT/SIGTERM, `--duration`, or the `--pid` exits; every
 /// report goes to `sink`. `control` carries the sidecar's requests.
 pub async fn engine(
-    args: TraceArgs,
+    args: options::Options,
     sink: &mut dyn Sink,
     control: Option<mpsc::Receiver<Control>>,
 ) -> Result<()> {
@@ -172,11 +174,4 @@ async fn last_round(e: &mut start::Engine, sink: &mut dyn Sink) -> io::Result<()
     s.flush(sink)
 }
 
-/// An I/O error's message without the "(os error N)" tail.
-pub fn os_reason(e: &io::Error) -> String {
-    let s = e.to_string();
-    s.split(" (os error").next().unwrap_or(&s).to_string()
-}
-
-/// The poller's wake channel, kept alive by the engine.
-pub type WakeTx = std_mpsc::Sender<bool>;
+pub use crate::source::netns::os_reason;

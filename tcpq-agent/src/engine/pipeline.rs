@@ -1,7 +1,7 @@
 //! The pipeline: typed inputs in, report lines to a sink out. Decode →
 //! aggregate → owner → verdict → sink, with `trace`'s filters. It reads
 //! no kernel map and no clock: the live engine and a replay feed it the
-//! same steps (see `source::record`), and it asks the [`Host`] about
+//! same steps (see `engine::record`), and it asks the [`Host`] about
 //! processes.
 
 use std::{
@@ -12,6 +12,7 @@ use std::{
 
 use tcpq_common::{latency::LatencyHist, AcceptStats, EventKind};
 
+use crate::engine::record::Settings;
 use crate::{
     aggregate::{Aggregator, Hooked},
     engine::host::Host,
@@ -27,7 +28,6 @@ use crate::{
         decode,
         latency::LatencyTracker,
         poll::Round,
-        record::Settings,
     },
 };
 

@@ -10,6 +10,8 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use tcpq_common::stats;
 
+use crate::engine::record::{Recorder, Step};
+use crate::source::wire::Pod;
 use crate::{
     engine::{
         demand::{self, Change, Demand},
@@ -20,10 +22,7 @@ use crate::{
     },
     export::sink::{Health, Sink, View},
     kernel::load::Loaded,
-    source::{
-        poll::Round,
-        record::{Pod, Recorder, Step},
-    },
+    source::poll::Round,
 };
 
 /// News of a counted kind asks for a sock_diag round at most this often.

@@ -14,9 +14,11 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, RingBuf};
 use tcpq_common::names::map;
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
+use crate::engine::{
+    options::{Options, SyscallHooks},
+    record::{self, Recorder, Settings, Start, Step},
+};
 use crate::{
-    aggregate::Accepter,
-    cmd::cli::{SyscallHooks, TraceArgs},
     engine::{
         demand::Demand, host::ProcHost, latency_ports::LatencyPorts, maps::Maps,
         pipeline::Pipeline, session::Session,
@@ -28,16 +30,13 @@ use crate::{
         tracefs, Tp,
     },
     owner::resolve::Resolver,
-    source::{
-        accepts, netns, poll,
-        record::{self, Recorder, Settings, Start, Step},
-        storm::Storms,
-    },
+    source::accepts::Accepter,
+    source::{accepts, netns, poll, storm::Storms},
 };
 
 /// A running engine: what the loop reads from and feeds.
 pub struct Engine {
-    pub args: TraceArgs,
+    pub args: Options,
     pub session: Session,
     pub ring: AsyncFd<RingBuf<MapData>>,
     pub rounds: mpsc::Receiver<poll::Round>,
@@ -47,7 +46,7 @@ pub struct Engine {
     pub _stats_fd: Option<std::os::fd::OwnedFd>,
 }
 
-pub async fn start(args: TraceArgs) -> Result<Engine> {
+pub async fn start(args: Options) -> Result<Engine> {
     let tracefs = tracefs::ensure_mounted()?;
     let filter_netns = filter_netns(&args)?;
     let (mut plan, facts) = kernel::discover(&tracefs, args.port.unwrap_or(0), filter_netns)?;
@@ -122,7 +121,7 @@ pub async fn start(args: TraceArgs) -> Result<Engine> {
 }
 
 /// `--netns`, or the `--pid`'s namespace (both: they must agree); 0 = all.
-fn filter_netns(args: &TraceArgs) -> Result<u32> {
+fn filter_netns(args: &Options) -> Result<u32> {
     let pid_netns = match args.pid {
         Some(pid) => Some(
             netns::inode_of(std::path::Path::new(&format!("/proc/{pid}/ns/net")))
@@ -133,7 +132,7 @@ fn filter_netns(args: &TraceArgs) -> Result<u32> {
     let asked_netns = args
         .netns
         .as_deref()
-        .map(crate::cmd::cli::netns_inode)
+        .map(|spec| netns::inode_named("--netns", spec))
         .transpose()?;
     Ok(match (pid_netns, asked_netns) {
         (Some(a), Some(b)) if a != b => anyhow::bail!(
@@ -177,7 +176,7 @@ fn say_what_is_missing(loaded: &Loaded, attach: caps::AttachMode) -> Result<()> 
 }
 
 fn settings(
-    args: &TraceArgs,
+    args: &Options,
     netns: u32,
     rst_reasons: HashMap<u32, String>,
     loaded: &Loaded,
@@ -203,7 +202,7 @@ fn settings(
 }
 
 fn session(
-    args: &TraceArgs,
+    args: &Options,
     mut settings: Settings,
     loaded: &mut Loaded,
     maps: Maps,

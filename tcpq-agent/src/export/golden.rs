@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prost::Message;
 
 use crate::{
-    cmd::status::{Row, Snapshot},
     export::{
         self, json,
         line::{self, HealthLine, Line},
@@ -20,6 +19,7 @@ use crate::{
     model::{Fact, Kind, ListenerInfo, ListenerKey, Next, Pending, Source, Stage},
     owner::{cgroup::Placement, k8s::PodNames, resolve::Owner},
     source::{accepts::Accepts, sockdiag::DiagSock},
+    verdict::status::{Row, Snapshot},
     verdict::Verdict,
 };
 

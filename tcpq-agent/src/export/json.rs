@@ -74,7 +74,7 @@ pub(crate) fn line(v: &Value) -> String {
 /// One `status` row's JSON object (without the snapshot's time), for
 /// tests that read a row's keys.
 #[cfg(test)]
-pub fn status_row(r: &crate::cmd::status::Row) -> Value {
+pub fn status_row(r: &crate::verdict::status::Row) -> Value {
     let head = crate::export::line::Head::state(std::time::UNIX_EPOCH, "listener");
     let mut l = Line::new(head);
     l.set("event", Attr::str("listener"));

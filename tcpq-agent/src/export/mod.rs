@@ -50,13 +50,7 @@ pub fn has_server(p: &Pending) -> bool {
     !p.kind.is_connection() && (p.key.is_some() || p.info.port != 0)
 }
 
-/// `addr:port`, IPv6 in brackets.
-pub fn endpoint(addr: std::net::IpAddr, port: u16) -> String {
-    match addr {
-        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
-        a => format!("{a}:{port}"),
-    }
-}
+pub use crate::model::endpoint;
 
 pub fn render(format: Format, r: &Report) -> String {
     match format {

@@ -138,7 +138,11 @@ pub trait Sink {
         None
     }
     /// Periodic status rows (`status`'s) with the agent's health.
-    fn snapshot(&mut self, _snap: crate::cmd::status::Snapshot, _view: &View) -> io::Result<()> {
+    fn snapshot(
+        &mut self,
+        _snap: crate::verdict::status::Snapshot,
+        _view: &View,
+    ) -> io::Result<()> {
         Ok(())
     }
     /// Report lines that could not be written, so far (the exit summary).

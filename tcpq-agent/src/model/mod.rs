@@ -272,3 +272,10 @@ pub fn errno_name(errno: u32) -> String {
         .map(|(_, s)| s.to_string())
         .unwrap_or_else(|| format!("errno {errno}"))
 }
+/// `addr:port`, IPv6 in brackets.
+pub fn endpoint(addr: std::net::IpAddr, port: u16) -> String {
+    match addr {
+        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
+        a => format!("{a}:{port}"),
+    }
+}

@@ -91,14 +91,7 @@ pub fn passwd_name(passwd: &str, uid: u32) -> Option<String> {
     })
 }
 
-/// Process ids on the host (thread-group leaders).
-pub fn pids() -> impl Iterator<Item = u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-}
+pub use crate::source::netns::pids;
 
 /// A kernel `comm` buffer (NUL-padded, at most 16 bytes) as a name; None
 /// when empty.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use tcpq_common::{accepted::PeerKey, AcceptStats};
 
-use crate::{aggregate::Accepter, model::ListenerKey};
+use crate::model::ListenerKey;
 
 /// What a listener's application did with its queue during an interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -76,6 +76,9 @@ pub fn accepter(ebpf: &mut aya::Ebpf, by_fd: bool) -> anyhow::Result<Option<Acce
     let map = aya::maps::HashMap::<_, PeerKey, u32>::try_from(map)?;
     Ok(Some(Box::new(move |k: &PeerKey| map.get(k, 0).ok())))
 }
+
+/// Looks up the process that accepted a connection (tgid).
+pub type Accepter = Box<dyn Fn(&PeerKey) -> Option<u32> + Send>;
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,6 @@ pub mod latency;
 pub mod netns;
 pub mod netstat;
 pub mod poll;
-pub mod record;
 pub mod sockdiag;
 pub mod storm;
+pub mod wire;

@@ -31,10 +31,8 @@ pub fn check(path: &Path) -> std::result::Result<u32, String> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| crate::cmd::config::io_reason(&e))?;
-    let md = f
-        .metadata()
-        .map_err(|e| crate::cmd::config::io_reason(&e))?;
+        .map_err(|e| io_reason(&e))?;
+    let md = f.metadata().map_err(|e| io_reason(&e))?;
     // SAFETY: valid fd; the ioctl takes no argument.
     let t = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_NSTYPE as _) };
     if t >= 0 {
@@ -48,11 +46,10 @@ pub fn check(path: &Path) -> std::result::Result<u32, String> {
     }
     let err = std::io::Error::last_os_error();
     if err.raw_os_error() != Some(libc::ENOTTY) && err.raw_os_error() != Some(libc::EINVAL) {
-        return Err(crate::cmd::config::io_reason(&err));
+        return Err(io_reason(&err));
     }
     // ENOTTY: not an nsfs file at all — or a kernel without the ioctl.
-    let own =
-        std::fs::metadata("/proc/self/ns/net").map_err(|e| crate::cmd::config::io_reason(&e))?;
+    let own = std::fs::metadata("/proc/self/ns/net").map_err(|e| io_reason(&e))?;
     if md.is_file() || md.is_dir() || md.dev() != own.dev() {
         return Err(format!("not a network namespace ({})", file_kind(&md)));
     }
@@ -135,19 +132,11 @@ pub fn try_run_in<T>(
                 Some(libc::ENOENT) | Some(libc::ESRCH) => NsError::Vanished,
                 Some(libc::EACCES) | Some(libc::EPERM) => NsError::Unreadable {
                     reason: "open_denied",
-                    detail: format!(
-                        "open {}: {}",
-                        path.display(),
-                        crate::cmd::config::io_reason(&e)
-                    ),
+                    detail: format!("open {}: {}", path.display(), io_reason(&e)),
                 },
                 _ => NsError::Unreadable {
                     reason: "open_failed",
-                    detail: format!(
-                        "open {}: {}",
-                        path.display(),
-                        crate::cmd::config::io_reason(&e)
-                    ),
+                    detail: format!("open {}: {}", path.display(), io_reason(&e)),
                 },
             })
         }
@@ -161,11 +150,7 @@ pub fn try_run_in<T>(
             } else {
                 "setns_failed"
             },
-            detail: format!(
-                "setns {}: {}",
-                path.display(),
-                crate::cmd::config::io_reason(&e)
-            ),
+            detail: format!("setns {}: {}", path.display(), io_reason(&e)),
         });
     }
     let r = f();
@@ -215,7 +200,7 @@ impl Cache {
             }
         }
         let mut seen = HashMap::with_capacity(self.by_pid.len());
-        for pid in crate::owner::resolve::pids() {
+        for pid in pids() {
             let p = PathBuf::from(format!("/proc/{pid}/ns/net"));
             let ino = match self.by_pid.get(&pid) {
                 Some(&ino) => ino,
@@ -252,6 +237,66 @@ fn setns(f: &File) -> Result<()> {
         bail!("setns: {}", std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The inode of the network namespace `spec` names (`--netns`, or a
+/// config key: `key` names it in the error). A
+/// number must be the inode of a network namespace that exists now (one
+/// that a process or an `ip netns` name holds); a path must open one.
+pub fn inode_named(key: &str, spec: &str) -> Result<u32> {
+    let spec_t = spec.trim();
+    if spec_t.is_empty() {
+        bail!("{key}: empty (give an inode number, /run/netns/NAME or /proc/PID/ns/net)");
+    }
+    if let Some(digits) = spec_t.strip_prefix('-') {
+        if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) {
+            bail!("{key} {spec}: negative values are not allowed (a namespace inode is a positive number)");
+        }
+    }
+    if spec_t.chars().all(|c| c.is_ascii_digit()) {
+        let n: u32 = match spec_t.parse() {
+            Ok(n) if n > 0 => n,
+            _ => bail!("{key} {spec}: not a namespace inode (1 to 4294967295)"),
+        };
+        let mut known = list();
+        if let Ok(own) = current() {
+            known.entry(own).or_default();
+        }
+        if !known.contains_key(&n) {
+            bail!("{key} {spec}: no network namespace has inode {n} (none of /run/netns/* and /proc/PID/ns/net is it)");
+        }
+        return Ok(n);
+    }
+    check(std::path::Path::new(spec)).map_err(|why| {
+        anyhow::anyhow!(
+            "{key} {spec}: {why} (give an inode number, /run/netns/NAME or /proc/PID/ns/net)"
+        )
+    })
+}
+
+/// "No such file or directory (os error 2)" → "no such file or directory".
+pub fn io_reason(e: &std::io::Error) -> String {
+    let s = os_reason(e);
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => s,
+    }
+}
+
+/// An I/O error's message without the "(os error N)" tail.
+pub fn os_reason(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    s.split(" (os error").next().unwrap_or(&s).to_string()
+}
+
+/// Process ids on the host (thread-group leaders).
+pub fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@ use std::{
 use tokio::sync::mpsc;
 
 use crate::{
-    aggregate::NetnsSnapshot,
     kernel::privs::{self, Unreadable},
     source::netns,
     source::netstat,
@@ -95,6 +94,26 @@ struct Reading {
 /// fifty pods pays for the busy ones only.
 pub const QUIET_AFTER: u32 = 4;
 pub const QUIET_EVERY: u32 = 4;
+
+/// One netns' listeners as one dump saw them.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NetnsSnapshot {
+    pub netns: u32,
+    pub listeners: Vec<sockdiag::DiagSock>,
+    /// CLOSE_WAIT and SYN_RECV sockets, on the rounds that dump them.
+    pub others: Option<Vec<sockdiag::DiagSock>>,
+    /// The namespace's counters and settings, read right after the dump.
+    pub state: Option<netstat::NetnsState>,
+    /// CLOCK_MONOTONIC (the clock of `bpf_ktime_get_ns`) around the dump.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Taken when the agent started: what it holds is history, not news.
+    pub baseline: bool,
+    /// What the kernel's counts moved by, read just before this dump (only
+    /// the round's first namespace) and just after it.
+    pub storm_before: Vec<crate::source::storm::Delta>,
+    pub storm_after: Vec<crate::source::storm::Delta>,
+}
 
 /// One round's snapshots (of the namespaces read), and every namespace
 /// that is still there.

@@ -17,7 +17,7 @@ use tcpq_common::{
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Delta {
     /// The latest event of the key (over all CPUs that moved).
-    #[serde(with = "crate::source::record::event_bytes")]
+    #[serde(with = "crate::source::wire::event_bytes")]
     pub ev: Event,
     /// Occurrences since the previous reading.
     pub n: u64,

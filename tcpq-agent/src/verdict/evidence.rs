@@ -34,7 +34,7 @@ pub struct ListenerFacts<'a> {
 /// listener verdict reads (retransmits, resets, plain listen drops, ...).
 pub fn listener(f: &ListenerFacts) -> Option<ListenerEvidence> {
     let mut e = ListenerEvidence {
-        endpoint: crate::export::endpoint(f.info.addr, f.info.port),
+        endpoint: crate::model::endpoint(f.info.addr, f.info.port),
         process: f.owner.map(|o| format!("{} (pid {})", o.name, o.pid)),
         queue_len: f.info.queue_len,
         queue_limit: f.info.queue_limit,

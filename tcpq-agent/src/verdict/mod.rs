@@ -41,6 +41,7 @@ mod overflow;
 mod ports;
 pub mod remedy;
 mod slow;
+pub mod status;
 mod syn;
 mod words;
 

@@ -140,7 +140,7 @@ impl Sink for Sidecar {
         Ok(())
     }
 
-    fn snapshot(&mut self, snap: crate::cmd::status::Snapshot, view: &View) -> io::Result<()> {
+    fn snapshot(&mut self, snap: crate::verdict::status::Snapshot, view: &View) -> io::Result<()> {
         for l in line::status(&snap, "listener_snapshot") {
             self.write(&l);
         }

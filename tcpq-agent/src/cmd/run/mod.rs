@@ -140,7 +140,7 @@ async fn sidecar(args: RunArgs, cfg: config::Run, exporters: tokio::runtime::Han
         lines_lost: 0,
         out_failing: None,
     };
-    let result = engine::engine(cfg.detect.clone(), &mut sink, Some(rx)).await;
+    let result = engine::engine(cfg.detect.engine(), &mut sink, Some(rx)).await;
     sink.close().await;
     result
 }

@@ -100,7 +100,7 @@ pub fn run(args: TopArgs) -> Result<()> {
                 .name("tcpq-owners".into())
                 .spawn(move || owner_lookups(wanted, owners, stop))?
         };
-        let result = crate::engine::engine(trace_args, &mut tally, None).await;
+        let result = crate::engine::engine(trace_args.engine(), &mut tally, None).await;
         stop.store(true, Ordering::Relaxed);
         // A terminal that went away (SIGHUP) can leave crossterm's read
         // retrying forever: wait a moment for the screen, never longer; the

@@ -5,11 +5,11 @@
 use std::time::SystemTime;
 
 use crate::{
-    cmd::status::{Row, Snapshot},
     export::{
         line::{report, Attr, Head, Line},
         sink::Health,
     },
+    verdict::status::{Row, Snapshot},
 };
 
 /// The sidecar's `agent_health` line: the engine's health and its own.

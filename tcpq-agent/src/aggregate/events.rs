@@ -52,12 +52,7 @@ impl Aggregator {
                     return;
                 };
                 self.explain(key, window, n);
-                let kind = classify_syn_drop(
-                    &info,
-                    syn.syn_queue_len,
-                    syn.syncookies,
-                    syn.max_syn_backlog,
-                );
+                let kind = classify_syn_drop(&info, &syn);
                 self.add(Some(key), kind, ev.source, info, n, None);
             }
             Happened::SyncookieSent(_) => self.on_listener_count(ev, Kind::SyncookiesSent, n),

@@ -16,6 +16,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(data.len() >= Event::SIZE);
             // Only the first Event::SIZE bytes count.
             assert_eq!(decode(&data[..Event::SIZE]).as_ref(), Ok(&ev));
+            // The payload is of the record's own kind (`Event::kind`, after
+            // the u64 timestamp).
+            let kind = u32::from_ne_bytes(data[8..12].try_into().unwrap());
+            assert_eq!(ev.what.kind() as u32, kind);
         }
         Err(DecodeError::Short(n)) => assert!(n == data.len() && n < Event::SIZE),
         Err(e) => assert!(!e.to_string().contains('\n')),

@@ -3,12 +3,10 @@
 //! resets and connect() failures no listener explains. Events that move a
 //! listener's `sk_drops` are also recorded for settlement.
 
-use tcpq_common::{event::outcome, EventKind};
-
 use crate::{
     aggregate::{pending::Line, Aggregator, FORGET_AFTER},
     model::{self, Kind, ListenerInfo, ListenerKey, Next, Stage},
-    source::decode::KernelEvent,
+    source::decode::{Happened, KernelEvent, Outcome},
 };
 
 use super::{classify_syn_drop, SK_DROPS_PER_ACK_DROP};
@@ -16,14 +14,14 @@ use super::{classify_syn_drop, SK_DROPS_PER_ACK_DROP};
 /// An ACK-time failure of a listener's child socket: an overflow only with
 /// a full queue (the kernel uses this path for every failed child socket),
 /// with what became of the ACK when the hook saw it.
-fn ack_time_kind(info: &ListenerInfo, aux: u32) -> Kind {
+fn ack_time_kind(info: &ListenerInfo, outcome: Outcome) -> Kind {
     if !info.queue_full() {
         return Kind::ListenDrop(Stage::Ack);
     }
-    let next = match aux {
-        outcome::ACK_DROPPED => Next::AckDropped,
-        outcome::RESET => Next::Reset,
-        _ => Next::Unknown,
+    let next = match outcome {
+        Outcome::AckDropped => Next::AckDropped,
+        Outcome::Reset => Next::Reset,
+        Outcome::NotObserved => Next::Unknown,
     };
     Kind::ListenOverflow(Stage::Ack, next)
 }
@@ -47,23 +45,27 @@ impl Aggregator {
     /// `n` events like `ev` (the latest of them), counted by the kernel,
     /// that happened within `window` (lo..=hi, CLOCK_MONOTONIC ns).
     pub fn on_events(&mut self, ev: &KernelEvent, n: u64, window: (u64, u64)) {
-        match ev.kind {
-            EventKind::ListenOverflowAck => self.on_ack_failure(ev, n, window),
-            EventKind::SynDrop => {
+        match ev.what {
+            Happened::ListenOverflowAck { outcome } => self.on_ack_failure(ev, outcome, n, window),
+            Happened::SynDrop(syn) => {
                 let Some((key, info)) = ev.listener.clone() else {
                     return;
                 };
                 self.explain(key, window, n);
-                let kind = classify_syn_drop(&info, ev.aux, ev.state as u8, ev.detail);
+                let kind = classify_syn_drop(&info, &syn);
                 self.add(Some(key), kind, ev.source, info, n, None);
             }
-            EventKind::SyncookieSent => self.on_listener_count(ev, Kind::SyncookiesSent, n),
-            EventKind::SynackRetransmit => self.on_listener_count(ev, Kind::SynackRetransmit, n),
-            EventKind::ResetReceived => self.on_reset_received(ev, n),
+            Happened::SyncookieSent(_) => self.on_listener_count(ev, Kind::SyncookiesSent, n),
+            Happened::SynackRetransmit => self.on_listener_count(ev, Kind::SynackRetransmit, n),
+            Happened::ResetReceived { state, accepter } => {
+                self.on_reset_received(ev, state, accepter, n)
+            }
             // Owners are the resolver's business; a closed listener is
             // forgotten at the next report instead of after a few polls.
-            EventKind::ListenerUp => {
-                if let Some(b) = ev.backlog_requested {
+            Happened::ListenerUp {
+                backlog_requested, ..
+            } => {
+                if let Some(b) = backlog_requested {
                     let key = ListenerKey {
                         netns: ev.netns,
                         inode: ev.inode,
@@ -71,7 +73,7 @@ impl Aggregator {
                     self.listeners.entry(key).or_default().backlog_requested = Some(b);
                 }
             }
-            EventKind::ListenerDown => {
+            Happened::ListenerDown => {
                 if let Some(st) = self.listeners.get_mut(&ListenerKey {
                     netns: ev.netns,
                     inode: ev.inode,
@@ -80,8 +82,8 @@ impl Aggregator {
                     st.present = false;
                 }
             }
-            EventKind::ConnectError => self.on_connect_error(ev, n),
-            EventKind::ResetSent => self.on_reset_sent(ev, n),
+            Happened::ConnectError { errno, pid } => self.on_connect_error(ev, errno, pid, n),
+            Happened::ResetSent { reason } => self.on_reset_sent(ev, reason, n),
         }
     }
 
@@ -93,22 +95,23 @@ impl Aggregator {
     }
 
     /// A handshake's final ACK the listener could not turn into a child.
-    fn on_ack_failure(&mut self, ev: &KernelEvent, n: u64, window: (u64, u64)) {
+    fn on_ack_failure(&mut self, ev: &KernelEvent, outcome: Outcome, n: u64, window: (u64, u64)) {
         let Some((key, info)) = ev.listener.clone() else {
             return;
         };
-        let kind = ack_time_kind(&info, ev.aux);
+        let kind = ack_time_kind(&info, outcome);
         self.explain(key, window, SK_DROPS_PER_ACK_DROP * n);
         self.listeners.entry(key).or_default().info = Some(info.clone());
         self.add(Some(key), kind, ev.source, info, n, None);
     }
 
-    fn on_reset_received(&mut self, ev: &KernelEvent, n: u64) {
-        let pid = (ev.aux != 0).then_some(ev.aux);
+    /// A RST that arrived on a socket in `state`; `accepter`: who accepted
+    /// the connection, when the kernel saw it.
+    fn on_reset_received(&mut self, ev: &KernelEvent, state: u16, accepter: Option<u32>, n: u64) {
         self.add_line(Line {
             key: None,
             kind: Kind::ResetReceived {
-                state: model::state_name(ev.state),
+                state: model::state_name(state),
             },
             source: ev.source,
             info: endpoint_info(ev.local),
@@ -119,19 +122,18 @@ impl Aggregator {
             group: Some(ev.peer),
             netns: Some(ev.netns),
             // A connection this host accepted: the kernel knows who.
-            pid,
-            inode: (pid.is_none() && ev.inode != 0).then_some(ev.inode),
+            pid: accepter,
+            inode: (accepter.is_none() && ev.inode != 0).then_some(ev.inode),
             attrs: Vec::new(),
             ts: ev.ts_ns,
         });
     }
 
-    fn on_connect_error(&mut self, ev: &KernelEvent, n: u64) {
-        let pid = (ev.aux != 0).then_some(ev.aux);
+    fn on_connect_error(&mut self, ev: &KernelEvent, errno: u32, pid: Option<u32>, n: u64) {
         self.add_line(Line {
             key: None,
             kind: Kind::ConnectError {
-                error: model::errno_name(ev.detail),
+                error: model::errno_name(errno),
             },
             source: ev.source,
             // The destination is the line's server.
@@ -149,12 +151,12 @@ impl Aggregator {
 
     /// A RST the host sent: of a listener with a full queue (an overflow
     /// answered), to a port nobody listens on, or something else.
-    fn on_reset_sent(&mut self, ev: &KernelEvent, n: u64) {
+    fn on_reset_sent(&mut self, ev: &KernelEvent, rst_reason: u32, n: u64) {
         let kernel_reason = self
             .rst_reasons
-            .get(&ev.detail)
+            .get(&rst_reason)
             .cloned()
-            .unwrap_or_else(|| format!("{}", ev.detail));
+            .unwrap_or_else(|| format!("{rst_reason}"));
         let (key, info, reason, peer) = match ev.listener.clone() {
             Some((key, info)) => {
                 let reason = if info.queue_full() {
@@ -269,19 +271,21 @@ mod tests {
     #[test]
     fn an_ack_time_failure_is_an_overflow_only_with_a_full_queue() {
         use crate::model::{Next, Stage};
+        use crate::source::decode::Outcome;
         let (full, room) = (info(3, 2), info(0, 128));
-        let ack = |i, aux| super::ack_time_kind(i, aux);
+        let ack = |i, outcome| super::ack_time_kind(i, outcome);
         assert_eq!(
-            ack(&full, tcpq_common::event::outcome::RESET),
+            ack(&full, Outcome::Reset),
             Kind::ListenOverflow(Stage::Ack, Next::Reset)
         );
         assert_eq!(
-            ack(&full, tcpq_common::event::outcome::UNKNOWN),
-            Kind::ListenOverflow(Stage::Ack, Next::Unknown)
+            ack(&full, Outcome::AckDropped),
+            Kind::ListenOverflow(Stage::Ack, Next::AckDropped)
         );
         assert_eq!(
-            ack(&room, tcpq_common::event::outcome::RESET),
-            Kind::ListenDrop(Stage::Ack)
+            ack(&full, Outcome::NotObserved),
+            Kind::ListenOverflow(Stage::Ack, Next::Unknown)
         );
+        assert_eq!(ack(&room, Outcome::Reset), Kind::ListenDrop(Stage::Ack));
     }
 }

@@ -7,15 +7,19 @@ use std::collections::HashMap;
 use crate::{
     aggregate::{Aggregator, NetnsSnapshot},
     model::{Kind, ListenerInfo, Next, Source, Stage},
-    source::sockdiag::{self, DiagSock},
+    source::{
+        decode::SynArrival,
+        sockdiag::{self, DiagSock},
+    },
 };
 
 /// What dropped a SYN, in the order `tcp_conn_request` checks (6.1–6.18):
 /// a full SYN queue without syncookies (TCPReqQFullDrop), a full accept
 /// queue (ListenOverflows), then, with syncookies off, 3/4 of
-/// `tcp_max_syn_backlog` in use by unproven peers. `qlen` is the SYN-queue
-/// length when the SYN arrived.
-pub fn classify_syn_drop(info: &ListenerInfo, qlen: u32, syncookies: u8, msb: u32) -> Kind {
+/// `tcp_max_syn_backlog` in use by unproven peers, all as they were when
+/// the SYN arrived.
+pub fn classify_syn_drop(info: &ListenerInfo, syn: &SynArrival) -> Kind {
+    let (qlen, syncookies, msb) = (syn.syn_queue_len, syn.syncookies, syn.max_syn_backlog);
     if syncookies == 0 && qlen > info.queue_limit {
         Kind::SynQueueDrop {
             reason: "syn_queue_full",
@@ -93,28 +97,33 @@ mod tests {
 
     #[test]
     fn syn_drops_are_classified_in_the_kernels_order() {
+        let syn = |syn_queue_len, syncookies, max_syn_backlog| SynArrival {
+            syn_queue_len,
+            max_syn_backlog,
+            syncookies,
+        };
         let syn_q = |r| Kind::SynQueueDrop { reason: r };
         // SYN queue over the limit, cookies off: checked before the accept queue.
         assert_eq!(
-            classify_syn_drop(&info(3, 2), 3, 0, 128),
+            classify_syn_drop(&info(3, 2), &syn(3, 0, 128)),
             syn_q("syn_queue_full")
         );
         // With cookies, the same SYN can only be lost to a full accept queue.
         assert_eq!(
-            classify_syn_drop(&info(3, 2), 3, 1, 128),
+            classify_syn_drop(&info(3, 2), &syn(3, 1, 128)),
             Kind::ListenOverflow(Stage::Syn, Next::Unknown)
         );
         // 8 - 7 < 8 >> 2: the 3/4 rule.
         assert_eq!(
-            classify_syn_drop(&info(0, 100), 7, 0, 8),
+            classify_syn_drop(&info(0, 100), &syn(7, 0, 8)),
             syn_q("max_syn_backlog")
         );
         assert_eq!(
-            classify_syn_drop(&info(0, 100), 6, 0, 8),
+            classify_syn_drop(&info(0, 100), &syn(6, 0, 8)),
             Kind::ListenDrop(Stage::Syn)
         );
         assert_eq!(
-            classify_syn_drop(&info(0, 100), 7, 1, 8),
+            classify_syn_drop(&info(0, 100), &syn(7, 1, 8)),
             Kind::ListenDrop(Stage::Syn)
         );
     }

@@ -10,7 +10,7 @@ use std::{
     time::SystemTime,
 };
 
-use tcpq_common::{latency::LatencyHist, AcceptStats, EventKind};
+use tcpq_common::{latency::LatencyHist, AcceptStats};
 
 use crate::engine::record::Settings;
 use crate::{
@@ -25,7 +25,7 @@ use crate::{
     source::{
         accept_errors::AcceptErrorDeltas,
         accepts::{AcceptCounter, Accepts},
-        decode,
+        decode::{self, Happened},
         latency::LatencyTracker,
         poll::Round,
     },
@@ -103,8 +103,8 @@ impl Pipeline {
                 }
                 Ok(ev) => {
                     self.received += 1;
-                    if ev.kind == EventKind::ListenerUp {
-                        host.seed(ev.inode, ev.aux);
+                    if let Happened::ListenerUp { pid: Some(pid), .. } = ev.what {
+                        host.seed(ev.inode, pid);
                     }
                     self.agg.on_event(&ev);
                 }

@@ -92,19 +92,19 @@ impl Retry {
 /// What an attempt's result means: accepted, refused for good (any other
 /// status), or worth another try (no answer, 429, 5xx).
 #[derive(Debug, PartialEq, Eq)]
-enum Verdict {
+enum Outcome {
     Sent,
     Refused(StatusCode),
     Again,
 }
 
-fn verdict(r: &anyhow::Result<StatusCode>) -> Verdict {
+fn outcome(r: &anyhow::Result<StatusCode>) -> Outcome {
     match r {
-        Ok(code) if code.is_success() => Verdict::Sent,
+        Ok(code) if code.is_success() => Outcome::Sent,
         Ok(code) if *code != StatusCode::TOO_MANY_REQUESTS && !code.is_server_error() => {
-            Verdict::Refused(*code)
+            Outcome::Refused(*code)
         }
-        _ => Verdict::Again,
+        _ => Outcome::Again,
     }
 }
 
@@ -120,12 +120,12 @@ pub(super) async fn post_with_retry(
 ) -> bool {
     for attempt in 1..=retry.attempts {
         let r = client::post(cfg, signal, body.clone()).await;
-        match verdict(&r) {
-            Verdict::Sent => {
+        match outcome(&r) {
+            Outcome::Sent => {
                 stats.bytes.fetch_add(body.len() as u64, Relaxed);
                 return true;
             }
-            Verdict::Refused(code) => {
+            Outcome::Refused(code) => {
                 stats.failed_requests.fetch_add(1, Relaxed);
                 let code = code.as_u16();
                 eprintln!(
@@ -133,7 +133,7 @@ pub(super) async fn post_with_retry(
                 );
                 return false;
             }
-            Verdict::Again => {
+            Outcome::Again => {
                 stats.failed_requests.fetch_add(1, Relaxed);
                 match retry.after(attempt) {
                     Some(wait) => tokio::time::sleep(wait).await,
@@ -169,17 +169,17 @@ mod tests {
 
     #[test]
     fn what_is_retried() {
-        let v = |c: u16| verdict(&Ok(StatusCode::from_u16(c).unwrap()));
+        let v = |c: u16| outcome(&Ok(StatusCode::from_u16(c).unwrap()));
         for c in [200, 202, 204] {
-            assert_eq!(v(c), Verdict::Sent, "{c}");
+            assert_eq!(v(c), Outcome::Sent, "{c}");
         }
         for c in [301, 400, 401, 404, 413] {
-            assert!(matches!(v(c), Verdict::Refused(_)), "{c}");
+            assert!(matches!(v(c), Outcome::Refused(_)), "{c}");
         }
         for c in [429, 500, 502, 503, 504] {
-            assert_eq!(v(c), Verdict::Again, "{c}");
+            assert_eq!(v(c), Outcome::Again, "{c}");
         }
-        assert_eq!(verdict(&Err(anyhow::anyhow!("refused"))), Verdict::Again);
+        assert_eq!(outcome(&Err(anyhow::anyhow!("refused"))), Outcome::Again);
     }
 
     fn counts(s: &Stats) -> (u64, u64) {

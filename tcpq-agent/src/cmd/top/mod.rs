@@ -20,6 +20,7 @@ mod filter;
 mod frame;
 mod tally;
 mod ui;
+mod verdict;
 
 use std::{
     collections::HashMap,

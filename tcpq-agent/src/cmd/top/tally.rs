@@ -13,15 +13,16 @@ use super::{
     clients::{self, ClientTally},
     filter::OwnerFilter,
     frame::{Counts, Frame, Row, RATE_WINDOW},
+    verdict,
 };
 use crate::{
     export::sink::{Sink, View},
     export::{self, Report},
-    model::{Kind, ListenerInfo, ListenerKey, Stage},
+    model::{Fact, Kind, ListenerInfo, ListenerKey, Stage},
     owner::resolve::Owner,
     source::latency::Summary,
     source::netstat::Sysctls,
-    verdict::{self, ListenerEvidence, Verdict},
+    verdict::Verdict,
 };
 
 /// CLOSE_WAIT growth is measured over this window.
@@ -37,7 +38,8 @@ struct ListenerTally {
     /// The last report verdict per rank (`rank`): the gravest recent one
     /// is shown.
     verdicts: HashMap<u8, (Instant, Verdict)>,
-    p99: Option<(Instant, f64)>,
+    /// The accept latency of the last report that had one.
+    latency: Option<(Instant, Fact)>,
 }
 
 impl ListenerTally {
@@ -68,17 +70,18 @@ impl ListenerTally {
         (rates.scaled(1.0 / secs), cw as i64 - growth_base as i64)
     }
 
-    /// The accept-latency p99 of a recent report, else of a recent
-    /// `summary` of the listener's port.
-    fn p99(&self, now: Instant, summary: Option<&(Instant, f64)>) -> Option<f64> {
-        self.p99
-            .filter(|(at, _)| now - *at < VERDICT_KEEP)
-            .map(|(_, v)| v)
-            .or_else(|| {
-                summary
-                    .filter(|(at, _)| now - *at < VERDICT_KEEP)
-                    .map(|(_, v)| *v)
-            })
+    /// The accept latency of a recent report, else of a recent `summary`
+    /// of the listener's port.
+    fn latency<'a>(
+        &'a self,
+        now: Instant,
+        summary: Option<&'a (Instant, Fact)>,
+    ) -> Option<&'a Fact> {
+        let recent = |l: &'a (Instant, Fact)| (now - l.0 < VERDICT_KEEP).then_some(&l.1);
+        self.latency
+            .as_ref()
+            .and_then(recent)
+            .or_else(|| summary.and_then(recent))
     }
 
     /// The gravest verdict reported recently (older ones are forgotten).
@@ -90,14 +93,15 @@ impl ListenerTally {
             .map(|(_, (_, v))| v.clone())
     }
 
-    /// The listener's row at `now`, without a verdict.
+    /// The listener's row at `now` (with the accept `latency` in force),
+    /// without a verdict.
     fn row(
         &mut self,
         key: ListenerKey,
         info: &ListenerInfo,
         owner: Option<&Owner>,
         cw: u32,
-        summary: Option<&(Instant, f64)>,
+        latency: Option<&Fact>,
         now: Instant,
     ) -> Row {
         let (rates, growth) = self.sample(now, cw);
@@ -109,7 +113,7 @@ impl ListenerTally {
             queue_limit: info.queue_limit,
             rates,
             totals: self.totals,
-            p99_ms: self.p99(now, summary),
+            p99_ms: latency.and_then(Fact::accept_latency_p99_ms),
             close_wait: cw,
             close_wait_growth: growth,
             process: owner.map(|o| o.name.clone()),
@@ -163,8 +167,9 @@ pub struct Tally {
     pub port: Option<u16>,
     listeners: HashMap<ListenerKey, ListenerTally>,
     clients: HashMap<(u32, u32), ClientTally>,
-    /// (netns, port) → listeners there, for accept-latency summaries.
-    latency: HashMap<(u32, u16), (Instant, f64)>,
+    /// (netns, port) → the last accept-latency summary of the listeners
+    /// there.
+    latency: HashMap<(u32, u16), (Instant, Fact)>,
     generation: u64,
 }
 
@@ -209,8 +214,9 @@ impl Tally {
             Kind::ResetSent { .. } => t.totals.resets += n,
             Kind::AcceptError { .. } => t.totals.accept_errors += n,
             Kind::AcceptLatency => {
-                if let Some(v) = p.attrs.iter().find_map(|f| f.accept_latency_p99_ms()) {
-                    t.p99 = Some((now, v));
+                let latency = p.attrs.iter().find(|f| f.accept_latency_p99_ms().is_some());
+                if let Some(f) = latency {
+                    t.latency = Some((now, f.clone()));
                 }
             }
             _ => {}
@@ -285,36 +291,17 @@ impl Tally {
             let cw = close_wait.get(&key).copied().unwrap_or(0);
             let summary = self.latency.get(&(key.netns, info.port));
             let t = self.listeners.entry(key).or_default();
-            let mut row = t.row(key, info, owner, cw, summary, now);
-            row.verdict = t
-                .reported(now)
-                .or_else(|| verdict::listener(&evidence(&row, settings)));
+            let latency = t.latency(now, summary).cloned();
+            let mut row = t.row(key, info, owner, cw, latency.as_ref(), now);
+            row.verdict = t.reported(now).or_else(|| {
+                let settings = settings.unwrap_or_default();
+                verdict::listener(&row, info, owner, &settings, latency.as_ref())
+            });
             rows.push(row);
         }
         self.listeners.retain(|k, _| live.contains(k));
         let wanted = live.iter().map(|k| k.inode).collect();
         (rows, wanted)
-    }
-}
-
-/// The evidence a row's own numbers give, for a verdict when no report
-/// brought one.
-fn evidence(r: &Row, settings: Option<Sysctls>) -> ListenerEvidence {
-    ListenerEvidence {
-        endpoint: r.endpoint.clone(),
-        process: r
-            .process
-            .as_ref()
-            .map(|n| format!("{n} (pid {})", r.pid.unwrap_or(0))),
-        queue_len: r.queue_len,
-        queue_limit: r.queue_limit,
-        overflows: (r.rates.overflow_syn + r.rates.overflow_ack).ceil() as u64,
-        syn_queue_drops: r.rates.syn_drops.ceil() as u64,
-        syncookies_sent: r.rates.cookies.ceil() as u64,
-        close_wait: r.close_wait,
-        accept_latency_p99_ms: r.p99_ms,
-        settings: settings.unwrap_or_default(),
-        ..Default::default()
     }
 }
 
@@ -331,8 +318,12 @@ impl Sink for Tally {
 
     fn latency(&mut self, s: &Summary) {
         if s.count > 0 {
-            self.latency
-                .insert((s.netns, s.port), (Instant::now(), s.p99_ns as f64 / 1e6));
+            let f = Fact::AcceptLatency {
+                p50_ns: s.p50_ns,
+                p99_ns: s.p99_ns,
+                max_ns: s.max_ns,
+            };
+            self.latency.insert((s.netns, s.port), (Instant::now(), f));
         }
     }
 
@@ -375,13 +366,22 @@ mod tests {
     fn a_recent_report_p99_before_a_recent_summary() {
         let t0 = Instant::now();
         let later = t0 + VERDICT_KEEP;
+        let ms = |ms: u64| Fact::AcceptLatency {
+            p50_ns: 0,
+            p99_ns: ms * 1_000_000,
+            max_ns: ms * 1_000_000,
+        };
         let mut t = ListenerTally::default();
-        let summary = (t0, 3.0);
-        assert_eq!(t.p99(t0, Some(&summary)), Some(3.0));
-        assert_eq!(t.p99(later, Some(&summary)), None);
-        t.p99 = Some((t0, 7.0));
-        assert_eq!(t.p99(t0, Some(&summary)), Some(7.0));
-        assert_eq!(t.p99(later, Some(&(later, 4.0))), Some(4.0));
+        let p99 = |t: &ListenerTally, now, summary| {
+            t.latency(now, summary)
+                .and_then(Fact::accept_latency_p99_ms)
+        };
+        let summary = (t0, ms(3));
+        assert_eq!(p99(&t, t0, Some(&summary)), Some(3.0));
+        assert_eq!(p99(&t, later, Some(&summary)), None);
+        t.latency = Some((t0, ms(7)));
+        assert_eq!(p99(&t, t0, Some(&summary)), Some(7.0));
+        assert_eq!(p99(&t, later, Some(&(later, ms(4)))), Some(4.0));
     }
 
     #[test]

@@ -54,10 +54,14 @@ impl Endpoint {
         if host.is_empty() {
             return Err(format!("`{s}`: no host"));
         }
+        let prefix = path.trim_end_matches('/');
+        if format!("{prefix}/v1/logs").parse::<hyper::Uri>().is_err() {
+            return Err(format!("`{s}`: `{path}` is not a URL path"));
+        }
         Ok(Endpoint {
             host: host.trim_start_matches('[').trim_end_matches(']').into(),
             port,
-            prefix: path.trim_end_matches('/').into(),
+            prefix: prefix.into(),
         })
     }
 
@@ -88,6 +92,12 @@ pub fn parse_headers(s: &str) -> Result<Vec<(String, String)>, String> {
         if v.bytes().any(|b| b == b'\r' || b == b'\n') {
             return Err(format!(
                 "header `{k}`: a value may not contain a line break"
+            ));
+        }
+        // What HTTP allows in a field value: no other control character.
+        if v.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
+            return Err(format!(
+                "header `{k}`: a value may not contain a control character"
             ));
         }
         out.push((k.to_string(), v));
@@ -141,6 +151,7 @@ mod tests {
             "http://:1",
             "http://h:0",
             "http://h:x",
+            "http://h/a b",
         ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
@@ -157,6 +168,9 @@ mod tests {
         );
         assert!(parse_headers("novalue").is_err());
         assert!(parse_headers("bad name=1").is_err());
+        assert!(parse_headers("k=a%0Db").is_err());
+        assert!(parse_headers("k=a%00b").is_err());
+        assert_eq!(parse_headers("k=a%09b").unwrap()[0].1, "a\tb");
         assert!(parse_headers("").unwrap().is_empty());
     }
 }

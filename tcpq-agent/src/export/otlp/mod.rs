@@ -3,8 +3,8 @@
 //! gauges and histogram as cumulative OTLP metrics, both with the resource
 //! attributes `host.name` and `service.name=tcpq`.
 //!
-//! Messages are `opentelemetry-proto`'s prost types; the transport is a
-//! hand-written HTTP/1.1 POST over a tokio `TcpStream` (one connection per
+//! Messages are `opentelemetry-proto`'s prost types; the transport is
+//! hyper's HTTP/1 client over a tokio `TcpStream` (one connection per
 //! request; plain `http://` only — a TLS stack would cost more crates than
 //! everything else here, and a local collector takes plain HTTP).
 //! Log records wait in a bounded queue (`queue_size`); a full queue drops
@@ -12,8 +12,11 @@
 //! (0.5 s doubling to 8 s, 6 attempts) on connection errors, 429 and 5xx;
 //! then the batch is dropped and counted (`tcpq_otlp_*` health metrics).
 
+mod client;
 mod config;
 mod encode;
+#[cfg(test)]
+mod receiver;
 mod transport;
 
 use std::{

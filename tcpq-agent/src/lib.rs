@@ -81,14 +81,47 @@ fn usage_error(e: clap::Error) -> ExitCode {
         }
         _ => {
             let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("tcpq-agent: {} (see --help)", first.trim());
+            eprintln!("tcpq-agent: {} (see --help)", first_line(&rendered));
             ExitCode::from(2)
         }
     }
 }
 
+/// clap's message as one line: its first line, and when that ends with
+/// a colon ("required arguments were not provided:") the lines it
+/// introduces, up to the usage.
+fn first_line(rendered: &str) -> String {
+    let mut lines = rendered.lines().map(str::trim);
+    let first = lines.next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    if !first.ends_with(':') {
+        return first.to_string();
+    }
+    let listed: Vec<&str> = lines
+        .take_while(|l| !l.starts_with("Usage:"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    format!("{first} {}", listed.join(", "))
+}
+
 pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_argument_is_named_on_the_one_line() {
+        let e = "error: the following required arguments were not provided:\n  <FILE>\n\nUsage: tcpq-agent replay <FILE>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            first_line(e),
+            "the following required arguments were not provided: <FILE>"
+        );
+        assert_eq!(
+            first_line("error: unexpected argument '--x' found\n\n  tip: …\n"),
+            "unexpected argument '--x' found"
+        );
+    }
 }

@@ -287,6 +287,29 @@ fn bad_inputs_are_one_line_errors() {
         // Flags and values clap rejects.
         (vec!["trace", "--frobnicate"], 2, "--frobnicate"),
         (vec!["frobnicate"], 2, "frobnicate"),
+        // Recording and replay.
+        (
+            vec!["trace", "--record", "/nonexistent-dir/rec.jsonl"],
+            1,
+            "--record /nonexistent-dir/rec.jsonl: no such directory /nonexistent-dir",
+        ),
+        (
+            vec!["trace", "--record", "/tmp"],
+            1,
+            "--record /tmp: is a directory",
+        ),
+        (vec!["replay"], 2, "FILE"),
+        (
+            vec!["replay", "/nonexistent-rec"],
+            1,
+            "/nonexistent-rec: No such file",
+        ),
+        (
+            vec!["replay", &plain],
+            1,
+            "line 1 is not a tcpq recording's start",
+        ),
+        (vec!["replay", "/proc"], 1, "/proc"),
         (
             vec!["trace", "--port", "70000"],
             2,

@@ -365,6 +365,29 @@ pub fn validate(what: &str, args: &TraceArgs) -> Result<()> {
     if let Some(spec) = &args.netns {
         netns_inode(spec)?;
     }
+    if let Some(path) = &args.record {
+        check_record(path)?;
+    }
+    Ok(())
+}
+
+/// `--record FILE`: its directory must exist; FILE itself is created (or
+/// emptied) once the kernel programs are loaded.
+fn check_record(path: &std::path::Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "--record {}: no such directory {}",
+            path.display(),
+            dir.display()
+        );
+    }
+    if path.is_dir() {
+        bail!("--record {}: is a directory", path.display());
+    }
     Ok(())
 }
 

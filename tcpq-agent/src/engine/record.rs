@@ -148,7 +148,13 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn create(path: &Path, start: &Start) -> Result<Recorder> {
-        let f = File::create(path).with_context(|| format!("--record {}", path.display()))?;
+        let f = File::create(path).map_err(|e| {
+            anyhow::anyhow!(
+                "--record {}: {}",
+                path.display(),
+                crate::source::netns::io_reason(&e)
+            )
+        })?;
         let mut r = Recorder {
             out: Some(BufWriter::new(f)),
             path: path.display().to_string(),

@@ -323,16 +323,31 @@ enum Tracer {
     None,
     Tcpq,
     Bpftrace,
+    /// `--baseline AGENT`: another build of the agent (say, main before
+    /// a change), measured in the same rotation.
+    Baseline,
 }
 
 /// One load with one tracer: req/s, and the agent's run with tcpq.
-fn measure(agent_bin: &PathBuf, close: bool, t: Tracer) -> Result<(f64, Option<AgentRun>)> {
+fn measure(
+    agent_bin: &PathBuf,
+    baseline: Option<&PathBuf>,
+    close: bool,
+    t: Tracer,
+) -> Result<(f64, Option<AgentRun>)> {
     Ok(match t {
         Tracer::None => (wrk(close)?.0, None),
         Tracer::Tcpq => {
             let agent = Agent::start(agent_bin, false)?;
             let (rps, _) = wrk(close)?;
             (rps, Some(agent.stop()?))
+        }
+        Tracer::Baseline => {
+            let bin = baseline.context("no baseline agent")?;
+            let agent = Agent::start(bin, false)?;
+            let (rps, _) = wrk(close)?;
+            agent.stop()?;
+            (rps, None)
         }
         Tracer::Bpftrace => {
             let b = Bpftrace::start()?;
@@ -360,7 +375,12 @@ fn nginx_conf(dir: &std::path::Path) -> Result<PathBuf> {
     Ok(conf)
 }
 
-pub fn run_bench(agent_bin: PathBuf, scenario_bin: PathBuf, rounds: usize) -> Result<()> {
+pub fn run_bench(
+    agent_bin: PathBuf,
+    scenario_bin: PathBuf,
+    rounds: usize,
+    baseline: Option<PathBuf>,
+) -> Result<()> {
     let _ns = Netns::new()?;
     let dir = std::env::temp_dir().join(format!("tcpq-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -378,7 +398,7 @@ pub fn run_bench(agent_bin: PathBuf, scenario_bin: PathBuf, rounds: usize) -> Re
     let result = (|| -> Result<()> {
         header(rounds)?;
         wrk(false)?; // warm-up
-        loads(&agent_bin, rounds)?;
+        loads(&agent_bin, baseline.as_ref(), rounds)?;
         stats_run(&agent_bin)?;
         flood(&agent_bin, &scenario_bin)?;
         namespaces(&agent_bin, &scenario_bin)
@@ -402,21 +422,24 @@ fn header(rounds: usize) -> Result<()> {
 }
 
 /// The ratio runs: per load, `rounds` rounds of untraced / tcpq / bpftrace
-/// in a rotating order.
-fn loads(agent_bin: &PathBuf, rounds: usize) -> Result<()> {
-    let orders = [
-        [Tracer::None, Tracer::Tcpq, Tracer::Bpftrace],
-        [Tracer::Tcpq, Tracer::Bpftrace, Tracer::None],
-        [Tracer::Bpftrace, Tracer::None, Tracer::Tcpq],
-    ];
+/// (and the baseline agent) in a rotating order.
+fn loads(agent_bin: &PathBuf, baseline: Option<&PathBuf>, rounds: usize) -> Result<()> {
+    let mut tracers = vec![Tracer::None, Tracer::Tcpq, Tracer::Bpftrace];
+    if baseline.is_some() {
+        tracers.push(Tracer::Baseline);
+    }
     let mut agent_runs = Vec::new();
     println!("\nload                     untraced req/s   tcpq/untraced   bpftrace/untraced   (per round: tcpq | bpftrace)");
+    let mut vs_baseline = Vec::new();
     for (close, name) in [(false, "keep-alive"), (true, "connection-per-request")] {
-        let (mut off, mut tcpq, mut bpft) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut off, mut tcpq, mut bpft, mut base) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
-            let mut got = [0.0; 3];
-            for &t in &orders[round % orders.len()] {
-                let (rps, agent) = measure(agent_bin, close, t)?;
+            let mut got = [0.0; 4];
+            // Each round starts one tracer later: every position in turn.
+            for i in 0..tracers.len() {
+                let t = tracers[(round + i) % tracers.len()];
+                let (rps, agent) = measure(agent_bin, baseline, close, t)?;
                 got[t as usize] = rps;
                 if let Some(a) = agent {
                     agent_runs.push((name, rps, a));
@@ -425,13 +448,8 @@ fn loads(agent_bin: &PathBuf, rounds: usize) -> Result<()> {
             off.push(got[0]);
             tcpq.push(got[1] / got[0]);
             bpft.push(got[2] / got[0]);
+            base.push(got[1] / got[3]);
         }
-        let show = |v: &[f64]| {
-            v.iter()
-                .map(|r| format!("{r:.3}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
         println!(
             "{name:<24}{:>15.0}{:>16.3}{:>20.3}   ({} | {})",
             median(&off),
@@ -440,6 +458,13 @@ fn loads(agent_bin: &PathBuf, rounds: usize) -> Result<()> {
             show(&tcpq),
             show(&bpft)
         );
+        vs_baseline.push((name, base));
+    }
+    if let Some(b) = baseline {
+        println!("\ntcpq / baseline ({}), the same rounds:", b.display());
+        for (name, v) in &vs_baseline {
+            println!("  {name:<24}{:>8.3}   ({})", median(v), show(v));
+        }
     }
     println!("\nagent while loaded (each tcpq run, ready to stop): CPU % of one core, CPU µs per request, peak RSS, ring-buffer records per request");
     for (name, rps, r) in &agent_runs {
@@ -453,6 +478,13 @@ fn loads(agent_bin: &PathBuf, rounds: usize) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn show(v: &[f64]) -> String {
+    v.iter()
+        .map(|r| format!("{r:.3}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Per-program cost in one more run, with stats on (not in the ratios).

@@ -44,6 +44,10 @@ enum Task {
         /// medians are quoted; this machine swings ±30 % between runs).
         #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(3..=50))]
         rounds: u32,
+        /// Another tcpq-agent binary (say, a release build of main before
+        /// a change), measured in the same rotation: `tcpq / baseline`.
+        #[arg(long, value_name = "AGENT")]
+        baseline: Option<PathBuf>,
     },
     /// cargo fmt --check and clippy -D warnings.
     Lint,
@@ -178,7 +182,10 @@ fn run() -> Result<()> {
             ensure!(vm_ok, "vm: not every test executable passed");
             Ok(())
         }
-        Task::Bench { rounds } => {
+        Task::Bench { rounds, baseline } => {
+            if let Some(b) = &baseline {
+                ensure!(b.is_file(), "--baseline {}: no such file", b.display());
+            }
             setup::all()?;
             cargo(&[
                 "build",
@@ -193,6 +200,7 @@ fn run() -> Result<()> {
                 root().join("target/release/tcpq-agent"),
                 root().join("target/release/tcpq-scenario"),
                 rounds as usize,
+                baseline,
             )
         }
         Task::Lint => lint(),

@@ -71,10 +71,17 @@ impl Resolver {
     }
 
     fn learn_at(&mut self, wanted: impl IntoIterator<Item = u32>, now: bool) {
-        let missing: HashSet<u32> = wanted
-            .into_iter()
-            .filter(|i| !self.owners.contains_key(i) || self.provisional.contains(i))
+        let unknown = |r: &Self, i: &u32| !r.owners.contains_key(i) || r.provisional.contains(i);
+        let mut missing: HashSet<u32> = wanted.into_iter().filter(|i| unknown(self, i)).collect();
+        // An SO_REUSEPORT member's owner is told apart from its siblings'
+        // by who holds them: look for the siblings in the same scan, or a
+        // member whose line comes a moment later waits for the budget.
+        let siblings: Vec<u32> = missing
+            .iter()
+            .flat_map(|i| self.siblings(*i).iter().copied())
+            .filter(|s| unknown(self, s))
             .collect();
+        missing.extend(siblings);
         let mut full = HashSet::new();
         if !self.owners.is_empty() {
             match self.schedule.reconcile() {

@@ -162,24 +162,13 @@ impl Session {
         let health = self.health();
         let done = self.pipeline.flush(&mut self.host, input, health, sink);
         self.fill_peak = 0;
-        if let Some(Step::Flush {
-            t,
-            at_ns,
-            lost,
-            accepts,
-            latency,
-            ..
-        }) = recorded
-        {
-            self.record(|h| Step::Flush {
-                t,
-                at_ns,
-                lost,
-                accepts,
-                latency,
-                answers: h.take_log(),
-            });
+        // The answers of this flush are known only once it ran.
+        if let Some(mut step) = recorded {
+            if let Step::Flush { answers, .. } = &mut step {
+                *answers = self.host.take_log();
+            }
             if let Some(r) = self.recorder.as_mut() {
+                r.step(&step);
                 r.flush();
             }
         }

@@ -19,6 +19,7 @@ mod events;
 mod pending;
 mod reuseport;
 mod settle;
+mod shortfall;
 mod syn_queue;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ use crate::{
 };
 
 pub use settle::SK_DROPS_PER_ACK_DROP;
+pub use shortfall::Missed;
 pub use syn_queue::classify_syn_drop;
 
 /// Intervals without a sighting after which a listener is forgotten.
@@ -94,6 +96,8 @@ struct NsState {
     budgets: settle::Budgets,
     /// CLOSE_WAIT sockets and their groups.
     close_wait: close_wait::Tracker,
+    /// Its overflows as the hooks and `TcpExt.ListenOverflows` saw them.
+    shortfall: shortfall::Shortfall,
 }
 
 #[derive(Default)]
@@ -112,6 +116,8 @@ pub struct Aggregator {
     /// Who accepted a connection, from the kernel's record of accepts:
     /// names the owner of CLOSE_WAIT sockets no listener explains any more.
     accepter: Option<Accepter>,
+    /// Overflows no hook reported, found in the namespaces' counters.
+    missed: Missed,
 }
 
 impl Aggregator {
@@ -170,6 +176,12 @@ impl Aggregator {
         if let Some(others) = &snap.others {
             self.close_waits(snap, others);
         }
+        self.settle_overflows(snap);
+    }
+
+    /// Overflows the hooks missed so far (the exit summary's).
+    pub fn missed_overflows(&self) -> Missed {
+        self.missed
     }
 
     /// After a full round: forgets namespaces the round did not see.

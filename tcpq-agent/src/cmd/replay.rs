@@ -42,6 +42,9 @@ pub fn run(file: &Path, output: Format) -> Result<()> {
         p.undecodable,
         console.lines_lost()
     );
+    if let Some(l) = crate::engine::summary::missed_line(p.agg.missed_overflows()) {
+        eprintln!("{l}");
+    }
     Ok(())
 }
 
@@ -136,8 +139,9 @@ fn feed(
         .context("recording does not match this agent")?;
     if host.mismatches > 0 {
         bail!(
-            "recording does not match this agent: {} questions had no recorded answer",
-            host.mismatches
+            "recording does not match this agent: {} questions had no recorded answer (first: {})",
+            host.mismatches,
+            host.first_mismatch.unwrap_or("?")
         );
     }
     Ok(())

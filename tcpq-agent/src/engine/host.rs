@@ -132,6 +132,8 @@ pub struct Replayed {
     /// Questions that found another answer kind, or none: the recording
     /// does not match this agent's pipeline.
     pub mismatches: u64,
+    /// The first such question.
+    pub first_mismatch: Option<&'static str>,
     resolver: Resolver,
 }
 
@@ -140,6 +142,7 @@ impl Default for Replayed {
         Replayed {
             answers: VecDeque::new(),
             mismatches: 0,
+            first_mismatch: None,
             resolver: Resolver::new(std::time::Duration::MAX),
         }
     }
@@ -159,11 +162,12 @@ impl Replayed {
         Ok(())
     }
 
-    fn next(&mut self, what: &str) -> Option<Answer> {
+    fn next(&mut self, what: &'static str) -> Option<Answer> {
         match self.answers.front() {
             Some(a) if a.what() == what => self.answers.pop_front(),
             _ => {
                 self.mismatches += 1;
+                self.first_mismatch.get_or_insert(what);
                 None
             }
         }

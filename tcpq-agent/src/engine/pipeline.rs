@@ -215,6 +215,7 @@ impl Pipeline {
                 undecodable: self.undecodable,
                 owners_cached: host.resolver().len(),
                 tracked_listeners: self.agg.listener_infos().count(),
+                overflows_missed_by_hooks: self.agg.missed_overflows().total(),
                 ..health
             },
         };

@@ -189,6 +189,7 @@ impl Session {
             owners_cached: self.host.resolver.len(),
             tracked_listeners: self.pipeline.agg.listener_infos().count(),
             map_losses: self.maps.losses(),
+            overflows_missed_by_hooks: self.pipeline.agg.missed_overflows().total(),
         }
     }
 

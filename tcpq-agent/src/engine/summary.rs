@@ -4,7 +4,7 @@
 
 use tcpq_common::stats;
 
-use crate::engine::start::Engine;
+use crate::{aggregate::Missed, engine::start::Engine};
 
 pub fn print(e: &Engine, lines_lost: u64) {
     let s = &e.session;
@@ -28,6 +28,9 @@ pub fn print(e: &Engine, lines_lost: u64) {
         m.stat(stats::STORM_MAP_FULL),
     );
     eprintln!("tcpq: kernel maps: {}", m.losses().summary());
+    if let Some(l) = missed_line(s.pipeline.agg.missed_overflows()) {
+        eprintln!("{l}");
+    }
     if let Some(r) = &s.recorder {
         eprintln!("tcpq: recorded {} steps", r.steps);
     }
@@ -41,4 +44,16 @@ pub fn print(e: &Engine, lines_lost: u64) {
             }
         }
     }
+}
+
+/// The summary's line for overflows no hook reported (none: no line).
+pub fn missed_line(missed: Missed) -> Option<String> {
+    (missed.total() > 0).then(|| {
+        format!(
+            "tcpq: {} listen overflows counted by the kernel (TcpExt.ListenOverflows) that no hook reported: {} reported from the counter on their listener, {} with no listener to name",
+            missed.total(),
+            missed.named,
+            missed.unattributed
+        )
+    })
 }

@@ -347,6 +347,7 @@ fn engine_health() -> sink::Health {
             latency_evicted: 0,
             accept_entries_missing: 4,
         },
+        overflows_missed_by_hooks: 0,
     }
 }
 

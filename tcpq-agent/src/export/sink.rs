@@ -33,6 +33,9 @@ pub struct Health {
     pub tracked_listeners: usize,
     /// What the kernel's maps could not hold.
     pub map_losses: MapLosses,
+    /// Listen overflows the kernel counted that no hook reported (found in
+    /// `TcpExt.ListenOverflows`; see `aggregate::shortfall`).
+    pub overflows_missed_by_hooks: u64,
 }
 
 /// What the kernel's maps could not hold, in total since start: each map

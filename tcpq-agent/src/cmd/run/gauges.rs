@@ -26,6 +26,7 @@ pub(super) fn describe(r: &mut Registry) {
         ("tcpq_events_received_total", "Kernel events the agent received.", Type::Counter),
         ("tcpq_events_lost_total", "Kernel events lost because the ring buffer was full.", Type::Counter),
         ("tcpq_events_undecodable_total", "Kernel events the agent could not decode.", Type::Counter),
+        ("tcpq_overflows_missed_by_hooks_total", "Listen overflows TcpExt.ListenOverflows counted that no hook reported (a kprobe run the kernel skipped); they are reported from the counter, on the listener when one can be named.", Type::Counter),
         ("tcpq_kernel_read_errors_total", "Failed kernel memory reads in the eBPF programs.", Type::Counter),
         ("tcpq_kernel_map_losses_total", "What the kernel's maps could not hold: accept() failures not counted (map=ACCEPT_ERRORS loss=map_full), LRU entries evicted (ACCEPTS, ACCEPT_LATENCY: evicted), accepts missed (ACCEPT_ENTRY: entry_missing).", Type::Counter),
         ("tcpq_ringbuf_fill_ratio", "Most of the kernel-to-agent ring buffer in use since the last report (0-1).", Type::Gauge),
@@ -187,6 +188,8 @@ fn health_metrics(r: &mut Registry, h: &Health) {
     r.set_counter("tcpq_events_received_total", &none, h.received);
     r.set_counter("tcpq_events_lost_total", &none, h.lost);
     r.set_counter("tcpq_events_undecodable_total", &none, h.undecodable);
+    let missed = h.overflows_missed_by_hooks;
+    r.set_counter("tcpq_overflows_missed_by_hooks_total", &none, missed);
     r.set_counter("tcpq_kernel_read_errors_total", &none, h.read_errors);
     r.set("tcpq_ringbuf_fill_ratio", &none, h.ringbuf_fill);
     for (map, loss, n) in h.map_losses.rows() {

@@ -105,6 +105,10 @@ pub fn health(h: &HealthLine) -> Line<'static> {
         l.set("agent.syslog_dropped", Attr::U64(dropped));
         l.set("agent.syslog_truncated", Attr::U64(truncated));
     }
+    if e.overflows_missed_by_hooks > 0 {
+        let n = Attr::U64(e.overflows_missed_by_hooks);
+        l.set("agent.overflows_missed_by_hooks", n);
+    }
     if h.output_lines_lost > 0 {
         l.set("agent.output_lines_lost", Attr::U64(h.output_lines_lost));
     }

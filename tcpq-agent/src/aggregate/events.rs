@@ -53,7 +53,7 @@ impl Aggregator {
                 };
                 self.explain(key, window, n);
                 let kind = classify_syn_drop(&info, &syn);
-                self.note_hooked(key, &kind, n);
+                self.note_hooked(key, &kind, n, window.1);
                 self.add(Some(key), kind, ev.source, info, n, None);
             }
             Happened::SyncookieSent(_) => self.on_listener_count(ev, Kind::SyncookiesSent, n),
@@ -102,7 +102,7 @@ impl Aggregator {
         };
         let kind = ack_time_kind(&info, outcome);
         self.explain(key, window, SK_DROPS_PER_ACK_DROP * n);
-        self.note_hooked(key, &kind, n);
+        self.note_hooked(key, &kind, n, window.1);
         self.listeners.entry(key).or_default().info = Some(info.clone());
         self.add(Some(key), kind, ev.source, info, n, None);
     }

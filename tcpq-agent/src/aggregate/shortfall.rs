@@ -46,8 +46,11 @@ pub const COUNTER: &str = "TcpExt.ListenOverflows";
 pub(super) struct Shortfall {
     /// The counter at the namespace's first reading.
     base: Option<u64>,
-    /// Overflows the hooks reported.
+    /// Overflows the hooks reported since the first reading.
     hooked: u64,
+    /// Before the first reading: the hooks' overflows, and when the latest
+    /// happened (all before that reading: they are in its base).
+    early: (u64, u64),
     /// Overflows reported from the counter.
     reported: u64,
     /// The shortfall the previous reading showed, not reported yet.
@@ -57,14 +60,25 @@ pub(super) struct Shortfall {
 }
 
 impl Shortfall {
-    /// A hook reported `n` overflows of `key` at `stage`.
-    pub fn hooked(&mut self, key: ListenerKey, stage: Stage, n: u64) {
-        self.hooked += n;
+    /// A hook reported `n` overflows of `key` at `stage`, the latest at
+    /// `hi` (CLOCK_MONOTONIC ns).
+    pub fn hooked(&mut self, key: ListenerKey, stage: Stage, n: u64, hi: u64) {
+        if self.base.is_some() {
+            self.hooked += n;
+        } else {
+            self.early = (self.early.0 + n, self.early.1.max(hi));
+        }
         self.last = Some((key, stage));
     }
 
-    /// The namespace's counter now: how many overflows to report from it.
-    pub fn reading(&mut self, counter: u64) -> u64 {
+    /// The namespace's counter, read in a dump that began at `start`: how
+    /// many overflows to report from it.
+    pub fn reading(&mut self, counter: u64, start: u64) -> u64 {
+        if self.base.is_none() && self.early.1 >= start {
+            // Some may be after the reading: count them all as the hooks'
+            // (a shortfall too small, never too large).
+            self.hooked = self.early.0;
+        }
         let base = *self.base.get_or_insert(counter);
         let kernel = counter.saturating_sub(base);
         let short = kernel.saturating_sub(self.hooked + self.reported);
@@ -90,10 +104,13 @@ impl Aggregator {
     }
 
     /// A hook's line of `kind`: an overflow is remembered for settling.
-    pub(super) fn note_hooked(&mut self, key: ListenerKey, kind: &Kind, n: u64) {
+    pub(super) fn note_hooked(&mut self, key: ListenerKey, kind: &Kind, n: u64, hi: u64) {
+        if !self.settles_overflows() {
+            return;
+        }
         if let Kind::ListenOverflow(stage, _) = *kind {
             let ns = self.ns.entry(key.netns).or_default();
-            ns.shortfall.hooked(key, stage, n);
+            ns.shortfall.hooked(key, stage, n, hi);
         }
     }
 
@@ -110,7 +127,7 @@ impl Aggregator {
             return;
         };
         let ns = self.ns.entry(snap.netns).or_default();
-        let n = ns.shortfall.reading(counter);
+        let n = ns.shortfall.reading(counter, snap.start_ns);
         if n == 0 {
             return;
         }
@@ -251,55 +268,74 @@ mod tests {
     #[test]
     fn the_first_reading_is_the_base() {
         let mut s = Shortfall::default();
-        assert_eq!(s.reading(500), 0);
-        assert_eq!(s.reading(500), 0);
-        s.hooked(key(), Stage::Syn, 3);
-        assert_eq!(s.reading(503), 0);
-        assert_eq!(s.reading(503), 0);
+        assert_eq!(s.reading(500, 0), 0);
+        assert_eq!(s.reading(500, 0), 0);
+        s.hooked(key(), Stage::Syn, 3, 0);
+        assert_eq!(s.reading(503, 0), 0);
+        assert_eq!(s.reading(503, 0), 0);
+    }
+
+    #[test]
+    fn overflows_before_the_first_reading_are_in_its_base() {
+        let mut s = Shortfall::default();
+        s.hooked(key(), Stage::Syn, 2, 90); // before the reading at 100
+        assert_eq!(s.reading(7, 100), 0);
+        s.hooked(key(), Stage::Syn, 1, 150);
+        assert_eq!(s.reading(9, 200), 0);
+        assert_eq!(s.reading(9, 300), 1, "the 2 before are the base's");
+
+        let mut s = Shortfall::default();
+        s.hooked(key(), Stage::Syn, 2, 90);
+        s.hooked(key(), Stage::Syn, 1, 105); // maybe after the reading
+        assert_eq!(s.reading(7, 100), 0);
+        // All 3 count as the hooks': one more by the kernel is no
+        // shortfall (too small, never too large).
+        assert_eq!(s.reading(8, 200), 0);
+        assert_eq!(s.reading(8, 300), 0);
     }
 
     #[test]
     fn a_shortfall_is_reported_at_the_second_reading_that_shows_it() {
         let mut s = Shortfall::default();
-        s.reading(10);
-        s.hooked(key(), Stage::Syn, 5);
+        s.reading(10, 0);
+        s.hooked(key(), Stage::Syn, 5, 0);
         // The kernel counted 6, the hooks 5: wait one reading.
-        assert_eq!(s.reading(16), 0);
-        assert_eq!(s.reading(16), 1);
-        assert_eq!(s.reading(16), 0, "reported once");
+        assert_eq!(s.reading(16, 0), 0);
+        assert_eq!(s.reading(16, 0), 1);
+        assert_eq!(s.reading(16, 0), 0, "reported once");
         assert_eq!(s.reported(), 1);
     }
 
     #[test]
     fn a_hook_report_that_arrives_late_is_no_shortfall() {
         let mut s = Shortfall::default();
-        s.reading(0);
-        s.hooked(key(), Stage::Ack, 2);
+        s.reading(0, 0);
+        s.hooked(key(), Stage::Ack, 2, 0);
         // Counted by the kernel just before the reading, by the hook just
         // after it.
-        assert_eq!(s.reading(3), 0);
-        s.hooked(key(), Stage::Ack, 1);
-        assert_eq!(s.reading(3), 0);
+        assert_eq!(s.reading(3, 0), 0);
+        s.hooked(key(), Stage::Ack, 1, 0);
+        assert_eq!(s.reading(3, 0), 0);
         assert_eq!(s.reported(), 0);
     }
 
     #[test]
     fn a_shortfall_that_grows_is_reported_as_it_persists() {
         let mut s = Shortfall::default();
-        s.reading(0);
-        assert_eq!(s.reading(2), 0);
-        assert_eq!(s.reading(5), 2, "the 2 the previous reading showed");
-        assert_eq!(s.reading(5), 3);
+        s.reading(0, 0);
+        assert_eq!(s.reading(2, 0), 0);
+        assert_eq!(s.reading(5, 0), 2, "the 2 the previous reading showed");
+        assert_eq!(s.reading(5, 0), 3);
         assert_eq!(s.reported(), 5);
     }
 
     #[test]
     fn hook_reports_beyond_the_counter_only_report_less() {
         let mut s = Shortfall::default();
-        s.reading(0);
-        s.hooked(key(), Stage::Syn, 4); // before the counter moved
-        assert_eq!(s.reading(3), 0);
-        assert_eq!(s.reading(5), 0);
-        assert_eq!(s.reading(5), 1);
+        s.reading(0, 0);
+        s.hooked(key(), Stage::Syn, 4, 0); // before the counter moved
+        assert_eq!(s.reading(3, 0), 0);
+        assert_eq!(s.reading(5, 0), 0);
+        assert_eq!(s.reading(5, 0), 1);
     }
 }

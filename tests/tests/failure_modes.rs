@@ -327,6 +327,61 @@ fn close_wait_sockets_are_counted_per_listener_like_ss() {
     );
 }
 
+/// CLOSE_WAIT sockets of one process on two ports whose listeners it has
+/// closed: nothing to attribute them to but their port, and each port
+/// is a line of its own with its own count (before: one line, the last
+/// port's, and the other port's count lost).
+#[test]
+fn close_wait_without_a_listener_is_counted_per_port_like_ss() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new("cw9307");
+    let agent = Agent::trace(&[]);
+    // A listener elsewhere in the namespace: the agent walks CLOSE_WAIT
+    // only in namespaces with one (the table is shared by all of them).
+    let (mut other, _) = ns.scenario("close-wait --port 9309 --conns 0 --hold 60");
+    let (mut child, pid) =
+        ns.scenario("close-wait --port 9307 --port 9308 --conns 2 --close-listener --hold 60");
+    let wait = if std::env::var_os("TCPQ_IN_VM").is_some() {
+        15_000
+    } else {
+        5000
+    };
+    std::thread::sleep(std::time::Duration::from_millis(wait));
+    let ss = |port: u16| {
+        run(ns.cmd("ss").args(["-Htan", "state", "close-wait"]))
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(2)
+                    .is_some_and(|a| a.ends_with(&format!(":{port}")))
+            })
+            .count() as u64
+    };
+    let (a, b) = (ss(9307), ss(9308));
+    let listening = run(ns.cmd("ss").args(["-Htln"]));
+    let lines = agent.stop();
+    for c in [&mut child, &mut other] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert_eq!((a, b), (2, 2), "scenario: CLOSE_WAIT per port per ss");
+    assert!(
+        !listening.contains(":9307") && !listening.contains(":9308"),
+        "listeners left: {listening}"
+    );
+    let mine = lines_of(&lines, "close_wait", ns.inode());
+    for (port, n) in [(9307, a), (9308, b)] {
+        let last = mine
+            .iter()
+            .rfind(|l| l["server.port"] == port)
+            .unwrap_or_else(|| panic!("no close_wait line of {port}: {mine:#?}"));
+        assert_eq!(last["count"].as_u64().unwrap(), n, "{last}");
+        assert_eq!(last["process.pid"], pid, "{last}");
+    }
+}
+
 #[test]
 fn port_exhaustion_is_a_connect_error_with_the_port_range() {
     if !root_or_skip() {

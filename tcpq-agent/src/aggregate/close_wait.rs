@@ -229,6 +229,8 @@ impl Aggregator {
             if self.port.is_some_and(|p| info.port != p) {
                 continue;
             }
+            // No listener: each port is a line of its own.
+            let group = key.is_none().then_some((info.addr, info.port));
             self.add_line(Line {
                 key,
                 kind: Kind::CloseWait,
@@ -236,7 +238,7 @@ impl Aggregator {
                 info,
                 n: c.count as u64,
                 peer: None,
-                group: None,
+                group,
                 netns: Some(snap.netns),
                 pid,
                 inode,
@@ -298,6 +300,22 @@ mod tests {
         let p = a.take();
         assert_eq!((p.len(), p[0].count), (1, 0));
         assert!(a.close_wait_now().is_empty());
+    }
+
+    #[test]
+    fn close_wait_on_two_ports_without_a_listener_is_a_line_per_port() {
+        let mut a = Aggregator::default();
+        let cw = |cookie: u64, lport| {
+            let mut s = sock(50 + cookie as u32, 0, 0, 0);
+            (s.state, s.cookie, s.lport) = (sockdiag::STATE_CLOSE_WAIT, cookie, lport);
+            s
+        };
+        let mut s0 = snap(vec![], 1_000_000_000, true);
+        s0.others = Some(vec![cw(1, 9000), cw(2, 9000), cw(3, 9001)]);
+        a.on_snapshot(&s0);
+        let mut got: Vec<(u16, u64)> = a.take().iter().map(|p| (p.info.port, p.count)).collect();
+        got.sort();
+        assert_eq!(got, vec![(9000, 2), (9001, 1)]);
     }
 
     #[test]

@@ -18,34 +18,35 @@ use crate::{
 /// many sockets in CLOSE_WAIT; prints `close_wait N`.
 #[derive(Args)]
 pub struct CloseWaitArgs {
-    /// The port (on loopback).
-    #[arg(long)]
-    port: u16,
-    /// Connections (at most 1000).
+    /// The port (on loopback); repeated: as many connections on each.
+    #[arg(long, required = true)]
+    port: Vec<u16>,
+    /// Connections per port (at most 1000).
     #[arg(long)]
     conns: usize,
+    /// Close the listeners before the result line: the CLOSE_WAIT sockets
+    /// are left without one.
+    #[arg(long)]
+    close_listener: bool,
     /// How long to hold the CLOSE_WAIT sockets after the result line.
     #[arg(long, value_name = "SECS", value_parser = seconds)]
     hold: Duration,
 }
 
 pub fn close_wait(a: CloseWaitArgs) -> Result<()> {
-    let l = listener(a.port, 16)?;
+    let mut listeners = Vec::new();
+    for &port in &a.port {
+        listeners.push((port, listener(port, 16)?));
+    }
     ready();
     let mut server = Vec::new();
-    for _ in 0..a.conns.min(1000) {
-        let c = connected(a.port)?;
-        server.push(accept(l.as_raw_fd())?);
-        // SAFETY: shuts down a socket this loop owns; it is closed next.
-        check(
-            unsafe { libc::shutdown(c.as_raw_fd(), libc::SHUT_RDWR) },
-            "shutdown",
-        )?;
-        // Once the server's (delayed) ACK of the FIN is in, the client is
-        // in FIN_WAIT2 and its close makes it a TIME_WAIT entry (substate
-        // FIN_WAIT2) at once: TW counts it before the result.
-        wait_state(c.as_raw_fd(), TCP_FIN_WAIT2);
-        drop(c);
+    for (port, l) in &listeners {
+        for _ in 0..a.conns.min(1000) {
+            server.push(close_waiting(*port, l.as_raw_fd())?);
+        }
+    }
+    if a.close_listener {
+        listeners.clear();
     }
     let count = || {
         server
@@ -62,6 +63,24 @@ pub fn close_wait(a: CloseWaitArgs) -> Result<()> {
     println!("close_wait {}", count());
     sleep(a.hold);
     Ok(())
+}
+
+/// One connection to `port`, accepted on `l` and closed by the client: the
+/// server's socket, soon in CLOSE_WAIT.
+fn close_waiting(port: u16, l: std::os::fd::RawFd) -> Result<std::os::fd::OwnedFd> {
+    let c = connected(port)?;
+    let server = accept(l)?;
+    // SAFETY: shuts down a socket this function owns; it is closed next.
+    check(
+        unsafe { libc::shutdown(c.as_raw_fd(), libc::SHUT_RDWR) },
+        "shutdown",
+    )?;
+    // Once the server's (delayed) ACK of the FIN is in, the client is
+    // in FIN_WAIT2 and its close makes it a TIME_WAIT entry (substate
+    // FIN_WAIT2) at once: TW counts it before the result.
+    wait_state(c.as_raw_fd(), TCP_FIN_WAIT2);
+    drop(c);
+    Ok(server)
 }
 
 /// Connections reset by the server.

@@ -48,6 +48,18 @@ fn total(lines: &[&Value]) -> u64 {
 }
 
 /// Sockets in `state` in the namespace, as `ss` (sock_diag) counts them.
+/// While a scenario holds CLOSE_WAIT sockets: long enough for the agent
+/// to read them (every 4th poll; a TCG guest beside another one runs
+/// several times slower).
+fn wait_for_close_wait_reads() {
+    let ms = if std::env::var_os("TCPQ_IN_VM").is_some() {
+        15_000
+    } else {
+        5000
+    };
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+}
+
 fn ss_count(ns: &Netns, state: &str) -> u64 {
     run(ns.cmd("ss").args(["-Htan", "state", state]))
         .lines()
@@ -297,14 +309,7 @@ fn close_wait_sockets_are_counted_per_listener_like_ss() {
     let agent = Agent::trace(&[]);
     // Held 60 s (killed below).
     let (mut child, pid) = ns.scenario("close-wait --port 9305 --conns 4 --hold 60");
-    // While the scenario holds them: CLOSE_WAIT is read every 4th poll;
-    // a TCG guest beside another one runs several times slower.
-    let wait = if std::env::var_os("TCPQ_IN_VM").is_some() {
-        15_000
-    } else {
-        5000
-    };
-    std::thread::sleep(std::time::Duration::from_millis(wait));
+    wait_for_close_wait_reads();
     let ss = ss_count(&ns, "close-wait");
     let lines = agent.stop();
     let _ = child.kill();
@@ -343,12 +348,7 @@ fn close_wait_without_a_listener_is_counted_per_port_like_ss() {
     let (mut other, _) = ns.scenario("close-wait --port 9309 --conns 0 --hold 60");
     let (mut child, pid) =
         ns.scenario("close-wait --port 9307 --port 9308 --conns 2 --close-listener --hold 60");
-    let wait = if std::env::var_os("TCPQ_IN_VM").is_some() {
-        15_000
-    } else {
-        5000
-    };
-    std::thread::sleep(std::time::Duration::from_millis(wait));
+    wait_for_close_wait_reads();
     let ss = |port: u16| {
         run(ns.cmd("ss").args(["-Htan", "state", "close-wait"]))
             .lines()

@@ -153,7 +153,10 @@ impl Aggregator {
             Some((k, stage)) if k == key => stage,
             _ => Stage::Syn,
         };
-        let mut full = snap.listeners.iter().filter(|s| s.rqueue > s.wqueue);
+        let mut full = snap
+            .listeners
+            .iter()
+            .filter(|s| ListenerInfo::of(s).queue_full());
         if let (Some(s), None) = (full.next(), full.next()) {
             let key = snap.key(s);
             return Some((key, ListenerInfo::of(s), stage_of(key)));
